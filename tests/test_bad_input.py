@@ -1,0 +1,108 @@
+"""Every user mistake gets a ValueError whose message names the problem, never a torch trace."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vae_core import VAEDetector
+
+FAST = dict(epochs=1, hidden_dims=(8,), latent_dim=2)
+
+
+def test_empty_frame():
+    with pytest.raises(ValueError, match="at least 10 rows"):
+        VAEDetector(**FAST).fit(pd.DataFrame({"a": []}))
+
+
+def test_single_row():
+    with pytest.raises(ValueError, match="at least 10 rows to fit, got 1"):
+        VAEDetector(**FAST).fit(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+
+
+def test_no_columns():
+    with pytest.raises(ValueError, match="no feature columns"):
+        VAEDetector(**FAST).fit(pd.DataFrame(index=range(20)))
+
+
+def test_all_nan_column_is_named():
+    df = pd.DataFrame({"a": np.arange(20.0), "empty": np.nan})
+    with pytest.raises(ValueError, match="'empty' is entirely missing"):
+        VAEDetector(**FAST).fit(df)
+
+
+def test_infinite_values_name_column_and_rows():
+    df = pd.DataFrame({"a": np.arange(20.0), "b": np.arange(20.0)})
+    df.loc[3, "b"] = np.inf
+    with pytest.raises(ValueError, match=r"column 'b' has infinite values at row\(s\) 3"):
+        VAEDetector(**FAST).fit(df)
+
+
+def test_constant_column_is_left_out_with_a_warning(mixed_data):
+    df = mixed_data.assign(unit=1.0)
+    with pytest.warns(UserWarning, match="'unit' is constant"):
+        det = VAEDetector(**FAST).fit(df)
+    assert "unit" not in det.feature_contributions(df.head()).columns
+    assert np.isfinite(det.anomaly_score(df.head())).all()
+
+
+def test_every_column_constant():
+    with pytest.raises(ValueError, match="every column is constant"), pytest.warns(UserWarning):
+        VAEDetector(**FAST).fit(pd.DataFrame({"a": np.ones(20)}))
+
+
+@pytest.fixture(scope="module")
+def tiny(mixed_data):
+    return VAEDetector(**FAST).fit(mixed_data)
+
+
+def test_missing_column_at_scoring(tiny, mixed_data):
+    with pytest.raises(ValueError, match="missing column.*'pressure'"):
+        tiny.anomaly_score(mixed_data.drop(columns=["pressure"]))
+
+
+def test_wrong_number_of_columns_for_an_array(tiny, mixed_data):
+    with pytest.raises(ValueError, match="expected 5 columns as at fit"):
+        tiny.anomaly_score(np.zeros((3, 4)))
+
+
+def test_mistyped_column_names_column_rows_and_values(tiny, mixed_data):
+    bad = mixed_data.head(6).astype({"temperature": object})
+    bad.loc[bad.index[4], "temperature"] = "hot"
+    with pytest.raises(ValueError, match=r"'temperature' must be numeric.*'hot'.*row\(s\) 4"):
+        tiny.anomaly_score(bad)
+
+
+def test_numbers_as_strings_are_accepted(tiny, mixed_data):
+    as_text = mixed_data.head(4).astype({"temperature": str})
+    np.testing.assert_allclose(
+        tiny.anomaly_score(as_text), tiny.anomaly_score(mixed_data.head(4)), rtol=1e-6
+    )
+
+
+def test_nan_where_none_was_seen_at_fit(tiny, mixed_data):
+    bad = mixed_data.head(6).copy()
+    bad.loc[bad.index[2], "pressure"] = np.nan
+    with pytest.raises(ValueError, match=r"'pressure' had no missing values at fit.*row\(s\) 2"):
+        tiny.anomaly_score(bad)
+
+
+def test_empty_frame_at_scoring(tiny, mixed_data):
+    with pytest.raises(ValueError, match="no rows"):
+        tiny.anomaly_score(mixed_data.head(0))
+
+
+def test_bad_parameters():
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    with pytest.raises(ValueError, match="contamination"):
+        VAEDetector(contamination=0.7).fit(X)
+    with pytest.raises(ValueError, match="likelihood"):
+        VAEDetector(likelihood="poisson").fit(X)
+    with pytest.raises(ValueError, match="latent_dim"):
+        VAEDetector(latent_dim=0).fit(X)
+
+
+def test_unfitted_detector():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        VAEDetector().anomaly_score(np.zeros((2, 2)))

@@ -1,0 +1,123 @@
+"""The negative ELBO, the importance-weighted log-likelihood and per-feature terms, in nats.
+
+Everything here is per sample and summed (never averaged) over features and latent
+dimensions, with all constants, so numbers are log-densities a statistician can compare:
+
+    -ELBO(x) = KL(q(z|x) || N(0, I)) + E_q[-log p(x|z)]                  (paper, eq. 3 / eq. 7)
+    KL       = -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)       (paper, appendix B)
+    -log N(x; m, v) = 1/2 (log 2 pi + log v + (x - m)^2 / v)
+
+The expectation over q is a Monte Carlo average over the L noise draws passed in (``eps``), so
+the caller controls randomness: training passes fresh noise, scoring passes fixed noise and gets
+deterministic scores. The importance-weighted bound is Burda et al. (2016), eq. 8.
+
+These functions work in the model's input space; ``detector.py`` adds the log-Jacobian of the
+preprocessing so scores are in nats of the data as given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from vae_core.model import VAE, DecoderOutput, FeatureLayout
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Elementwise -log N(x; mean, exp(log_var)), same shape as the broadcast inputs."""
+    return 0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var))
+
+
+def kl_to_standard_normal(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Analytic KL(N(mu, diag exp(log_var)) || N(0, I)) per row: (n, k) -> (n,)."""
+    return 0.5 * (mu**2 + torch.exp(log_var) - 1.0 - log_var).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
+def reconstruction_nll_terms(
+    x: torch.Tensor, out: DecoderOutput, layout: FeatureLayout
+) -> torch.Tensor:
+    """-log p(x|z), one term per modelled column: x (n, d) and out (..., n, .) -> (..., n, t).
+
+    Terms are ordered as the layout: one per Gaussian column, one per Bernoulli column, one
+    per categorical column (its one-hot block). ``t = n_gaussian + n_bernoulli + n_categorical``.
+    """
+    n_g, n_b = layout.n_gaussian, layout.n_bernoulli
+    terms = [gaussian_nll(x[:, :n_g], out.mean, out.log_var)]
+    x_disc, logits = x[:, n_g:], out.logits
+    if n_b:
+        bern_logits = logits[..., :n_b]
+        target = x_disc[:, :n_b].expand_as(bern_logits)
+        terms.append(F.binary_cross_entropy_with_logits(bern_logits, target, reduction="none"))
+    start = n_b
+    for size in layout.categorical_sizes:
+        block = slice(start, start + size)
+        log_probs = torch.log_softmax(logits[..., block], dim=-1)
+        terms.append(-(x_disc[:, block] * log_probs).sum(-1, keepdim=True))
+        start += size
+    return torch.cat(terms, dim=-1)
+
+
+@dataclass
+class ElboTerms:
+    """Per-row pieces of the negative ELBO, in nats of the model input."""
+
+    kl: torch.Tensor  # (n,)
+    reconstruction_terms: torch.Tensor  # (n, t): E_q[-log p(x_t|z)] per modelled column
+
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        return self.reconstruction_terms.sum(-1)
+
+    @property
+    def negative_elbo(self) -> torch.Tensor:
+        return self.kl + self.reconstruction
+
+
+def elbo_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> ElboTerms:
+    """KL and the Monte Carlo reconstruction terms for x (n, d), with noise eps (L, n|1, k)."""
+    mu, log_var, _, out = model(x, eps)
+    terms = reconstruction_nll_terms(x, out, model.cfg.layout)  # (L, n, t)
+    return ElboTerms(kl=kl_to_standard_normal(mu, log_var), reconstruction_terms=terms.mean(0))
+
+
+def negative_elbo(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Per-row negative ELBO in nats (higher = less likely): x (n, d), eps (L, n|1, k) -> (n,)."""
+    return elbo_terms(model, x, eps).negative_elbo
+
+
+def training_loss(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0):
+    """Batch mean of KL * beta + reconstruction NLL (beta < 1 only during KL warm-up).
+
+    Returns (loss, mean KL, mean reconstruction NLL); with beta = 1 the loss is the mean
+    negative ELBO.
+    """
+    t = elbo_terms(model, x, eps)
+    kl, rec = t.kl.mean(), t.reconstruction.mean()
+    return beta * kl + rec, kl, rec
+
+
+def importance_weighted_log_likelihood(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """IWAE estimate of log p(x) with K = eps.shape[0] samples: (n, d) -> (n,), higher = likelier.
+
+    log p(x) >= E[log 1/K sum_k p(x, z_k) / q(z_k|x)], z_k = mu + sigma * eps_k (Burda et al.,
+    eq. 8). K = 1 gives the ELBO with one sample; the bound tightens as K grows.
+    """
+    mu, log_var, z, out = model(x, eps)
+    log_px_z = -reconstruction_nll_terms(x, out, model.cfg.layout).sum(-1)  # (K, n)
+    log_pz = log_standard_normal(z)
+    # log q(z|x) with z = mu + sigma * eps: the standardised residual is eps itself.
+    log_qz = -0.5 * (LOG_2PI + log_var + eps**2).sum(-1)
+    log_w = log_px_z + log_pz - log_qz
+    return torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0])

@@ -1,0 +1,236 @@
+"""The variational auto-encoder of Kingma & Welling (2014), "Auto-Encoding Variational Bayes".
+
+One pure file: a config dataclass, the encoder q(z|x), the reparameterization and the decoder
+p(x|z). No I/O, no globals. The likelihood terms live in ``likelihood.py``.
+
+Notation follows the paper (section 2.4 and appendix C):
+
+* encoder   q_phi(z|x)   = N(z; mu, diag sigma^2), outputs (mu, log sigma^2)       (eq. 9)
+* reparam.  z = mu + sigma * eps, eps ~ N(0, I)                                     (sec. 2.4)
+* decoder   p_theta(x|z): a Gaussian with mean and *learned* per-sample variance    (app. C.2)
+            for continuous features, Bernoulli for binary ones                     (app. C.1)
+            and, our extension for categorical columns, a categorical distribution.
+
+The decoder emits one flat parameter vector per row, laid out by :class:`FeatureLayout`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """How the columns of the model's input are modelled.
+
+    The model input is the concatenation, in this order, of ``n_gaussian`` continuous columns,
+    ``n_bernoulli`` binary columns (values in [0, 1]) and one one-hot block per categorical
+    column (``categorical_sizes`` gives the block widths).
+    """
+
+    n_gaussian: int = 0
+    n_bernoulli: int = 0
+    categorical_sizes: tuple[int, ...] = ()
+
+    @property
+    def input_dim(self) -> int:
+        return self.n_gaussian + self.n_bernoulli + sum(self.categorical_sizes)
+
+    @property
+    def param_dim(self) -> int:
+        """Width of the decoder output: (mean, raw variance) per Gaussian, one logit otherwise."""
+        return 2 * self.n_gaussian + self.n_bernoulli + sum(self.categorical_sizes)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a VAE. Serialised as JSON next to the weights."""
+
+    layout: FeatureLayout
+    latent_dim: int = 8
+    hidden_dims: tuple[int, ...] = (128, 64)
+    architecture: str = "mlp"  # "mlp" for tables, "conv" for images
+    image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for "conv"
+    min_variance: float = 1e-3  # floor on the decoder variance, in model-input units
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        d = dict(d)
+        layout = d.pop("layout")
+        layout["categorical_sizes"] = tuple(layout.get("categorical_sizes", ()))
+        image_shape = d.pop("image_shape", None)
+        return cls(
+            layout=FeatureLayout(**layout),
+            hidden_dims=tuple(d.pop("hidden_dims")),
+            image_shape=tuple(image_shape) if image_shape is not None else None,
+            **d,
+        )
+
+
+@dataclass
+class DecoderOutput:
+    """Parameters of p(x|z) for a batch of latent codes, shape (n, ...) each."""
+
+    mean: torch.Tensor  # (n, n_gaussian): Gaussian means
+    log_var: torch.Tensor  # (n, n_gaussian): Gaussian log variances (floored)
+    logits: torch.Tensor  # (n, n_bernoulli + sum(categorical_sizes)): discrete logits
+    extra: dict = field(default_factory=dict)
+
+
+# Encoder log-variance is clamped only to keep exp() finite; it never binds in normal training.
+_LOG_VAR_MIN, _LOG_VAR_MAX = -30.0, 20.0
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x (n, d) -> (mu, log sigma^2), each (n, latent_dim): eq. (12) of the paper, deeper."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        sizes = [cfg.layout.input_dim, *cfg.hidden_dims]
+        self.body = _mlp(sizes)
+        self.head = nn.Linear(sizes[-1], 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = self.head(self.body(x)).chunk(2, dim=-1)
+        return mu, log_var.clamp(_LOG_VAR_MIN, _LOG_VAR_MAX)
+
+
+class MLPDecoder(nn.Module):
+    """z (n, latent_dim) -> flat parameters of p(x|z), (n, layout.param_dim)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        sizes = [cfg.latent_dim, *reversed(cfg.hidden_dims)]
+        self.body = _mlp(sizes)
+        self.head = nn.Linear(sizes[-1], cfg.layout.param_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z))
+
+
+def _conv_sizes(height: int, width: int, n_layers: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each stride-2 conv (kernel 4, padding 1): floor(size / 2)."""
+    sizes = [(height, width)]
+    for _ in range(n_layers):
+        h, w = sizes[-1]
+        sizes.append((h // 2, w // 2))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Images (n, C, H, W) -> (mu, log sigma^2): stride-2 convolutions, then a linear head."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        channels, height, width = cfg.image_shape
+        widths = [channels, *cfg.hidden_dims]
+        sizes = _conv_sizes(height, width, len(cfg.hidden_dims))
+        if min(sizes[-1]) < 1:
+            raise ValueError(f"image {height}x{width} is too small for {len(widths) - 1} layers")
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        h, w = sizes[-1]
+        self.head = nn.Linear(widths[-1] * h * w, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = self.head(self.body(x)).chunk(2, dim=-1)
+        return mu, log_var.clamp(_LOG_VAR_MIN, _LOG_VAR_MAX)
+
+
+class ConvDecoder(nn.Module):
+    """z -> per-pixel parameters, flattened to (n, layout.param_dim) in the layout's order."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        channels, height, width = cfg.image_shape
+        widths = [*reversed(cfg.hidden_dims)]
+        sizes = list(reversed(_conv_sizes(height, width, len(cfg.hidden_dims))))
+        self.start = (widths[0], *sizes[0])
+        self.gaussian = cfg.layout.n_gaussian > 0
+        out_channels = 2 * channels if self.gaussian else channels
+        self.fc = nn.Linear(cfg.latent_dim, math.prod(self.start))
+        layers: list[nn.Module] = [nn.SiLU()]
+        outs = [*widths[1:], out_channels]
+        for i, (c_in, c_out) in enumerate(zip(widths, outs, strict=True)):
+            (h_in, w_in), (h_out, w_out) = sizes[i], sizes[i + 1]
+            pad = (h_out - 2 * h_in, w_out - 2 * w_in)  # recovers odd sizes exactly
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, output_padding=pad))
+            if i < len(outs) - 1:
+                layers.append(nn.SiLU())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.body(self.fc(z).view(-1, *self.start))
+        if not self.gaussian:
+            return out.flatten(1)
+        mean, raw_var = out.chunk(2, dim=1)
+        return torch.cat([mean.flatten(1), raw_var.flatten(1)], dim=1)
+
+
+class VAE(nn.Module):
+    """q(z|x), the reparameterization and p(x|z). ``forward`` returns what the loss needs."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.architecture == "mlp":
+            self.encoder, self.decoder = MLPEncoder(cfg), MLPDecoder(cfg)
+        elif cfg.architecture == "conv":
+            if cfg.image_shape is None:
+                raise ValueError("architecture='conv' needs image_shape=(channels, height, width)")
+            self.encoder, self.decoder = ConvEncoder(cfg), ConvDecoder(cfg)
+        else:
+            raise ValueError(f"architecture must be 'mlp' or 'conv', got {cfg.architecture!r}")
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x), each (n, latent_dim)."""
+        if self.cfg.architecture == "conv":
+            x = x.view(-1, *self.cfg.image_shape)
+        return self.encoder(x)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps (section 2.4). eps broadcasts: (L, n, k) or (L, 1, k) -> (L, n, k)."""
+        return mu + torch.exp(0.5 * log_var) * eps
+
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        """Parameters of p(x|z) for z of shape (..., latent_dim)."""
+        lead = z.shape[:-1]
+        flat = self.decoder(z.reshape(-1, z.shape[-1]))
+        n_g = self.cfg.layout.n_gaussian
+        # Both decoders emit [means | raw variances | logits] in the layout's order.
+        mean, raw_var, logits = flat[:, :n_g], flat[:, n_g : 2 * n_g], flat[:, 2 * n_g :]
+        # Learned variance with a floor (appendix C.2 learns log sigma^2 freely; the floor stops
+        # the likelihood from diverging on near-duplicate or near-constant columns).
+        var = self.cfg.min_variance + F.softplus(raw_var)
+        return DecoderOutput(
+            mean=mean.reshape(*lead, n_g),
+            log_var=torch.log(var).reshape(*lead, n_g),
+            logits=logits.reshape(*lead, logits.shape[-1]),
+        )
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        """Encode, sample z with the given noise eps (L, n or 1, latent_dim), decode.
+
+        Returns (mu, log_var, z, decoder output); z has shape (L, n, latent_dim).
+        """
+        mu, log_var = self.encode(x)
+        z = self.reparameterize(mu, log_var, eps)
+        return mu, log_var, z, self.decode(z)

@@ -1,0 +1,387 @@
+"""From user data to the model's input space, and back; the feature schema and its checks.
+
+Tables: numeric columns are median-imputed and standardised, a missing-value indicator is
+added for every numeric column that had missing values at fit, and categorical columns are
+one-hot encoded with one extra slot for categories never seen at fit. The statistics come from
+a scikit-learn ``ColumnTransformer`` fitted on the training frame. The fitted state is then kept
+as plain numbers (medians, means, scales, category lists) and applied with NumPy: it is saved as
+JSON, so a model file cannot run code when loaded and reads the same under any scikit-learn
+version. ``tests/test_preprocess.py`` checks that both give the same matrix.
+
+Images: pixel values are divided by 255 when the array is ``uint8`` (else used as given) and
+flattened; the model reshapes them.
+
+Every check raises ``ValueError`` with a message that names the column and example rows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from vae_core.model import FeatureLayout
+
+MISSING_CATEGORY = "<missing>"
+MIN_FIT_ROWS = 10
+_EXAMPLES = 5  # rows quoted in an error message
+
+
+def _rows(index: pd.Index, mask: np.ndarray) -> str:
+    bad = index[np.asarray(mask)]
+    shown = ", ".join(str(r) for r in bad[:_EXAMPLES])
+    more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+    return f"row(s) {shown}{more}"
+
+
+def as_frame(X, columns: list[str] | None = None) -> pd.DataFrame:
+    """A DataFrame view of X; arrays get the fitted names, or ``x0 .. x{d-1}`` at fit."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D table (rows x columns), got an array of shape {arr.shape}")
+    if columns is not None and arr.shape[1] != len(columns):
+        raise ValueError(
+            f"expected {len(columns)} columns as at fit ({', '.join(columns[:8])}"
+            f"{', ...' if len(columns) > 8 else ''}), got {arr.shape[1]}"
+        )
+    return pd.DataFrame(arr, columns=columns or [f"x{i}" for i in range(arr.shape[1])])
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s)
+
+
+def _to_numeric(s: pd.Series, name: str) -> np.ndarray:
+    """Column as float64; unparseable values and infinities raise, naming rows."""
+    if _is_numeric(s):
+        values = s.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(s, errors="coerce")
+        bad = parsed.isna().to_numpy() & s.notna().to_numpy()
+        if bad.any():
+            examples = ", ".join(repr(v) for v in s[bad].head(3).tolist())
+            raise ValueError(
+                f"column {name!r} must be numeric: unparseable value(s) {examples} at "
+                f"{_rows(s.index, bad)}"
+            )
+        values = parsed.to_numpy(dtype="float64", na_value=np.nan)
+    inf = np.isinf(values)
+    if inf.any():
+        raise ValueError(f"column {name!r} has infinite values at {_rows(s.index, inf)}")
+    return values
+
+
+def _to_category(s: pd.Series) -> np.ndarray:
+    """Column as strings, missing values as their own category."""
+    return np.where(s.isna().to_numpy(), MISSING_CATEGORY, s.astype(str).to_numpy(dtype=object))
+
+
+@dataclass
+class ColumnSpec:
+    """One column of the feature schema, recorded at fit and checked at scoring."""
+
+    name: str
+    kind: str  # "numeric" | "categorical" | "constant"
+    dtype: str
+    median: float | None = None
+    mean: float | None = None
+    scale: float | None = None
+    missing_indicator: bool = False
+    categories: list[str] = field(default_factory=list)
+    constant_value: float | str | None = None
+
+
+class TabularPreprocessor:
+    """Fitted mapping of a DataFrame to the model input; JSON-serialisable.
+
+    Parameters
+    ----------
+    likelihood : "gaussian" (numeric columns standardised, Gaussian in the model) or
+        "bernoulli" (numeric columns must lie in [0, 1] and are used as given).
+    """
+
+    def __init__(self, likelihood: str = "gaussian"):
+        self.likelihood = likelihood
+        self.columns: list[ColumnSpec] = []
+
+    # ---- fit ---------------------------------------------------------------------------
+    def fit(self, X) -> TabularPreprocessor:
+        frame = as_frame(X)
+        if len(frame) < MIN_FIT_ROWS:
+            raise ValueError(f"need at least {MIN_FIT_ROWS} rows to fit, got {len(frame)}")
+        if frame.shape[1] == 0:
+            raise ValueError("the training data has no feature columns")
+        specs = [self._inspect(frame[c], str(c)) for c in frame.columns]
+        numeric = [s.name for s in specs if s.kind == "numeric"]
+        categorical = [s.name for s in specs if s.kind == "categorical"]
+        if not numeric and not categorical:
+            raise ValueError("every column is constant: there is nothing to learn")
+        data = pd.DataFrame(
+            {s.name: _to_numeric(frame[s.name], s.name) for s in specs if s.kind == "numeric"}
+            | {c: _to_category(frame[c]) for c in categorical}
+        )
+        fitted = self._column_transformer(numeric, categorical).fit(data)
+        self._read_statistics(fitted, specs, numeric, categorical)
+        self.columns = specs
+        return self
+
+    def _inspect(self, s: pd.Series, name: str) -> ColumnSpec:
+        dtype = str(s.dtype)
+        if _is_numeric(s) or (self.likelihood == "gaussian" and _numeric_strings(s)):
+            values = _to_numeric(s, name)
+            finite = values[~np.isnan(values)]
+            if finite.size == 0:
+                raise ValueError(f"column {name!r} is entirely missing (NaN) in the training data")
+            if self.likelihood == "bernoulli" and (finite.min() < 0 or finite.max() > 1):
+                bad = (values < 0) | (values > 1)
+                raise ValueError(
+                    f"likelihood='bernoulli' needs values in [0, 1]; column {name!r} has "
+                    f"values outside at {_rows(s.index, bad)}"
+                )
+            if np.all(finite == finite[0]) and finite.size == values.size:
+                warnings.warn(
+                    f"column {name!r} is constant ({finite[0]!r}) in the training data; it "
+                    "carries no information and is left out of the model",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return ColumnSpec(name, "constant", dtype, constant_value=float(finite[0]))
+            return ColumnSpec(name, "numeric", dtype)
+        return ColumnSpec(name, "categorical", dtype)
+
+    def _column_transformer(self, numeric: list[str], categorical: list[str]):
+        scale = StandardScaler() if self.likelihood == "gaussian" else "passthrough"
+        return ColumnTransformer(
+            [
+                ("numeric", make_pipeline(SimpleImputer(strategy="median"), scale), numeric),
+                ("missing", MissingIndicator(features="missing-only"), numeric),
+                ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical),
+            ],
+            sparse_threshold=0.0,
+        )
+
+    def _read_statistics(self, ct, specs, numeric, categorical) -> None:
+        by_name = {s.name: s for s in specs}
+        num_pipe = ct.named_transformers_["numeric"]
+        medians = num_pipe[0].statistics_ if numeric else []
+        scaler = num_pipe[-1] if self.likelihood == "gaussian" else None
+        for i, name in enumerate(numeric):
+            spec = by_name[name]
+            spec.median = float(medians[i])
+            spec.mean = float(scaler.mean_[i]) if scaler is not None else 0.0
+            spec.scale = float(scaler.scale_[i]) if scaler is not None else 1.0
+        if numeric:
+            for i in ct.named_transformers_["missing"].features_:
+                by_name[numeric[i]].missing_indicator = True
+        if categorical:
+            encoder = ct.named_transformers_["categorical"]
+            for name, cats in zip(categorical, encoder.categories_, strict=True):
+                by_name[name].categories = [str(c) for c in cats]
+
+    # ---- the fitted mapping ------------------------------------------------------------
+    def _of_kind(self, kind: str) -> list[ColumnSpec]:
+        return [c for c in self.columns if c.kind == kind]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The input columns the model was fitted on, in order."""
+        return [c.name for c in self.columns]
+
+    @property
+    def layout(self) -> FeatureLayout:
+        numeric, n_missing = self._of_kind("numeric"), sum(c.missing_indicator for c in self.columns)
+        # Each categorical block has one slot more than the categories seen at fit: unseen
+        # categories at scoring land there, and the model has learnt they are improbable.
+        sizes = tuple(len(c.categories) + 1 for c in self._of_kind("categorical"))
+        if self.likelihood == "gaussian":
+            return FeatureLayout(len(numeric), n_missing, sizes)
+        return FeatureLayout(0, len(numeric) + n_missing, sizes)
+
+    @property
+    def term_columns(self) -> list[str]:
+        """The original column behind each likelihood term, in the layout's term order."""
+        numeric = [c.name for c in self._of_kind("numeric")]
+        missing = [c.name for c in self._of_kind("numeric") if c.missing_indicator]
+        return numeric + missing + [c.name for c in self._of_kind("categorical")]
+
+    @property
+    def term_log_scale(self) -> np.ndarray:
+        """log |dx/du| per term: the scaling's log-Jacobian, so densities are in data units.
+
+        With u = (x - mean) / scale, log p(x) = log p(u) - log scale for each Gaussian column;
+        discrete terms (indicators, categories, Bernoulli) are probabilities and get 0.
+        """
+        out = np.zeros(len(self.term_columns))
+        if self.likelihood == "gaussian":
+            scales = [c.scale for c in self._of_kind("numeric")]
+            out[: len(scales)] = np.log(scales)
+        return out
+
+    def transform(self, X) -> np.ndarray:
+        """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows."""
+        frame = self.check(X)
+        numeric = self._of_kind("numeric")
+        blocks, indicators = [], []
+        for c in numeric:
+            values = _to_numeric(frame[c.name], c.name)
+            missing = np.isnan(values)
+            if missing.any() and not c.missing_indicator:
+                raise ValueError(
+                    f"column {c.name!r} had no missing values at fit, so the model cannot score "
+                    f"missing values; NaN at {_rows(frame.index, missing)}"
+                )
+            blocks.append((np.where(missing, c.median, values) - c.mean) / c.scale)
+            if c.missing_indicator:
+                indicators.append(missing.astype("float64"))
+        out = blocks + indicators + [self._one_hot(frame[c.name], c) for c in self._categorical]
+        matrix = [b[:, None] if b.ndim == 1 else b for b in out]
+        if not matrix:
+            return np.zeros((len(frame), 0), dtype="float32")
+        return np.hstack(matrix).astype("float32")
+
+    @property
+    def _categorical(self) -> list[ColumnSpec]:
+        return self._of_kind("categorical")
+
+    @staticmethod
+    def _one_hot(s: pd.Series, c: ColumnSpec) -> np.ndarray:
+        lookup = {cat: i for i, cat in enumerate(c.categories)}
+        codes = np.array([lookup.get(v, len(c.categories)) for v in _to_category(s)], dtype=int)
+        return np.eye(len(c.categories) + 1)[codes]
+
+    def check(self, X) -> pd.DataFrame:
+        """The frame restricted to the fitted columns, after the schema checks."""
+        frame = as_frame(X, self.feature_names if not isinstance(X, pd.DataFrame) else None)
+        if len(frame) == 0:
+            raise ValueError("the input has no rows")
+        missing = [n for n in self.feature_names if n not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"missing column(s) {', '.join(repr(m) for m in missing)} "
+                f"(the model was fitted on {len(self.feature_names)} columns)"
+            )
+        return frame[self.feature_names]
+
+    def inverse_transform(self, u: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+        """Rows in the original feature space from model-space draws u (n, input_dim).
+
+        Categorical blocks hold probabilities and are sampled; a missing indicator above 0.5
+        blanks its value; constant columns get their constant.
+        """
+        numeric, out, pos = self._of_kind("numeric"), {}, 0
+        for c in numeric:
+            out[c.name] = u[:, pos] * c.scale + c.mean
+            pos += 1
+        for c in numeric:
+            if c.missing_indicator:
+                out[c.name] = np.where(u[:, pos] > 0.5, np.nan, out[c.name])
+                pos += 1
+        for c in self._categorical:
+            probs = u[:, pos : pos + len(c.categories) + 1][:, :-1]  # never emit "unseen"
+            probs = probs / probs.sum(1, keepdims=True)
+            picks = (probs.cumsum(1) > rng.random((len(u), 1))).argmax(1)
+            out[c.name] = np.array(c.categories, dtype=object)[picks]
+            pos += len(c.categories) + 1
+        for c in self._of_kind("constant"):
+            out[c.name] = np.full(len(u), c.constant_value)
+        return pd.DataFrame({name: out[name] for name in self.feature_names})
+
+    # ---- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"kind": "tabular", "likelihood": self.likelihood,
+                "columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TabularPreprocessor:
+        pre = cls(d["likelihood"])
+        pre.columns = [ColumnSpec(**c) for c in d["columns"]]
+        return pre
+
+
+def _numeric_strings(s: pd.Series) -> bool:
+    """True for a text column whose every non-missing value parses as a number."""
+    if not (ptypes.is_string_dtype(s) or ptypes.is_object_dtype(s)):
+        return False
+    present = s.dropna()
+    return bool(len(present)) and pd.to_numeric(present, errors="coerce").notna().all()
+
+
+class ImagePreprocessor:
+    """Images (n, H, W) or (n, C, H, W) -> flat model input in [0, 1] (uint8 divided by 255)."""
+
+    def __init__(self, likelihood: str = "gaussian"):
+        self.likelihood = likelihood
+        self.image_shape: tuple[int, int, int] | None = None
+        self.pixel_scale = 1.0
+
+    def _as_nchw(self, X) -> np.ndarray:
+        arr = np.asarray(X)
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        if arr.ndim != 4:
+            raise ValueError(f"images must be (n, H, W) or (n, C, H, W), got shape {arr.shape}")
+        if len(arr) == 0:
+            raise ValueError("the input has no images")
+        return arr
+
+    def fit(self, X) -> ImagePreprocessor:
+        arr = self._as_nchw(X)
+        if len(arr) < MIN_FIT_ROWS:
+            raise ValueError(f"need at least {MIN_FIT_ROWS} images to fit, got {len(arr)}")
+        self.image_shape = tuple(int(s) for s in arr.shape[1:])
+        self.pixel_scale = 255.0 if arr.dtype == np.uint8 else 1.0
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        arr = self._as_nchw(X)
+        if tuple(arr.shape[1:]) != self.image_shape:
+            raise ValueError(f"images must have shape {self.image_shape}, got {arr.shape[1:]}")
+        flat = arr.reshape(len(arr), -1).astype("float32") / self.pixel_scale
+        bad = ~np.isfinite(flat).all(1)
+        if bad.any():
+            raise ValueError(f"images with NaN or infinite pixels at index {np.flatnonzero(bad)[:5]}")
+        return flat
+
+    @property
+    def layout(self) -> FeatureLayout:
+        d = math.prod(self.image_shape)
+        return FeatureLayout(d, 0) if self.likelihood == "gaussian" else FeatureLayout(0, d)
+
+    @property
+    def feature_names(self) -> list[str]:
+        c, h, w = self.image_shape
+        return [f"c{k}_y{i}_x{j}" for k in range(c) for i in range(h) for j in range(w)]
+
+    term_columns = feature_names
+
+    @property
+    def term_log_scale(self) -> np.ndarray:
+        scale = math.log(self.pixel_scale) if self.likelihood == "gaussian" else 0.0
+        return np.full(math.prod(self.image_shape), scale)
+
+    def inverse_transform(self, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (u * self.pixel_scale).reshape(len(u), *self.image_shape)
+
+    def to_dict(self) -> dict:
+        return {"kind": "image", "likelihood": self.likelihood,
+                "image_shape": list(self.image_shape), "pixel_scale": self.pixel_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImagePreprocessor:
+        pre = cls(d["likelihood"])
+        pre.image_shape, pre.pixel_scale = tuple(d["image_shape"]), float(d["pixel_scale"])
+        return pre
+
+
+def preprocessor_from_dict(d: dict):
+    return {"tabular": TabularPreprocessor, "image": ImagePreprocessor}[d["kind"]].from_dict(d)
