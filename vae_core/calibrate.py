@@ -431,8 +431,7 @@ def _labelled_threshold(
 ) -> tuple[float, str, dict[str, Any], str | None]:
     if y is None:
         raise ValueError(
-            f"policy {policy.name!r} needs labels y; without labels use target_fpr or "
-            "contamination"
+            f"policy {policy.name!r} needs labels y; without labels use target_fpr or contamination"
         )
     n_anomalies = int(y.sum())
     if n_anomalies == 0:

@@ -149,6 +149,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         if isinstance(X, pd.DataFrame):
             self.feature_names_in_ = np.asarray(pre.feature_names, dtype=object)
         self.training_fingerprint_ = fingerprint(u)
+        self.score_kind_, self.iwae_samples_ = "negative_elbo", 64
+        self.calibration_, self.probability_ = None, None
         self.set_threshold(float(np.quantile(self.anomaly_score(X), 1.0 - self.contamination)))
         return self
 
@@ -163,6 +165,48 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         engine = torch.quasirandom.SobolEngine(int(self.latent_dim), scramble=True, seed=seed)
         u = engine.draw(n_samples, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
         return torch.special.ndtri(u).float()[:, None, :]
+
+    def calibrate(self, X, y=None, policy=None, score: str = "negative_elbo", k: int = 64):
+        """Set ``threshold_`` on held-out calibration data by a policy; returns self.
+
+        X, y : calibration rows the model was not trained on; y (1 = anomaly) is optional.
+        policy : a ``vae_core.calibrate`` policy (default: target FPR of 1% on normal rows).
+        score : "negative_elbo" (``anomaly_score``) or "iwae" (``-log_likelihood(X, k)``); the
+            threshold, ``score_samples`` and ``predict`` then use that score.
+
+        Records how the threshold was set in ``calibration_`` (policy, parameters, calibration
+        size and fingerprint) and fits ``anomaly_probability`` on the same scores.
+        """
+        from vae_core.calibrate import AnomalyProbability, TargetFPR, calibrate_threshold
+
+        if score not in ("negative_elbo", "iwae"):
+            raise ValueError(f"score must be 'negative_elbo' or 'iwae', got {score!r}")
+        self.score_kind_, self.iwae_samples_ = score, int(k)
+        scores = self.threshold_score(X)
+        result = calibrate_threshold(scores, y, policy=policy or TargetFPR(fpr=0.01),
+                                     score_name=score)
+        self.set_threshold(result.threshold)
+        u = self.preprocessor_.transform(X)
+        self.calibration_ = result.to_dict() | {"fingerprint": fingerprint(u)}
+        self.probability_ = AnomalyProbability().fit(scores, y)
+        return self
+
+    def threshold_score(self, X) -> np.ndarray:
+        """The score ``threshold_`` applies to, higher = more anomalous: the negative ELBO, or
+        -log_likelihood(X, k) after ``calibrate(score="iwae")``. (n,)"""
+        if getattr(self, "score_kind_", "negative_elbo") == "iwae":
+            return -self.log_likelihood(X, self.iwae_samples_)
+        return self.anomaly_score(X)
+
+    def anomaly_probability(self, X) -> np.ndarray:
+        """Probability in [0, 1] that a row is anomalous, from the calibration data. (n,)
+
+        Without calibration labels: the share of normal calibration rows the row's score
+        exceeds (a conformal p-value turned around); with labels: isotonic regression.
+        """
+        if getattr(self, "probability_", None) is None:
+            raise ValueError("anomaly_probability needs calibrate() first")
+        return self.probability_.probability(self.threshold_score(X))
 
     def set_threshold(self, threshold: float) -> None:
         """Set ``threshold_`` (negative ELBO, nats) and ``offset_ = -threshold_``."""
@@ -274,15 +318,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     # ---- the sklearn outlier contract ---------------------------------------------------------
     def score_samples(self, X) -> np.ndarray:
-        """Opposite of the anomaly score (the ELBO in nats); higher = more normal. (n,)"""
-        return -self.anomaly_score(X)
+        """Opposite of ``threshold_score``: the ELBO in nats (or the IWAE log-likelihood after
+        ``calibrate(score="iwae")``); higher = more normal. (n,)"""
+        return -self.threshold_score(X)
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples - offset_; negative = anomaly. (n,)"""
         return self.score_samples(X) - self.offset_
 
     def predict(self, X) -> np.ndarray:
-        """-1 for anomalies (anomaly_score > threshold_), +1 otherwise. (n,)"""
+        """-1 for anomalies (threshold_score > threshold_), +1 otherwise. (n,)"""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     # ---- persistence ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 WEIGHTS, META = "weights.pt", "model.json"
 # Fitted attributes stored in JSON as they are (the rest are rebuilt from tensors and configs).
 _PLAIN_STATE = ("threshold_", "offset_", "history_", "best_epoch_", "n_features_in_",
-                "training_fingerprint_")
+                "training_fingerprint_", "score_kind_", "iwae_samples_", "calibration_")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,8 +61,8 @@ def detector_metadata(det) -> dict:
     }
     if hasattr(det, "feature_names_in_"):
         meta["state"]["feature_names_in_"] = list(det.feature_names_in_)
-    if getattr(det, "calibration_", None) is not None:
-        meta["calibration"] = det.calibration_
+    if det.probability_ is not None:
+        meta["anomaly_probability"] = det.probability_.to_dict()
     return meta
 
 
@@ -102,5 +102,9 @@ def load_detector(path):
     det.preprocessor_ = preprocessor_from_dict(meta["preprocessing"])
     for key, value in meta["state"].items():
         setattr(det, key, np.asarray(value, dtype=object) if key == "feature_names_in_" else value)
-    det.calibration_ = meta.get("calibration")
+    det.probability_ = None
+    if "anomaly_probability" in meta:
+        from vae_core.calibrate import AnomalyProbability
+
+        det.probability_ = AnomalyProbability.from_dict(meta["anomaly_probability"])
     return det

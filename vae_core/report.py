@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from vae_core.calibrate import Calibration, check_labels, check_scores, metrics_at_threshold
 
@@ -138,10 +143,8 @@ def evaluate(
     rng = np.random.default_rng(random_state)
     resampled = _bootstrap_metrics(scores, y, threshold, n_bootstrap, rng)
     tail = 100.0 * (1.0 - confidence) / 2.0
-    metrics = {
-        name: Estimate(float(value), *map(float, np.percentile(resampled[name], [tail, 100 - tail])))
-        for name, value in point.items()
-    }
+    bounds = {name: np.percentile(draws, [tail, 100 - tail]) for name, draws in resampled.items()}
+    metrics = {name: Estimate(float(v), *map(float, bounds[name])) for name, v in point.items()}
     return EvaluationReport(
         threshold=float(threshold),
         n_rows=int(scores.size),
@@ -273,13 +276,15 @@ def _fmt(value: float) -> str:
 
 def _threshold_lines(report: EvaluationReport, calibration: Calibration | None) -> list[str]:
     lines = [
-        f"- Threshold: **{_fmt(report.threshold)}** (a row is flagged iff its anomaly score is "
+        f"- Threshold: **{report.threshold:.6g}** (a row is flagged iff its anomaly score is "
         "strictly greater; a score equal to the threshold is normal)."
     ]
     if calibration is not None:
         params = ", ".join(f"{k}={v}" for k, v in calibration.params.items())
-        anomalies = "unlabelled" if calibration.n_anomalies is None else (
-            f"{calibration.n_anomalies} labelled anomalies"
+        anomalies = (
+            "unlabelled"
+            if calibration.n_anomalies is None
+            else f"{calibration.n_anomalies} labelled anomalies"
         )
         lines.append(
             f"- Chosen by policy `{calibration.policy}` ({params}) with method "
@@ -405,10 +410,12 @@ def plot_score_histogram(
 ) -> Path:
     """Density histograms of the (n,) scores per class, with the threshold line."""
     bins, xscale, note = _histogram_range(scores, threshold)
-    fig, ax = _new_axes(f"Anomaly scores{note}", "anomaly score (higher = more anomalous)", "density")
-    groups = {"all rows": scores} if y is None else {
-        "normal": scores[y == 0], "anomaly": scores[y == 1]
-    }
+    xlabel = "anomaly score (higher = more anomalous)"
+    fig, ax = _new_axes(f"Anomaly scores{note}", xlabel, "density")
+    if y is None:
+        groups = {"all rows": scores}
+    else:
+        groups = {"normal": scores[y == 0], "anomaly": scores[y == 1]}
     for label, group in groups.items():
         ax.hist(group, bins=bins, density=True, alpha=0.5, label=f"{label} (n={group.size})")
     ax.axvline(threshold, color="C3", ls="--", label=f"threshold {_fmt(threshold)}")

@@ -1,0 +1,201 @@
+"""The pipeline's one typed config, parsed once from ``mlflow.yml`` at an entry point.
+
+Precedence (highest first): command-line flag > environment variable (``MLFLOW_TRACKING_URI``)
+> ``mlflow.yml`` > the defaults below. Unknown keys are rejected and every error names the key.
+Library functions take the section they need (``cfg.model``, ``cfg.calibration``), never a path.
+Relative paths in the file are resolved against the folder that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vae_core.calibrate import CalibrationPolicy, TargetFPR
+
+DEFAULT_CONFIG = "mlflow.yml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(_Section):
+    """Where MLflow keeps runs, artifacts and the model registry."""
+
+    uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are resolved against the config
+    experiment: str = "vae-anomaly"
+    artifact_location: str = "mlartifacts"
+    registered_model: str = "vae-anomaly"
+    max_retries: int = Field(3, ge=0, le=10)  # for an unreachable tracking server
+
+
+class DataConfig(_Section):
+    """The training table (or image folder) and how to read it."""
+
+    train_path: str = "data/cardio.csv"
+    score_path: str = "data/cardio.csv"
+    label_column: str | None = "label"
+    id_columns: list[str] = Field(default_factory=lambda: ["record_id"])
+    drop_columns: list[str] = Field(default_factory=list)
+
+
+class SplitConfig(_Section):
+    """Held-out shares: calibration sets the threshold, test measures it; neither is trained on."""
+
+    calibration_fraction: float = Field(0.2, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 0
+    train_on_normal_only: bool = False  # with labels: drop known anomalies from training
+
+
+class ModelConfig(_Section):
+    """VAEDetector architecture parameters."""
+
+    latent_dim: int = Field(8, ge=1)
+    hidden_dims: tuple[int, ...] = (128, 64)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    architecture: Literal["mlp", "conv"] = "mlp"
+    n_score_samples: int = Field(32, ge=1)
+    min_variance: float = Field(1e-3, gt=0)
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 1:
+            raise ValueError("hidden_dims must be a non-empty list of positive widths")
+        return v
+
+
+class TrainingConfig(_Section):
+    """Optimisation parameters of VAEDetector."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    patience: int = Field(15, ge=1)
+    kl_warmup_epochs: int = Field(0, ge=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad_norm: float | None = 10.0
+    random_state: int = 0
+    device: str = "cpu"
+
+
+class CalibrationConfig(_Section):
+    """How the threshold is set on the calibration split."""
+
+    score: Literal["negative_elbo", "iwae"] = "negative_elbo"
+    iwae_samples: int = Field(64, ge=1)
+    policy: CalibrationPolicy = Field(default_factory=lambda: TargetFPR(fpr=0.01))
+    bootstrap: int = Field(1000, ge=0)  # resamples for the evaluation report's intervals
+
+
+class ScoringConfig(_Section):
+    """Batch scoring output."""
+
+    output_dir: str = "outputs/scores"
+    chunk_rows: int = Field(100_000, ge=1)
+    top_features: int = Field(3, ge=0)
+    drift_psi_warning: float = Field(0.2, gt=0)
+
+
+class PromotionConfig(_Section):
+    """The gate a challenger must pass to become champion."""
+
+    max_roc_auc_drop: float = Field(0.01, ge=0)
+    flagged_rate_min: float = Field(0.0, ge=0, le=1)
+    flagged_rate_max: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PromotionConfig:
+        if self.flagged_rate_min > self.flagged_rate_max:
+            raise ValueError("flagged_rate_min must not exceed flagged_rate_max")
+        return self
+
+
+class SchedulesConfig(_Section):
+    score_cron: str = "0 2 * * *"
+    train_cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+
+
+class PipelineConfig(_Section):
+    """The whole of ``mlflow.yml``."""
+
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    root: Path = Field(default_factory=Path.cwd, exclude=True)  # folder of the config file
+
+    def path(self, value: str) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI if set, else the file's URI with relative sqlite paths resolved."""
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        uri = self.tracking.uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str(self.path(uri[len(prefix) :]))
+        return uri
+
+    def detector_params(self) -> dict:
+        """Keyword arguments for VAEDetector from the model and training sections."""
+        return self.model.model_dump() | self.training.model_dump()
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:
+    """Parse ``mlflow.yml`` (or the defaults when path is None and no file exists).
+
+    overrides : nested dict merged over the file (e.g. from command-line flags).
+    Raises ValueError naming the file and the offending key.
+    """
+    source = Path(path) if path is not None else Path(DEFAULT_CONFIG)
+    raw: dict = {}
+    if source.exists():
+        try:
+            raw = yaml.safe_load(source.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"invalid config {source}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"invalid config {source}: the top level must be a mapping")
+    elif path is not None:
+        raise FileNotFoundError(f"config file {source} does not exist")
+    merged = _merge(raw, overrides or {})
+    try:
+        return PipelineConfig(**merged, root=source.resolve().parent)
+    except ValidationError as err:
+        raise ValueError(_format_error(err, str(source))) from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,89 @@
+"""Reading user tables and separating features from labels and ids.
+
+Errors name the file, the column and example rows; nothing is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet file (or a folder of Parquet files) as a DataFrame.
+
+    Raises FileNotFoundError for a missing path and ValueError for an unsupported, empty or
+    unreadable file, naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if path.is_dir():
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise ValueError(f"folder {path} holds no .parquet files")
+        return pd.concat([read_table(p) for p in parts], ignore_index=True)
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"{path}: unsupported file type {path.suffix!r} (expected .csv or .parquet)"
+        )
+    try:
+        frame = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot be read as {kind} ({exc})") from exc
+    if frame.empty:
+        raise ValueError(f"{path}: the file has no data rows")
+    return frame
+
+
+@dataclass
+class LabelledTable:
+    """Features (n, d), optional labels (n,) with 1 = anomaly, and pass-through id columns."""
+
+    features: pd.DataFrame
+    labels: np.ndarray | None
+    ids: pd.DataFrame
+
+
+def split_columns(
+    frame: pd.DataFrame,
+    label_column: str | None = None,
+    id_columns: list[str] | tuple[str, ...] = (),
+    drop_columns: list[str] | tuple[str, ...] = (),
+    source: str = "input",
+    require_label: bool = False,
+) -> LabelledTable:
+    """Separate features from the label and id columns.
+
+    A label column that is absent is allowed unless ``require_label``; one that is present
+    must hold only 0 and 1 (ValueError naming rows otherwise).
+    """
+    missing_ids = [c for c in id_columns if c not in frame.columns]
+    if missing_ids:
+        raise ValueError(f"{source}: id column(s) {missing_ids} not found")
+    labels = None
+    if label_column is not None and label_column in frame.columns:
+        labels = _binary_labels(frame[label_column], label_column, source)
+    elif require_label and label_column is not None:
+        raise ValueError(f"{source}: label column {label_column!r} not found")
+    excluded = {*id_columns, *drop_columns, *([label_column] if label_column else [])}
+    features = frame[[c for c in frame.columns if c not in excluded]]
+    return LabelledTable(features, labels, frame[list(id_columns)])
+
+
+def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
+    values = pd.to_numeric(s, errors="coerce")
+    bad = ~values.isin([0, 1]).to_numpy()
+    if bad.any():
+        rows = ", ".join(str(r) for r in s.index[bad][:5])
+        raise ValueError(
+            f"{source}: label column {name!r} must hold 0 (normal) or 1 (anomaly); "
+            f"other values at row(s) {rows}"
+        )
+    return values.to_numpy(dtype="int64")
