@@ -4,7 +4,7 @@
 # Both create .venv in the checkout (torch first, pinned to the CPU build), then install the
 # project; a second run skips what is already done (the stamp file tracks pyproject.toml).
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m vae_core.demo
+	$(BIN)/vae-anomaly train --data data/cardio.csv --label-column label --id-column record_id --out runs/demo
+	$(BIN)/vae-anomaly score --model runs/demo/model --data data/cardio.csv --id-column record_id --out runs/demo/scores.parquet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

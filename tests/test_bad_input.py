@@ -56,7 +56,7 @@ def tiny(mixed_data):
 
 
 def test_missing_column_at_scoring(tiny, mixed_data):
-    with pytest.raises(ValueError, match="missing column.*'pressure'"):
+    with pytest.raises(ValueError, match=r"missing column.*'pressure'"):
         tiny.anomaly_score(mixed_data.drop(columns=["pressure"]))
 
 

@@ -52,7 +52,8 @@ def test_reconstruction_terms_for_every_likelihood():
     torch.testing.assert_close(terms, expected)
 
 
-def _model(layout=FeatureLayout(n_gaussian=6), latent=3):
+def _model(layout=None, latent=3):
+    layout = layout or FeatureLayout(n_gaussian=6)
     torch.manual_seed(1)
     return VAE(VAEConfig(layout=layout, latent_dim=latent, hidden_dims=(16,))).eval()
 
@@ -75,7 +76,7 @@ def test_training_loss_is_the_batch_mean_and_beta_weights_only_kl():
     model, x, eps = _model(), torch.randn(20, 6), torch.randn(1, 20, 3)
     with torch.no_grad():
         t = elbo_terms(model, x, eps)
-        loss, kl, rec = training_loss(model, x, eps, beta=1.0)
+        loss, _kl, _rec = training_loss(model, x, eps, beta=1.0)
         torch.testing.assert_close(loss, negative_elbo(model, x, eps).mean())
         half, _, _ = training_loss(model, x, eps, beta=0.5)
         torch.testing.assert_close(half, 0.5 * t.kl.mean() + t.reconstruction.mean())

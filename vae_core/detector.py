@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -97,7 +98,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.likelihood not in ("gaussian", "bernoulli"):
-            raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli', got {self.likelihood!r}")
+            raise ValueError(
+                f"likelihood must be 'gaussian' or 'bernoulli', got {self.likelihood!r}"
+            )
         if not 0.0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
         if not 0.0 < self.validation_fraction < 0.5:
@@ -110,10 +113,15 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     def _train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-            weight_decay=float(self.weight_decay), kl_warmup_epochs=int(self.kl_warmup_epochs),
-            patience=int(self.patience), clip_grad_norm=self.clip_grad_norm,
-            seed=int(self.random_state), device=self.device,
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            lr=float(self.lr),
+            weight_decay=float(self.weight_decay),
+            kl_warmup_epochs=int(self.kl_warmup_epochs),
+            patience=int(self.patience),
+            clip_grad_norm=self.clip_grad_norm,
+            seed=int(self.random_state),
+            device=self.device,
         )
 
     def fit(self, X, y=None, callbacks: Sequence[EpochCallback] = ()) -> VAEDetector:
@@ -127,16 +135,19 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         pre = (ImagePreprocessor if images else TabularPreprocessor)(self.likelihood)
         u = pre.fit(X).transform(X)
         cfg = VAEConfig(
-            layout=pre.layout, latent_dim=int(self.latent_dim),
-            hidden_dims=tuple(int(h) for h in self.hidden_dims), architecture=self.architecture,
-            image_shape=pre.image_shape if images else None, min_variance=float(self.min_variance),
+            layout=pre.layout,
+            latent_dim=int(self.latent_dim),
+            hidden_dims=tuple(int(h) for h in self.hidden_dims),
+            architecture=self.architecture,
+            image_shape=pre.image_shape if images else None,
+            min_variance=float(self.min_variance),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
             model = VAE(cfg).to(self.device)
         rng = np.random.default_rng(int(self.random_state))
         order = rng.permutation(len(u))
-        n_val = max(1, int(round(self.validation_fraction * len(u))))
+        n_val = max(1, round(self.validation_fraction * len(u)))
         x = torch.from_numpy(u).to(self.device)
         val_idx, train_idx = torch.from_numpy(order[:n_val]), torch.from_numpy(order[n_val:])
         result = train_vae(model, x[train_idx], x[val_idx], self._train_config(), callbacks)
@@ -183,11 +194,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"score must be 'negative_elbo' or 'iwae', got {score!r}")
         self.score_kind_, self.iwae_samples_ = score, int(k)
         scores = self.threshold_score(X)
-        result = calibrate_threshold(scores, y, policy=policy or TargetFPR(fpr=0.01),
-                                     score_name=score)
+        result = calibrate_threshold(
+            scores, y, policy=policy or TargetFPR(fpr=0.01), score_name=score
+        )
         self.set_threshold(result.threshold)
-        u = self.preprocessor_.transform(X)
-        self.calibration_ = result.to_dict() | {"fingerprint": fingerprint(u)}
+        data_id = {"calibration_fingerprint": fingerprint(self.preprocessor_.transform(X))}
+        self.calibration_ = replace(result, details=result.details | data_id).to_dict()
         self.probability_ = AnomalyProbability().fit(scores, y)
         return self
 
@@ -247,8 +259,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         n_samples : Monte Carlo samples of z per row; default ``n_score_samples``.
         """
         eps = self._score_noise(n_samples)
-        nelbo = self._chunked(X, lambda x: elbo_terms(self.model_, x, eps).negative_elbo,
-                              len(eps))
+        nelbo = self._chunked(X, lambda x: elbo_terms(self.model_, x, eps).negative_elbo, len(eps))
         return nelbo + self._log_jacobian()
 
     def log_likelihood(self, X, k: int = 64) -> np.ndarray:
@@ -260,8 +271,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         if int(k) < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         eps = self._noise(int(k), salt=2 + int(k)).to(self.device)
-        ll = self._chunked(X, lambda x: importance_weighted_log_likelihood(self.model_, x, eps),
-                           len(eps))
+        ll = self._chunked(
+            X, lambda x: importance_weighted_log_likelihood(self.model_, x, eps), len(eps)
+        )
         return ll - self._log_jacobian()
 
     def feature_contributions(self, X) -> pd.DataFrame:
@@ -271,9 +283,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         row sums equal ``anomaly_score - KL``. Higher = that column made the row more anomalous.
         """
         eps = self._score_noise(None)
-        terms = self._chunked(
-            X, lambda x: elbo_terms(self.model_, x, eps).reconstruction_terms, len(eps)
-        ) + self.preprocessor_.term_log_scale
+        terms = (
+            self._chunked(
+                X, lambda x: elbo_terms(self.model_, x, eps).reconstruction_terms, len(eps)
+            )
+            + self.preprocessor_.term_log_scale
+        )
         frame = pd.DataFrame(terms, columns=self.preprocessor_.term_columns)
         frame = frame.T.groupby(level=0, sort=False).sum().T  # terms -> their source columns
         names = [n for n in self.preprocessor_.feature_names if n in frame.columns]
@@ -293,8 +308,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         Returns a DataFrame for tables, an array (n, C, H, W) for images.
         """
         check_is_fitted(self, "model_")
-        gen = torch.Generator().manual_seed(self.random_state if random_state is None
-                                            else random_state)
+        gen = torch.Generator().manual_seed(
+            self.random_state if random_state is None else random_state
+        )
         with torch.no_grad():
             z = torch.randn(int(n), int(self.latent_dim), generator=gen).to(self.device)
             out = self.model_.decode(z)

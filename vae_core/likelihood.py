@@ -114,7 +114,7 @@ def importance_weighted_log_likelihood(
     log p(x) >= E[log 1/K sum_k p(x, z_k) / q(z_k|x)], z_k = mu + sigma * eps_k (Burda et al.,
     eq. 8). K = 1 gives the ELBO with one sample; the bound tightens as K grows.
     """
-    mu, log_var, z, out = model(x, eps)
+    _mu, log_var, z, out = model(x, eps)
     log_px_z = -reconstruction_nll_terms(x, out, model.cfg.layout).sum(-1)  # (K, n)
     log_pz = log_standard_normal(z)
     # log q(z|x) with z = mu + sigma * eps: the standardised residual is eps itself.

@@ -16,6 +16,7 @@ The decoder emits one flat parameter vector per row, laid out by :class:`Feature
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -91,7 +92,7 @@ _LOG_VAR_MIN, _LOG_VAR_MAX = -30.0, 20.0
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for n_in, n_out in itertools.pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), nn.SiLU()]
     return nn.Sequential(*layers)
 
@@ -143,7 +144,7 @@ class ConvEncoder(nn.Module):
         if min(sizes[-1]) < 1:
             raise ValueError(f"image {height}x{width} is too small for {len(widths) - 1} layers")
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(widths):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.SiLU()]
         self.body = nn.Sequential(*layers, nn.Flatten())
         h, w = sizes[-1]
@@ -207,7 +208,7 @@ class VAE(nn.Module):
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps (section 2.4). eps broadcasts: (L, n, k) or (L, 1, k) -> (L, n, k)."""
+        """z = mu + sigma * eps (section 2.4); eps (L, n, k) or (L, 1, k) -> z (L, n, k)."""
         return mu + torch.exp(0.5 * log_var) * eps
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:

@@ -23,8 +23,17 @@ from vae_core.preprocess import preprocessor_from_dict
 FORMAT_VERSION = 1
 WEIGHTS, META = "weights.pt", "model.json"
 # Fitted attributes stored in JSON as they are (the rest are rebuilt from tensors and configs).
-_PLAIN_STATE = ("threshold_", "offset_", "history_", "best_epoch_", "n_features_in_",
-                "training_fingerprint_", "score_kind_", "iwae_samples_", "calibration_")
+_PLAIN_STATE = (
+    "threshold_",
+    "offset_",
+    "history_",
+    "best_epoch_",
+    "n_features_in_",
+    "training_fingerprint_",
+    "score_kind_",
+    "iwae_samples_",
+    "calibration_",
+)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -40,6 +49,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_frame(frame, path: Path) -> Path:
+    """Write a DataFrame as CSV or Parquet (by suffix) under a temporary name, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _json_default(o):

@@ -48,7 +48,9 @@ def as_frame(X, columns: list[str] | None = None) -> pd.DataFrame:
         return X
     arr = np.asarray(X)
     if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D table (rows x columns), got an array of shape {arr.shape}")
+        raise ValueError(
+            f"expected a 2-D table (rows x columns), got an array of shape {arr.shape}"
+        )
     if columns is not None and arr.shape[1] != len(columns):
         raise ValueError(
             f"expected {len(columns)} columns as at fit ({', '.join(columns[:8])}"
@@ -157,6 +159,13 @@ class TabularPreprocessor:
                 )
                 return ColumnSpec(name, "constant", dtype, constant_value=float(finite[0]))
             return ColumnSpec(name, "numeric", dtype)
+        if s.nunique() == len(s) > 2 * MIN_FIT_ROWS:
+            warnings.warn(
+                f"column {name!r} has a different value in every row: it looks like an id; "
+                "pass it as an id column so it is carried through rather than modelled",
+                UserWarning,
+                stacklevel=3,
+            )
         return ColumnSpec(name, "categorical", dtype)
 
     def _column_transformer(self, numeric: list[str], categorical: list[str]):
@@ -199,7 +208,10 @@ class TabularPreprocessor:
 
     @property
     def layout(self) -> FeatureLayout:
-        numeric, n_missing = self._of_kind("numeric"), sum(c.missing_indicator for c in self.columns)
+        numeric, n_missing = (
+            self._of_kind("numeric"),
+            sum(c.missing_indicator for c in self.columns),
+        )
         # Each categorical block has one slot more than the categories seen at fit: unseen
         # categories at scoring land there, and the model has learnt they are improbable.
         sizes = tuple(len(c.categories) + 1 for c in self._of_kind("categorical"))
@@ -298,8 +310,11 @@ class TabularPreprocessor:
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"kind": "tabular", "likelihood": self.likelihood,
-                "columns": [asdict(c) for c in self.columns]}
+        return {
+            "kind": "tabular",
+            "likelihood": self.likelihood,
+            "columns": [asdict(c) for c in self.columns],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TabularPreprocessor:
@@ -349,7 +364,9 @@ class ImagePreprocessor:
         flat = arr.reshape(len(arr), -1).astype("float32") / self.pixel_scale
         bad = ~np.isfinite(flat).all(1)
         if bad.any():
-            raise ValueError(f"images with NaN or infinite pixels at index {np.flatnonzero(bad)[:5]}")
+            raise ValueError(
+                f"images with NaN or infinite pixels at index {np.flatnonzero(bad)[:5]}"
+            )
         return flat
 
     @property
@@ -373,8 +390,12 @@ class ImagePreprocessor:
         return (u * self.pixel_scale).reshape(len(u), *self.image_shape)
 
     def to_dict(self) -> dict:
-        return {"kind": "image", "likelihood": self.likelihood,
-                "image_shape": list(self.image_shape), "pixel_scale": self.pixel_scale}
+        return {
+            "kind": "image",
+            "likelihood": self.likelihood,
+            "image_shape": list(self.image_shape),
+            "pixel_scale": self.pixel_scale,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ImagePreprocessor:

@@ -53,7 +53,7 @@ class EpochLog:
         return asdict(self)
 
 
-class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StopTraining(Exception):
     """Raise from a callback to end training after the current epoch."""
 
 
@@ -81,9 +81,9 @@ def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Genera
     sums, n_seen = np.zeros(3), 0
     for start in range(0, len(x), cfg.batch_size):
         batch = x[order[start : start + cfg.batch_size]]
-        eps = torch.randn(
-            cfg.n_mc_samples, len(batch), model.cfg.latent_dim, generator=gen
-        ).to(x.device)
+        eps = torch.randn(cfg.n_mc_samples, len(batch), model.cfg.latent_dim, generator=gen).to(
+            x.device
+        )
         loss, kl, rec = training_loss(model, batch, eps, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()

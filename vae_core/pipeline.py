@@ -1,0 +1,171 @@
+"""The pipeline's steps as plain functions on plain data ("nodes").
+
+The CLI chains them directly; the Prefect flows wrap each in a thin task. Nothing here knows
+about Prefect or MLflow.
+
+    split_table -> fit_detector -> calibrate_detector -> evaluate_detector -> (save, register)
+    score_table: a fitted detector and a table -> ids + scores, flags, probabilities, top columns
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from vae_core.calibrate import Calibration
+from vae_core.config import CalibrationConfig, PipelineConfig, SplitConfig
+from vae_core.detector import VAEDetector
+from vae_core.ingest import LabelledTable
+from vae_core.report import EvaluationReport, evaluate, write_report
+from vae_core.train import EpochCallback
+
+
+@dataclass
+class Splits:
+    """Row positions of the three disjoint splits of a table."""
+
+    train: np.ndarray
+    calibration: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in ("train", "calibration", "test")}
+
+
+def split_table(table: LabelledTable, cfg: SplitConfig) -> Splits:
+    """Disjoint train / calibration / test positions, stratified by label when there are
+    enough anomalies for it; with ``train_on_normal_only`` labelled anomalies leave training."""
+    n, y = len(table.features), table.labels
+    stratify = y if y is not None and min(np.bincount(y, minlength=2)) >= 3 else None
+    positions = np.arange(n)
+    held = cfg.calibration_fraction + cfg.test_fraction
+    train, rest = train_test_split(
+        positions, test_size=held, random_state=cfg.seed, stratify=stratify
+    )
+    rest_strat = stratify[rest] if stratify is not None else None
+    cal, test = train_test_split(
+        rest, test_size=cfg.test_fraction / held, random_state=cfg.seed, stratify=rest_strat
+    )
+    if cfg.train_on_normal_only and y is not None:
+        train = train[y[train] == 0]
+    return Splits(np.sort(train), np.sort(cal), np.sort(test))
+
+
+def fit_detector(
+    features: pd.DataFrame, cfg: PipelineConfig, callbacks: Sequence[EpochCallback] = ()
+) -> VAEDetector:
+    """A VAEDetector with the config's model and training settings, fitted on ``features``."""
+    return VAEDetector(**cfg.detector_params()).fit(features, callbacks=callbacks)
+
+
+def calibrate_detector(
+    det: VAEDetector, features: pd.DataFrame, labels: np.ndarray | None, cfg: CalibrationConfig
+) -> VAEDetector:
+    """Set the detector's threshold on the calibration split by the configured policy."""
+    return det.calibrate(features, labels, policy=cfg.policy, score=cfg.score, k=cfg.iwae_samples)
+
+
+def evaluate_detector(
+    det: VAEDetector,
+    features: pd.DataFrame,
+    labels: np.ndarray | None,
+    cfg: CalibrationConfig,
+    seed: int = 0,
+) -> tuple[EvaluationReport, np.ndarray]:
+    """The evaluation report on the test split and its scores (threshold units)."""
+    scores = det.threshold_score(features)
+    usable = labels is not None and labels.sum() >= 1 and (labels == 0).sum() >= 1
+    report = evaluate(
+        scores,
+        labels if usable else None,
+        det.threshold_,
+        n_bootstrap=cfg.bootstrap,
+        random_state=seed,
+    )
+    return report, scores
+
+
+@dataclass
+class TrainOutcome:
+    detector: VAEDetector
+    splits: Splits
+    report: EvaluationReport
+    test_scores: np.ndarray
+    report_paths: dict[str, Path]
+
+
+def train_and_evaluate(
+    table: LabelledTable,
+    cfg: PipelineConfig,
+    out_dir: Path,
+    callbacks: Sequence[EpochCallback] = (),
+) -> TrainOutcome:
+    """Split, fit, calibrate, evaluate; save the model to ``out_dir/model`` and the report to
+    ``out_dir/report``. Returns everything a caller logs or prints."""
+    splits = split_table(table, cfg.split)
+    y = table.labels
+    part = lambda idx: table.features.iloc[idx]  # noqa: E731 - local shorthand
+    det = fit_detector(part(splits.train), cfg, callbacks)
+    calibrate_detector(det, part(splits.calibration), _at(y, splits.calibration), cfg.calibration)
+    report, scores = evaluate_detector(
+        det, part(splits.test), _at(y, splits.test), cfg.calibration, cfg.split.seed
+    )
+    det.save(Path(out_dir) / "model")
+    paths = write_report(
+        report,
+        Path(out_dir) / "report",
+        calibration=Calibration(**det.calibration_),
+        history=det.history_,
+        scores=scores,
+        y=_at(y, splits.test),
+    )
+    return TrainOutcome(det, splits, report, scores, paths)
+
+
+def _at(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if y is None else y[idx]
+
+
+def score_table(
+    det: VAEDetector,
+    features: pd.DataFrame,
+    ids: pd.DataFrame | None = None,
+    top_features: int = 3,
+) -> pd.DataFrame:
+    """Scores for a batch: ids, then ``anomaly_score`` (threshold units, higher = more
+    anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` (when calibrated)
+    and the ``top_features`` columns that contributed most to each row's score.
+    """
+    scores = det.threshold_score(features)
+    out = pd.DataFrame(index=features.index)
+    if ids is not None:
+        out = ids.copy()
+    out["anomaly_score"] = scores
+    out["is_anomaly"] = scores > det.threshold_
+    if det.probability_ is not None:
+        out["anomaly_probability"] = det.probability_.probability(scores)
+    if top_features > 0:
+        contrib = det.feature_contributions(features)
+        out = pd.concat(
+            [out.reset_index(drop=True), top_contributors(contrib, top_features)], axis=1
+        )
+        out.index = features.index
+    return out
+
+
+def top_contributors(contrib: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k columns with the largest reconstruction NLL per row, with their nats."""
+    values = contrib.to_numpy()
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    names = np.asarray(contrib.columns, dtype=object)
+    cols = {}
+    for j in range(k):
+        cols[f"top_feature_{j + 1}"] = names[order[:, j]]
+        cols[f"top_feature_{j + 1}_nats"] = np.take_along_axis(values, order[:, j : j + 1], 1)[:, 0]
+    return pd.DataFrame(cols)
