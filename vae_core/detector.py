@@ -76,6 +76,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         min_variance: float = 1e-3,
         weight_decay: float = 0.0,
         clip_grad_norm: float | None = 10.0,
+        quantization_floor: bool = True,
     ):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
@@ -94,6 +95,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.min_variance = min_variance
         self.weight_decay = weight_decay
         self.clip_grad_norm = clip_grad_norm
+        self.quantization_floor = quantization_floor
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -144,7 +146,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
-            model = VAE(cfg).to(self.device)
+            model = VAE(cfg)
+        if self.quantization_floor and cfg.layout.n_gaussian:
+            model.set_variance_floor(torch.from_numpy(grid_variance(u[:, : cfg.layout.n_gaussian])))
+        model = model.to(self.device)
         rng = np.random.default_rng(int(self.random_state))
         order = rng.permutation(len(u))
         n_val = max(1, round(self.validation_fraction * len(u)))
@@ -367,6 +372,24 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.categorical = True
         tags.non_deterministic = False
         return tags
+
+
+def grid_variance(u: np.ndarray) -> np.ndarray:
+    """Per column, the variance of uniform noise over the spacing of its values: delta^2 / 12.
+
+    A column whose values sit on a grid of step delta (counts, rounded readings, a few levels)
+    carries no information below that step; a Gaussian allowed a narrower variance puts a
+    spike on each grid value and rewards rows for landing on it (the density diverges as the
+    variance shrinks). Flooring the variance at the uniform-dequantization variance (Theis et
+    al., 2016) keeps the likelihood finite and meaningful. For a continuous column delta is the
+    smallest gap between distinct values and the floor is negligible. (d,) float32.
+    """
+    floors = np.zeros(u.shape[1], dtype="float32")
+    for j in range(u.shape[1]):
+        gaps = np.diff(np.unique(u[:, j]))
+        if gaps.size:
+            floors[j] = gaps.min() ** 2 / 12.0
+    return floors
 
 
 def fingerprint(u: np.ndarray) -> str:

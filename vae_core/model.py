@@ -199,6 +199,13 @@ class VAE(nn.Module):
             self.encoder, self.decoder = ConvEncoder(cfg), ConvDecoder(cfg)
         else:
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {cfg.architecture!r}")
+        # Per-column floor on the decoder variance (model-input units); see set_variance_floor.
+        floor = torch.full((cfg.layout.n_gaussian,), float(cfg.min_variance))
+        self.register_buffer("variance_floor", floor)
+
+    def set_variance_floor(self, floor: torch.Tensor) -> None:
+        """Raise the floor per Gaussian column (it never goes below ``cfg.min_variance``)."""
+        self.variance_floor.copy_(torch.clamp(floor, min=float(self.cfg.min_variance)))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (n, latent_dim)."""
@@ -220,7 +227,7 @@ class VAE(nn.Module):
         mean, raw_var, logits = flat[:, :n_g], flat[:, n_g : 2 * n_g], flat[:, 2 * n_g :]
         # Learned variance with a floor (appendix C.2 learns log sigma^2 freely; the floor stops
         # the likelihood from diverging on near-duplicate or near-constant columns).
-        var = self.cfg.min_variance + F.softplus(raw_var)
+        var = self.variance_floor + F.softplus(raw_var)
         return DecoderOutput(
             mean=mean.reshape(*lead, n_g),
             log_var=torch.log(var).reshape(*lead, n_g),
