@@ -203,7 +203,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             scores, y, policy=policy or TargetFPR(fpr=0.01), score_name=score
         )
         self.set_threshold(result.threshold)
-        data_id = {"calibration_fingerprint": fingerprint(self.preprocessor_.transform(X))}
+        normal = scores if y is None else scores[np.asarray(y) == 0]
+        data_id = {
+            "calibration_fingerprint": fingerprint(self.preprocessor_.transform(X)),
+            # Reference for drift checks at scoring time (population stability index).
+            "score_deciles": np.quantile(normal, np.linspace(0.1, 0.9, 9)).tolist(),
+        }
         self.calibration_ = replace(result, details=result.details | data_id).to_dict()
         self.probability_ = AnomalyProbability().fit(scores, y)
         return self

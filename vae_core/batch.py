@@ -1,0 +1,314 @@
+"""Batch scoring with bounded memory, validated input and atomic, idempotent output.
+
+A batch is one input (a CSV or Parquet file, a glob, or a folder of Parquet partitions) split
+into partitions (files, or row groups of one large Parquet file). Each partition is read in
+chunks, validated against the model's schema (pandera, built from the schema recorded at fit),
+scored, and written to a staging folder next to the destination. Only when every partition has
+succeeded are the staged parts streamed into the final file under a temporary name and renamed
+over the destination (``commit_scores``). So:
+
+* a bad row anywhere fails the batch before any output is written, and earlier outputs are
+  untouched;
+* a crash (even SIGKILL) leaves at most a stale staging folder, never a partial output file;
+* rerunning a batch (same batch id) replaces its output: every row appears exactly once.
+
+Row numbers in error messages are 0-based data rows of the named file (the header excluded).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vae_core.ingest import TABLE_SUFFIXES
+
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of scoring work: a file, or one row group of a Parquet file."""
+
+    path: str
+    row_group: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path if self.row_group is None else f"{self.path} (row group {self.row_group})"
+
+
+def list_partitions(source: str | Path) -> list[Partition]:
+    """The partitions of a batch, in a stable order.
+
+    source : a CSV/Parquet file, a glob pattern, or a folder (Parquet and CSV files below it).
+    A Parquet file with several row groups gives one partition per row group.
+    """
+    text = str(source)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(text, recursive=True))
+    elif Path(text).is_dir():
+        files = sorted(p for p in Path(text).rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
+    elif Path(text).exists():
+        files = [Path(text)]
+    else:
+        raise FileNotFoundError(f"input {text} does not exist")
+    files = [f for f in files if f.is_file() and not f.name.startswith((".", "_"))]
+    if not files:
+        raise FileNotFoundError(f"input {text} matches no .csv or .parquet file")
+    parts: list[Partition] = []
+    for f in files:
+        if TABLE_SUFFIXES.get(f.suffix.lower()) is None:
+            raise ValueError(f"{f}: unsupported file type {f.suffix!r} (expected .csv or .parquet)")
+        parts.extend(_file_partitions(f))
+    return parts
+
+
+def _file_partitions(path: Path) -> list[Partition]:
+    if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
+        return [Partition(str(path))]
+    try:
+        n_groups = pq.ParquetFile(path).num_row_groups
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as parquet ({exc})") from exc
+    if n_groups <= 1:
+        return [Partition(str(path))]
+    return [Partition(str(path), g) for g in range(n_groups)]
+
+
+def read_partition(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Chunks of at most ``chunk_rows`` rows; each chunk's index is its rows' file positions."""
+    first = 0
+    try:
+        for chunk in _raw_chunks(part, chunk_rows):
+            chunk.index = pd.RangeIndex(first, first + len(chunk))
+            first += len(chunk)
+            yield chunk
+    except (pa.ArrowInvalid, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{part.name}: cannot be read ({exc})") from exc
+    if first == 0:
+        raise ValueError(f"{part.name}: the input has no data rows")
+
+
+def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if TABLE_SUFFIXES[Path(part.path).suffix.lower()] == "csv":
+        try:
+            yield from pd.read_csv(part.path, chunksize=chunk_rows)
+        except pd.errors.EmptyDataError:
+            return
+        return
+    pf = pq.ParquetFile(part.path)
+    groups = None if part.row_group is None else [part.row_group]
+    offset = (
+        0
+        if part.row_group is None
+        else sum(pf.metadata.row_group(g).num_rows for g in range(part.row_group))
+    )
+    for record_batch in pf.iter_batches(batch_size=chunk_rows, row_groups=groups):
+        frame = record_batch.to_pandas()
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+        offset += len(frame)
+        yield frame
+
+
+def batch_identity(source: str | Path, batch_id: str | None = None) -> str:
+    """The batch's id: the given one, or a hash of its files' names and bytes."""
+    if batch_id:
+        if not all(ch.isalnum() or ch in "-_." for ch in batch_id):
+            raise ValueError(f"batch id {batch_id!r} may hold only letters, digits, '-', '_', '.'")
+        return batch_id
+    h = hashlib.sha256()
+    for path in sorted({p.path for p in list_partitions(source)}):
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return "b-" + h.hexdigest()[:16]
+
+
+# ---- validation ----------------------------------------------------------------------------
+def input_schema(det, id_columns: list[str] | tuple[str, ...] = ()):
+    """A pandera schema for raw input rows, built from the schema recorded at fit.
+
+    Numeric columns must parse as numbers, be finite, and may be missing only where training
+    had missing values; categorical columns may hold anything (unseen values are scored as
+    improbable); id columns must be present. Extra columns are allowed and ignored.
+    """
+    import pandera.pandas as pda
+
+    finite = pda.Check(lambda s: ~np.isinf(s), name="finite", error="infinite value")
+    columns = {}
+    for spec in det.preprocessor_.columns:
+        if spec.kind == "categorical":
+            columns[spec.name] = pda.Column(nullable=True)
+        else:
+            columns[spec.name] = pda.Column(
+                float,
+                coerce=True,
+                checks=[finite],
+                nullable=spec.kind == "constant" or spec.missing_indicator,
+            )
+    for name in id_columns:
+        columns[name] = pda.Column(nullable=True)
+    return pda.DataFrameSchema(columns, strict=False)
+
+
+_CHECK_WORDS = {
+    "column_in_dataframe": "column is missing",
+    "not_nullable": "missing value (NaN) where the training data had none",
+    "finite": "infinite value",
+}
+
+
+def validate_chunk(frame: pd.DataFrame, schema, source: str) -> pd.DataFrame:
+    """The chunk with numeric columns coerced; ValueError naming file, columns, rows, values."""
+    import pandera.errors as pde
+
+    try:
+        return schema.validate(frame, lazy=True)
+    except pde.SchemaErrors as err:
+        raise ValueError(_describe_failures(err.failure_cases, source)) from None
+
+
+def _describe_failures(cases: pd.DataFrame, source: str) -> str:
+    lines = [f"{source}: the input does not match the model's schema"]
+    for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
+        what = _CHECK_WORDS.get(str(check).split("(")[0], None)
+        if what is None and str(check).startswith("coerce_dtype"):
+            what = "not a number"
+        what = what or str(check)
+        if what == "column is missing":
+            lines.append(f"  column {group['failure_case'].iloc[0]!r}: column is missing")
+            continue
+        rows = group["index"].dropna().astype(int).tolist()
+        values = ", ".join(repr(v) for v in group["failure_case"].head(3).tolist())
+        shown = ", ".join(str(r) for r in rows[:_EXAMPLES])
+        more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
+        lines.append(f"  column {column!r}: {what} at row(s) {shown}{more} (values: {values})")
+    return "\n".join(lines)
+
+
+# ---- scoring into a staging folder, then commit ------------------------------------------------
+@dataclass
+class StagedPart:
+    """What scoring one partition produced: a staged file and its summary."""
+
+    path: str
+    rows: int = 0
+    flagged: int = 0
+    decile_counts: list[int] = field(default_factory=list)  # against the calibration deciles
+    score_sample: list[float] = field(default_factory=list)  # up to 2,000 scores, for plots
+    top: list[dict] = field(default_factory=list)  # the part's highest-scoring rows
+
+
+def staging_dir(dest: Path, batch_id: str) -> Path:
+    return Path(dest).parent / f".{batch_id}.staging"
+
+
+def score_partition(
+    det,
+    part: Partition,
+    staging: Path,
+    index: int,
+    id_columns: list[str],
+    chunk_rows: int = 100_000,
+    top_features: int = 3,
+    top_rows: int = 10,
+) -> StagedPart:
+    """Validate, score and stage one partition, chunk by chunk (memory ~ one chunk)."""
+    from vae_core.pipeline import score_table
+
+    schema = input_schema(det, id_columns)
+    staging.mkdir(parents=True, exist_ok=True)
+    out = StagedPart(str(staging / f"part-{index:05d}.parquet"))
+    edges = _reference_edges(det)
+    rng = np.random.default_rng(index)
+    writer = None
+    try:
+        for chunk in read_partition(part, chunk_rows):
+            clean = validate_chunk(chunk, schema, part.name)
+            scored = score_table(det, clean, clean[list(id_columns)], top_features)
+            table = pa.Table.from_pandas(scored, preserve_index=False)
+            writer = writer or pq.ParquetWriter(out.path + ".tmp", table.schema)
+            writer.write_table(table)
+            _summarise(out, scored, edges, rng, top_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(out.path + ".tmp", out.path)
+    return out
+
+
+def _reference_edges(det) -> np.ndarray | None:
+    deciles = (det.calibration_ or {}).get("details", {}).get("score_deciles")
+    return None if deciles is None else np.asarray(deciles, dtype=float)
+
+
+def _summarise(out: StagedPart, scored: pd.DataFrame, edges, rng, top_rows: int) -> None:
+    scores = scored["anomaly_score"].to_numpy()
+    out.rows += len(scores)
+    out.flagged += int(scored["is_anomaly"].sum())
+    if edges is not None:
+        counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
+        out.decile_counts = (np.asarray(out.decile_counts or 0) + counts).tolist()
+    keep = min(len(scores), max(0, 2000 - len(out.score_sample)))
+    out.score_sample += rng.choice(scores, keep, replace=False).tolist() if keep else []
+    best = scored.nlargest(top_rows, "anomaly_score")
+    merged = out.top + best.to_dict("records")
+    out.top = sorted(merged, key=lambda r: -r["anomaly_score"])[:top_rows]
+
+
+def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
+    """Stream the staged parts, in order, into ``dest`` atomically; remove the staging folder."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+    writer = None
+    try:
+        for part in parts:
+            pf = pq.ParquetFile(part.path)
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        if writer is None:
+            raise ValueError("no scored rows to write")
+        writer.close()
+        writer = None
+        os.replace(tmp, dest)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def discard_staging(staging: Path) -> None:
+    """Remove a staging folder left by a failed or killed run."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---- drift -------------------------------------------------------------------------------------
+def population_stability_index(counts: list[int] | np.ndarray, n_bins: int = 10) -> float:
+    """PSI of scored rows across the calibration score deciles (10 equal reference shares).
+
+    PSI = sum_i (a_i - e_i) ln(a_i / e_i), with e_i = 1/10 and a_i the share of new scores in
+    decile bin i (empty bins get half a count so the sum stays finite). Common reading: < 0.1
+    stable, 0.1-0.25 moderate shift, > 0.25 large shift.
+    """
+    counts = np.asarray(counts, dtype=float)
+    if counts.size != n_bins or counts.sum() == 0:
+        raise ValueError(f"need {n_bins} bin counts with at least one row, got {counts.tolist()}")
+    actual = np.maximum(counts, 0.5) / counts.sum()
+    expected = np.full(n_bins, 1.0 / n_bins)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
