@@ -44,14 +44,14 @@ def test_partitions_of_a_file_a_folder_a_glob_and_row_groups(tmp_path, mixed_dat
     pq.write_table(pa.Table.from_pandas(df), tmp_path / "big.pq", row_group_size=250)
     assert [p.row_group for p in list_partitions(tmp_path / "big.pq")] == [0, 1, 2]
     assert len(list_partitions(tmp_path)) == 1 + 1 + 3
-    assert [Path_name(p) for p in list_partitions(tmp_path / "*.csv")] == ["b.csv"]
+    assert [file_name(p) for p in list_partitions(tmp_path / "*.csv")] == ["b.csv"]
     rows = sum(len(c) for p in list_partitions(tmp_path / "big.pq") for c in read_partition(p, 64))
     assert rows == len(df)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_partitions(tmp_path / "nothing.parquet")
 
 
-def Path_name(p):  # noqa: N802 - small local helper
+def file_name(p):
     from pathlib import Path
 
     return Path(p.path).name
@@ -70,7 +70,7 @@ def test_chunked_partitioned_scores_equal_in_memory_scores(calibrated, mixed_dat
 
 def test_rerunning_a_batch_replaces_its_output(calibrated, mixed_data, tmp_path):
     with_ids(mixed_data).to_csv(tmp_path / "in.csv", index=False)
-    first, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
     again, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
     assert len(pd.read_parquet(again)) == len(mixed_data)
 
@@ -109,7 +109,7 @@ def _set(d, column, value, row=250):
 
 def test_corrupt_parquet_names_the_file(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(ValueError, match="bad.parquet"):
+    with pytest.raises(ValueError, match=r"bad\.parquet"):
         list_partitions(tmp_path / "bad.parquet")
 
 
