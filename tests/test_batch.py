@@ -1,5 +1,7 @@
 """Batch scoring: partitions, schema validation, atomic and idempotent output, drift."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -21,7 +23,8 @@ from vae_core.batch import (
 def calibrated(fitted_mixed, mixed_data):
     from vae_core.calibrate import TargetFPR
 
-    return fitted_mixed.calibrate(mixed_data.iloc[:300], policy=TargetFPR(fpr=0.05))
+    det = copy.deepcopy(fitted_mixed)  # the session fixture stays as fit left it
+    return det.calibrate(mixed_data.iloc[:300], policy=TargetFPR(fpr=0.05))
 
 
 def with_ids(frame):

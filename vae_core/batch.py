@@ -182,6 +182,10 @@ def validate_chunk(frame: pd.DataFrame, schema, source: str) -> pd.DataFrame:
 
 def _describe_failures(cases: pd.DataFrame, source: str) -> str:
     lines = [f"{source}: the input does not match the model's schema"]
+    checks = cases["check"].astype(str)
+    unparsed = set(cases.loc[checks.str.startswith("coerce_dtype"), "column"])
+    # A column that does not parse fails its dtype and value checks too: report it once.
+    cases = cases[~cases["column"].isin(unparsed) | checks.str.startswith("coerce_dtype")]
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
         what = _CHECK_WORDS.get(str(check).split("(")[0], None)
         if what is None and str(check).startswith("coerce_dtype"):
@@ -312,3 +316,73 @@ def population_stability_index(counts: list[int] | np.ndarray, n_bins: int = 10)
     actual = np.maximum(counts, 0.5) / counts.sum()
     expected = np.full(n_bins, 1.0 / n_bins)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+# ---- the batch's summary -------------------------------------------------------------------
+@dataclass
+class BatchSummary:
+    """What a scoring run reports: counts, drift and the top anomalies of the whole batch."""
+
+    batch_id: str
+    rows: int
+    flagged: int
+    threshold: float
+    psi: float | None
+    drift_warning: bool
+    score_sample: np.ndarray
+    top: pd.DataFrame
+
+    @property
+    def flagged_rate(self) -> float:
+        return self.flagged / self.rows if self.rows else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "rows": float(self.rows),
+            "flagged_count": float(self.flagged),
+            "flagged_rate": self.flagged_rate,
+            "threshold": self.threshold,
+        }
+        if self.psi is not None:
+            out["score_psi"] = self.psi
+        return out
+
+
+def summarise_batch(
+    batch_id: str, parts: list[StagedPart], threshold: float, psi_warning: float, top_rows: int = 10
+) -> BatchSummary:
+    """Combine the per-partition summaries; PSI against the calibration deciles if recorded."""
+    counts = [p.decile_counts for p in parts if p.decile_counts]
+    psi = population_stability_index(np.sum(counts, axis=0)) if counts else None
+    top = pd.DataFrame([row for p in parts for row in p.top])
+    if len(top):
+        top = top.nlargest(top_rows, "anomaly_score").reset_index(drop=True)
+    return BatchSummary(
+        batch_id=batch_id,
+        rows=sum(p.rows for p in parts),
+        flagged=sum(p.flagged for p in parts),
+        threshold=float(threshold),
+        psi=psi,
+        drift_warning=psi is not None and psi > psi_warning,
+        score_sample=np.asarray([s for p in parts for s in p.score_sample]),
+        top=top,
+    )
+
+
+def summary_markdown(summary: BatchSummary, model: str, source: str, dest: str) -> str:
+    """A short Markdown summary of a scoring run, for the Prefect artifact and the logs."""
+    lines = [
+        f"# Scores for batch `{summary.batch_id}`",
+        "",
+        f"- Model: `{model}`; input: `{source}`; output: `{dest}`",
+        f"- Rows: {summary.rows:,}; flagged: {summary.flagged:,} ({summary.flagged_rate:.2%}) "
+        f"at threshold {summary.threshold:.4g} (a row is flagged iff its score is greater)",
+    ]
+    if summary.psi is not None:
+        verdict = (
+            "**drift warning**: the scores no longer look like the calibration data"
+            if (summary.drift_warning)
+            else "no drift warning"
+        )
+        lines.append(f"- Score drift (PSI vs calibration deciles): {summary.psi:.3f} ({verdict})")
+    return "\n".join(lines) + "\n"

@@ -102,6 +102,10 @@ class ScoringConfig(_Section):
     chunk_rows: int = Field(100_000, ge=1)
     top_features: int = Field(3, ge=0)
     drift_psi_warning: float = Field(0.2, gt=0)
+    task_runner: Literal["threads", "dask"] = "threads"  # how partitions are scored
+    max_workers: int = Field(2, ge=1)  # threads, or local Dask workers
+    dask_address: str | None = None  # an existing Dask scheduler (tcp://host:8786)
+    model_cache: str = "outputs/models"  # local copies of registry models used for scoring
 
 
 class PromotionConfig(_Section):

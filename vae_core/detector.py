@@ -286,19 +286,26 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         )
         return ll - self._log_jacobian()
 
+    def reconstruction_terms(self, X) -> np.ndarray:
+        """E_q[-log p(x_t|z)] per likelihood term, in nats of the data as given. (n, t)
+
+        Terms follow ``preprocessor_.term_columns`` (for images: one per pixel and channel, in
+        (C, H, W) order) and include the preprocessing's log-Jacobian, so the row sums equal
+        ``anomaly_score - kl_divergence``. Higher = that term made the row more anomalous.
+        """
+        eps = self._score_noise(None)
+        terms = self._chunked(
+            X, lambda x: elbo_terms(self.model_, x, eps).reconstruction_terms, len(eps)
+        )
+        return terms + self.preprocessor_.term_log_scale
+
     def feature_contributions(self, X) -> pd.DataFrame:
         """Each input column's term of the reconstruction NLL E_q[-log p(x|z)], in nats. (n, d)
 
         A column's missing-value indicator and one-hot block count towards that column; the
         row sums equal ``anomaly_score - KL``. Higher = that column made the row more anomalous.
         """
-        eps = self._score_noise(None)
-        terms = (
-            self._chunked(
-                X, lambda x: elbo_terms(self.model_, x, eps).reconstruction_terms, len(eps)
-            )
-            + self.preprocessor_.term_log_scale
-        )
+        terms = self.reconstruction_terms(X)
         frame = pd.DataFrame(terms, columns=self.preprocessor_.term_columns)
         frame = frame.T.groupby(level=0, sort=False).sum().T  # terms -> their source columns
         names = [n for n in self.preprocessor_.feature_names if n in frame.columns]

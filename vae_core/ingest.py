@@ -87,3 +87,11 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
             f"other values at row(s) {rows}"
         )
     return values.to_numpy(dtype="int64")
+
+
+def load_table(path: str | Path, data, require_label: bool = False) -> LabelledTable:
+    """Read a table and separate features, labels and ids as the ``data`` config says."""
+    return split_columns(
+        read_table(path), data.label_column, data.id_columns, data.drop_columns,
+        source=str(path), require_label=require_label,
+    )

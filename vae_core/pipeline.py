@@ -115,16 +115,27 @@ def train_and_evaluate(
     report, scores = evaluate_detector(
         det, part(splits.test), _at(y, splits.test), cfg.calibration, cfg.split.seed
     )
+    paths = save_outcome(det, report, scores, _at(y, splits.test), out_dir)
+    return TrainOutcome(det, splits, report, scores, paths)
+
+
+def save_outcome(
+    det: VAEDetector,
+    report: EvaluationReport,
+    test_scores: np.ndarray,
+    test_labels: np.ndarray | None,
+    out_dir: Path,
+) -> dict[str, Path]:
+    """Write the model to ``out_dir/model`` and the evaluation report to ``out_dir/report``."""
     det.save(Path(out_dir) / "model")
-    paths = write_report(
+    return write_report(
         report,
         Path(out_dir) / "report",
         calibration=Calibration(**det.calibration_),
         history=det.history_,
-        scores=scores,
-        y=_at(y, splits.test),
+        scores=test_scores,
+        y=test_labels,
     )
-    return TrainOutcome(det, splits, report, scores, paths)
 
 
 def _at(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

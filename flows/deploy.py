@@ -1,0 +1,60 @@
+"""Create (or update) the deployments on a process work pool:
+
+* ``score/nightly``: batch scoring with the champion on ``schedules.score_cron``;
+* ``train/weekly``: retraining, registration and the promotion gate on ``schedules.train_cron``.
+
+Parameters default to ``mlflow.yml``; override one run with
+``prefect deployment run 'score/nightly' --param data_path=... --param batch_id=...``.
+
+    python -m flows.deploy [--pool vae-anomaly] [--config mlflow.yml] [--paused]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import flow
+from prefect.schedules import Cron
+
+from vae_core.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = {  # deployment name -> (entrypoint, schedule key)
+    "nightly": ("flows/score.py:score", "score_cron"),
+    "weekly": ("flows/train.py:train", "train_cron"),
+}
+
+
+def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False) -> list[str]:
+    """Deploy both flows from this checkout (a local source: the worker must run here)."""
+    cfg = load_config(config_path)
+    config_file = str(Path(config_path).resolve())
+    names = []
+    for name, (entrypoint, cron_key) in DEPLOYMENTS.items():
+        cron = getattr(cfg.schedules, cron_key)
+        flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
+            name=name,
+            work_pool_name=pool,
+            schedules=[Cron(cron, timezone=cfg.schedules.timezone)],
+            parameters={"config_path": config_file},
+            paused=paused,
+            tags=["vae-anomaly"],
+            print_next_steps=False,
+        )
+        names.append(f"{entrypoint.split(':')[1]}/{name}")
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", default="vae-anomaly", help="process work pool name")
+    parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
+    parser.add_argument("--paused", action="store_true", help="create the schedules paused")
+    args = parser.parse_args()
+    for name in deploy_all(args.pool, args.config, args.paused):
+        print(f"deployed {name} (pool {args.pool})")
+
+
+if __name__ == "__main__":
+    main()

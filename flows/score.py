@@ -1,0 +1,182 @@
+"""The nightly batch-scoring flow.
+
+    resolve the model (models:/NAME@champion, or a version) -> list the batch's partitions ->
+    score each partition (validated, chunked, staged) on the configured task runner ->
+    commit one Parquet file atomically -> log the run to MLflow -> Prefect artifacts.
+
+Run it: ``python -m flows.score`` or ``prefect deployment run 'score/nightly'``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.retry import BACKOFF, transient_only
+from vae_core import batch
+from vae_core.config import PipelineConfig, load_config
+from vae_core.detector import VAEDetector
+
+IO_RETRIES = dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
+
+
+@task(**IO_RETRIES)
+def fetch_model(cfg: PipelineConfig, model_uri: str):
+    """Resolve a registry URI and keep a local copy of its detector; (version, folder)."""
+    from vae_core import registry
+
+    loaded = registry.load_registered(registry.TrackingTarget.from_config(cfg), model_uri)
+    ref = loaded.ref
+    folder = cfg.path(cfg.scoring.model_cache) / f"{ref.name}-v{ref.version}"
+    loaded.detector.save(folder)
+    return ref, str(folder)
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(folder: str) -> VAEDetector:
+    return VAEDetector.load(folder)
+
+
+@task(**IO_RETRIES)
+def list_partitions(source: str) -> list[batch.Partition]:
+    return batch.list_partitions(source)
+
+
+@task(**IO_RETRIES)
+def batch_identity(source: str, batch_id: str | None) -> str:
+    return batch.batch_identity(source, batch_id)
+
+
+@task(**IO_RETRIES)
+def score_partition(
+    model_dir: str,
+    part: batch.Partition,
+    staging: str,
+    index: int,
+    id_columns: list[str],
+    chunk_rows: int,
+    top_features: int,
+) -> batch.StagedPart:
+    return batch.score_partition(
+        _detector(model_dir), part, Path(staging), index, id_columns, chunk_rows, top_features
+    )
+
+
+@task(**IO_RETRIES)
+def commit_scores(staged: list[batch.StagedPart], dest: str, staging: str) -> str:
+    return str(batch.commit_scores(staged, Path(dest), Path(staging)))
+
+
+@task(**IO_RETRIES)
+def log_scoring_run(
+    cfg: PipelineConfig, model, summary: batch.BatchSummary, dest: str, source: str
+) -> str:
+    from vae_core import registry
+
+    return registry.log_batch_scoring(
+        registry.TrackingTarget.from_config(cfg), model, summary, dest, source
+    )
+
+
+def task_runner(cfg: PipelineConfig):
+    """The configured runner: threads, or Dask (a local cluster, or an existing scheduler)."""
+    if cfg.scoring.task_runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=cfg.scoring.max_workers)
+    import logging
+
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.scoring.dask_address:
+        return DaskTaskRunner(address=cfg.scoring.dask_address)
+    # Threads inside the Dask workers: torch releases the GIL, and worker processes would each
+    # start their own temporary Prefect API server unless PREFECT_API_URL points at a server.
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": cfg.scoring.max_workers,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": ":0",
+            "silence_logs": logging.ERROR,
+        }
+    )
+
+
+@flow(name="score-partitions")
+def score_partitions(
+    model_dir: str, parts: list[batch.Partition], staging: str, cfg: PipelineConfig
+) -> list[batch.StagedPart]:
+    """Score every partition on this flow's task runner; a failure fails the batch."""
+    futures = score_partition.map(
+        unmapped(model_dir),
+        parts,
+        unmapped(staging),
+        list(range(len(parts))),
+        unmapped(cfg.data.id_columns),
+        unmapped(cfg.scoring.chunk_rows),
+        unmapped(cfg.scoring.top_features),
+    )
+    return [f.result() for f in futures]
+
+
+@flow(name="score", log_prints=True)
+def score(
+    data_path: str | None = None,
+    model_uri: str | None = None,
+    batch_id: str | None = None,
+    output_dir: str | None = None,
+    config_path: str = "mlflow.yml",
+) -> dict:
+    """Score one batch with the champion (or ``model_uri``) and write
+    ``<output_dir>/<batch id>.parquet``: ids, anomaly_score, is_anomaly, anomaly_probability,
+    top contributing columns. Rerunning a batch replaces its output.
+    """
+    cfg = load_config(config_path)
+    logger = get_run_logger()
+    source = str(cfg.path(data_path or cfg.data.score_path))
+    uri = model_uri or f"models:/{cfg.tracking.registered_model}@champion"
+    model, model_dir = fetch_model(cfg, uri)
+    ident = batch_identity(source, batch_id)
+    out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / f"{ident}.parquet"
+    staging = batch.staging_dir(dest, ident)
+    batch.discard_staging(staging)  # left over by a killed run of the same batch
+    parts = list_partitions(source)
+    try:
+        runner = score_partitions.with_options(task_runner=task_runner(cfg))
+        staged = runner(model_dir, parts, str(staging), cfg)
+        written = commit_scores(staged, str(dest), str(staging))
+    finally:
+        batch.discard_staging(staging)
+    det = _detector(model_dir)
+    summary = batch.summarise_batch(ident, staged, det.threshold_, cfg.scoring.drift_psi_warning)
+    run_id = log_scoring_run(cfg, model, summary, written, source)
+    text = batch.summary_markdown(summary, f"{model.name} v{model.version}", source, written)
+    if summary.drift_warning:
+        logger.warning("score drift: PSI %.3f > %.3f", summary.psi, cfg.scoring.drift_psi_warning)
+    create_markdown_artifact(text + f"\nMLflow run: `{run_id}`\n", key="scoring-summary")
+    if len(summary.top):
+        create_table_artifact(
+            summary.top.round(4).astype(str).to_dict("records"),
+            key="top-anomalies",
+            description="Highest-scoring rows",
+        )
+    print(text)
+    return {
+        "batch_id": ident,
+        "output": written,
+        "rows": summary.rows,
+        "flagged": summary.flagged,
+        "psi": summary.psi,
+        "mlflow_run_id": run_id,
+        "model_version": model.version,
+    }
+
+
+if __name__ == "__main__":
+    score()

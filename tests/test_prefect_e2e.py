@@ -1,0 +1,165 @@
+"""End to end through a real Prefect server: a process work pool, the deployments from
+flows/deploy.py, `prefect deployment run`, and a worker that executes the run.
+
+Every process the test starts is stopped in a finally block, even when the test fails.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import CARDIO, ROOT, free_port, write_pipeline_config
+
+pytestmark = pytest.mark.e2e
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _run(args, env, timeout=180):
+    result = subprocess.run(
+        args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _flow_run_state(api: str, name: str) -> str:
+    body = json.dumps({"flow_runs": {"name": {"any_": [name]}}}).encode()
+    req = urllib.request.Request(
+        api + "/flow_runs/filter",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        runs = json.load(r)
+    return runs[0]["state_type"]
+
+
+def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
+    from vae_core import pipeline, registry
+    from vae_core.config import load_config
+    from vae_core.ingest import load_table
+    from vae_core.promotion import held_out_rows
+
+    # A champion in this test's own sqlite store, for the deployment to score with.
+    config = write_pipeline_config(tmp_path, {"scoring": {"output_dir": "scores"}})
+    cfg = load_config(config)
+    target = registry.TrackingTarget.from_config(cfg)
+    table = load_table(CARDIO, cfg.data)
+    run_id = registry.start_training_run(target, cfg, str(CARDIO))
+    outcome = pipeline.train_and_evaluate(table, cfg, tmp_path / "run")
+    registry.log_training_run(target, run_id, cfg, table, outcome, str(CARDIO))
+    registry.register_challenger(target, run_id)
+    features, labels = held_out_rows(table, cfg.split)
+    assert registry.promote_challenger(target, cfg.promotion, features, labels).promoted
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        MLFLOW_TRACKING_URI=mlflow_uri,
+    )
+    server = worker = None
+    log = tmp_path / "server.log"
+    try:
+        with open(log, "w") as out:
+            server = subprocess.Popen(
+                [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_healthy(api, server, log)
+        _run([*PREFECT, "work-pool", "create", "e2e-pool", "--type", "process"], env)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "flows.deploy",
+                "--pool",
+                "e2e-pool",
+                "--config",
+                str(config),
+                "--paused",
+            ],
+            env,
+        )
+        started = _run(
+            [
+                *PREFECT,
+                "deployment",
+                "run",
+                "score/nightly",
+                "--param",
+                f"data_path={CARDIO}",
+                "--param",
+                "batch_id=e2e",
+            ],
+            env,
+        )
+        name = next(
+            line.split("'")[1] for line in started.splitlines() if "Created flow run" in line
+        )
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", "e2e-pool", "--run-once"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        output, _ = worker.communicate(timeout=300)
+        assert _flow_run_state(api, name) == "COMPLETED", output[-3000:]
+    finally:
+        _stop(worker)
+        _stop(server)
+
+    scores = pd.read_parquet(tmp_path / "scores" / "e2e.parquet")
+    assert len(scores) == 1831 and scores["record_id"].is_unique
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string="tags.`vae.step` = 'scoring'",
+    )
+    assert len(runs) == 1 and runs[0].data.tags["model.version"] == "1"

@@ -1,0 +1,42 @@
+"""The packaged model: an MLflow ``PythonModel`` over a saved VAEDetector (models-from-code).
+
+``registry.log_packaged_model`` logs this file as the model's code (MLflow's "models from code":
+the file is executed at load time, nothing of ours is pickled), the ``vae_core`` package as
+``code_paths`` and the detector folder (``weights.pt`` + ``model.json``) as the artifact
+``detector``. Loading runs ``load_context``, which reads the detector with
+``VAEDetector.load`` (``torch.load(weights_only=True)`` and JSON), so a model file cannot run
+code beyond the package shipped with it.
+
+Input: a DataFrame of raw feature columns (as in training; extra columns are ignored).
+Output: one row per input row, in order: ``anomaly_score`` (threshold units, higher = more
+anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` and the
+``top_feature_<k>`` / ``top_feature_<k>_nats`` columns that contributed most (see
+``pipeline.score_table``).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+
+class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: ``predict(df)`` scores rows exactly as ``pipeline.score_table`` does."""
+
+    def load_context(self, context) -> None:
+        from vae_core.detector import VAEDetector
+
+        self.detector = VAEDetector.load(context.artifacts["detector"])
+        self.top_features = int((context.model_config or {}).get("top_features", 3))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from vae_core.pipeline import score_table
+
+        frame = pd.DataFrame(model_input)
+        scores = score_table(self.detector, frame, top_features=self.top_features)
+        return scores.reset_index(drop=True)
+
+
+# The models-from-code entry point: MLflow executes this file when it loads the logged model.
+# It only names the model object; nothing is read or connected here.
+mlflow.models.set_model(VAEAnomalyModel())

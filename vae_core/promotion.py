@@ -1,0 +1,292 @@
+"""Review and promotion as pure functions on plain data (no MLflow: ``registry`` wires them).
+
+The gate (``gate_checks``), decided on held-out rows both models are scored on:
+
+* the challenger's flagged rate at its own threshold must lie in
+  ``[flagged_rate_min, flagged_rate_max]``, also for the very first model: a model that flags
+  far too much (or nothing) is no safe default champion, and ``--force`` exists for the
+  deliberate exception;
+* its ROC-AUC may fall at most ``max_roc_auc_drop`` below the champion's on the same rows.
+  Without a champion, or without labels of both classes, ROC-AUC is not compared and the
+  decision says so.
+
+``review_description`` writes the Markdown a reviewer reads on a new model version, from the
+training run's parameters, tags and metrics (``RunRecord``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from vae_core.calibrate import flag_anomalies
+from vae_core.config import PromotionConfig, SplitConfig
+from vae_core.detector import VAEDetector
+from vae_core.ingest import LabelledTable
+from vae_core.pipeline import split_table
+from vae_core.report import METRIC_LABELS
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One rule of the promotion gate and how the challenger fared."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What promotion decided and why. ``outcome``: ``promoted``, ``forced`` (manual
+    override, ``reason`` says why), ``rejected``, or ``unchanged`` (already champion)."""
+
+    model_name: str
+    version: str
+    previous_champion: str | None
+    outcome: str
+    checks: tuple[GateCheck, ...] = ()
+    notes: tuple[str, ...] = ()
+    reason: str | None = None
+    challenger_metrics: dict = field(default_factory=dict)
+    champion_metrics: dict | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome in ("promoted", "forced")
+
+    @property
+    def champion(self) -> str | None:
+        """The champion version after the decision."""
+        return self.version if self.promoted else self.previous_champion
+
+    def summary(self) -> str:
+        """One line for the console, the version's tags and its description."""
+        stays = f"version {self.previous_champion}" if self.previous_champion else "unset"
+        head = {
+            "promoted": f"promoted to {CHAMPION}",
+            "forced": f"FORCED to {CHAMPION} (manual override: {self.reason})",
+            "rejected": f"not promoted; {CHAMPION} stays {stays}",
+            "unchanged": f"already {CHAMPION}; nothing to do",
+        }[self.outcome]
+        parts = [f"version {self.version}: {head}"]
+        failed = [c.detail for c in self.checks if not c.passed]
+        passed = [c.detail for c in self.checks if c.passed]
+        if failed:
+            parts.append("failed: " + "; ".join(failed))
+        if passed:
+            parts.append("passed: " + "; ".join(passed))
+        return ". ".join([*parts, *self.notes]) + "."
+
+
+def held_out_rows(
+    table: LabelledTable, split: SplitConfig
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The test split (features, labels) of a table, as ``train_and_evaluate`` held it out
+    with these settings: the rows promotion scores both models on."""
+    test = split_table(table, split).test
+    labels = None if table.labels is None else table.labels[test]
+    return table.features.iloc[test], labels
+
+
+def held_out_metrics(det: VAEDetector, features: pd.DataFrame, labels: np.ndarray | None) -> dict:
+    """``rows``, ``anomalies``, ``flagged_rate`` at the detector's own threshold and, with
+    labels of both classes, ``roc_auc`` of its scores (higher = more anomalous), else None."""
+    scores = det.threshold_score(features)
+    usable = labels is not None and 0 < int(np.sum(labels)) < len(labels)
+    return {
+        "rows": len(scores),
+        "anomalies": None if labels is None else int(np.sum(labels)),
+        "flagged_rate": float(flag_anomalies(scores, det.threshold_).mean()),
+        "roc_auc": float(roc_auc_score(labels, scores)) if usable else None,
+    }
+
+
+def gate_checks(
+    gate: PromotionConfig, challenger: dict, champion: dict | None
+) -> tuple[list[GateCheck], list[str]]:
+    """(checks, notes) of the gate for ``held_out_metrics`` of both models (see module doc)."""
+    rate, low, high = challenger["flagged_rate"], gate.flagged_rate_min, gate.flagged_rate_max
+    where = "within" if low <= rate <= high else ("below" if rate < low else "above")
+    detail = f"flagged rate {rate:.2%} {where} [{low:.2%}, {high:.2%}]"
+    checks = [GateCheck("flagged_rate", where == "within", detail)]
+    notes: list[str] = []
+    if champion is None:
+        notes.append("No champion yet: ROC-AUC not compared")
+    elif challenger["roc_auc"] is None or champion["roc_auc"] is None:
+        notes.append("The held-out rows lack labels of both classes: ROC-AUC not compared")
+    else:
+        new, old = challenger["roc_auc"], champion["roc_auc"]
+        allowed = gate.max_roc_auc_drop
+        detail = f"ROC-AUC {new:.4f} vs champion {old:.4f} (allowed drop {allowed})"
+        checks.append(GateCheck("roc_auc", old - new <= allowed + 1e-12, detail))
+    return checks, notes
+
+
+def decide(
+    name: str,
+    version: str,
+    champion: str | None,
+    gate: PromotionConfig,
+    challenger_metrics: dict,
+    champion_metrics: dict | None,
+    force_reason: str | None = None,
+    data_note: str = "",
+) -> PromotionDecision:
+    """The decision for a challenger: the gate's verdict, or ``forced`` with a reason."""
+    checks, notes = gate_checks(gate, challenger_metrics, champion_metrics)
+    if data_note:
+        notes.append(data_note)
+    passed = all(c.passed for c in checks)
+    outcome = "forced" if force_reason else ("promoted" if passed else "rejected")
+    return PromotionDecision(
+        name,
+        version,
+        champion,
+        outcome,
+        tuple(checks),
+        tuple(notes),
+        force_reason,
+        challenger_metrics,
+        champion_metrics,
+    )
+
+
+# --------------------------------------------------------------------------- review text
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a training run recorded: parameters, tags and final metrics."""
+
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def review_description(
+    name: str, version: str, run: RunRecord, champion: str | None, champion_run: RunRecord | None
+) -> str:
+    """Markdown for the reviewer of a new version: data, settings, the threshold and why,
+    test metrics with intervals, what changed against the champion, and the code version.
+    Ends with a "Promotion log" heading that decisions append lines under."""
+    t = run.tags
+    sections = [
+        f"## Review of {name} version {version} (challenger)",
+        _data_section(run),
+        _settings_section(run),
+        _threshold_section(run),
+        _metrics_section(run),
+        _changes_section(run, champion, champion_run),
+        f"**Code**: vae_core {t.get('code.version', '?')}, commit "
+        f"`{t.get('code.git_commit', 'unknown')}`; training run `{run.run_id}`.",
+        "**Promotion log**",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _data_section(run: RunRecord) -> str:
+    t = run.tags
+    label = t.get("data.label_column")
+    labels = f"labels `{label}` ({t.get('data.anomalies')} anomalies)" if label else "no labels"
+    return (
+        f"**Data**: `{t.get('data.source')}`: {t.get('data.rows')} rows x "
+        f"{t.get('data.columns')} feature columns, {labels}; sha256 "
+        f"`{t.get('data.sha256', '')[:16]}`. Splits: train {t.get('split.train_rows')}, "
+        f"calibration {t.get('split.calibration_rows')}, test {t.get('split.test_rows')} rows "
+        f"(seed {run.params.get('split.seed')}); the model was trained on none of the "
+        "held-out rows."
+    )
+
+
+def _settings_section(run: RunRecord) -> str:
+    shown = [k for k in sorted(run.params) if k.startswith(("model.", "training."))]
+    pairs = ", ".join(f"{k.split('.', 1)[1]}={run.params[k]}" for k in shown)
+    m = run.metrics
+    return (
+        f"**Settings**: {pairs}. Trained {_fmt(m.get('epochs_trained'))} epochs "
+        f"(best {_fmt(m.get('best_epoch'))}). Every setting is a parameter of the run."
+    )
+
+
+def _threshold_section(run: RunRecord) -> str:
+    t = run.tags
+    anomalies = t.get("calibration.anomalies")
+    labelled = f"{anomalies} labelled anomalies" if anomalies else "no labels"
+    text = (
+        f"**Threshold**: {_fmt(run.metrics.get('threshold'), 6)} nats of "
+        f"`{t.get('calibration.score')}` (a row is flagged iff its score is strictly greater). "
+        f"Why this value: policy `{t.get('calibration.policy')}` {t.get('calibration.params')}"
+        f", method `{t.get('calibration.method')}`, on {t.get('calibration.rows')} calibration "
+        f"rows ({labelled}) the model was not trained on."
+    )
+    if t.get("calibration.fallback_reason"):
+        text += f" **Fallback**: {t['calibration.fallback_reason']}."
+    return text
+
+
+def _metrics_section(run: RunRecord) -> str:
+    t, m = run.tags, run.metrics
+    level = f"{float(t.get('test.confidence', 0.95)):.0%}"
+    anomalies = f"{t['test.anomalies']} anomalies" if t.get("test.anomalies") else "unlabelled"
+    lines = [
+        f"**Test metrics** on {t.get('test.rows')} test rows ({anomalies}), {level} "
+        f"percentile-bootstrap intervals ({t.get('test.bootstrap')} resamples):",
+        "",
+        f"| metric | value | {level} CI |",
+        "|---|---|---|",
+    ]
+    for key, label in METRIC_LABELS.items():
+        if f"test_{key}" in m:
+            low, high = m.get(f"test_{key}_ci_low"), m.get(f"test_{key}_ci_high")
+            lines.append(f"| {label} | {_fmt(m[f'test_{key}'])} | {_fmt(low)} - {_fmt(high)} |")
+    return "\n".join(lines)
+
+
+_COMPARED_METRICS = ("test_roc_auc", "test_average_precision", "test_flagged_share", "threshold")
+
+
+def _changes_section(run: RunRecord, champion: str | None, old: RunRecord | None) -> str:
+    if champion is None or old is None:
+        return "**Against the champion**: there is no champion yet; this would be the first."
+    keys = sorted(set(run.params) | set(old.params))
+    changed = [k for k in keys if run.params.get(k) != old.params.get(k)]
+    settings = "; ".join(
+        f"`{k}` {old.params.get(k, '-')} -> {run.params.get(k, '-')}" for k in changed
+    )
+    lines = [
+        f"**Against the champion** (version {champion}):",
+        f"- Settings: {settings or 'identical'}.",
+    ]
+    if run.tags.get("data.sha256") == old.tags.get("data.sha256"):
+        lines.append("- Data: the same table (same fingerprint).")
+    else:
+        rows = f"{old.tags.get('data.rows')} -> {run.tags.get('data.rows')} rows"
+        lines.append(f"- Data: different ({rows}, fingerprint changed).")
+    code = (old.tags.get("code.git_commit"), run.tags.get("code.git_commit"))
+    lines.append(f"- Code: {'unchanged' if code[0] == code[1] else f'{code[0]} -> {code[1]}'}.")
+    for key in _COMPARED_METRICS:
+        a, b = old.metrics.get(key), run.metrics.get(key)
+        if a is not None and b is not None:
+            lines.append(f"- {key}: {_fmt(a)} -> {_fmt(b)} ({b - a:+.4g}).")
+    lines.append(
+        "- Each run's test numbers come from its own test split; `vae-anomaly promote` scores "
+        "both models on the same held-out rows."
+    )
+    return "\n".join(lines)

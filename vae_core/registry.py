@@ -1,0 +1,809 @@
+"""MLflow for the pipeline: tracking, the packaged model, the registry, review and promotion.
+
+Every function takes plain arguments (a ``TrackingTarget``, config sections, a detector, a
+table) so that a Prefect task is one call; nothing here runs at import time. This module and
+``mlflow_model.py`` are the only ones that import MLflow.
+
+The life of a model, in calls::
+
+    run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
+    train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
+    log_training_run(target, run_id, cfg, table, outcome, data_source)   # the rest; ends it
+    register_challenger(target, run_id)            # new version, alias @challenger
+    promote_challenger(target, cfg.promotion, *promotion.held_out_rows(table, cfg.split))
+    load_champion(target)                          # models:/NAME@champion -> VAEDetector
+    log_scoring_run(target, champion.ref, scores, scores_path, threshold)
+
+Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest
+version awaiting review), never the deprecated stages. Every promotion decision, including a
+forced one, is written on the version as ``promotion.*`` tags and a line in its description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import requests
+from mlflow.entities import LoggedModelInput, Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from mlflow.tracking import MlflowClient
+
+import vae_core
+from vae_core.config import PipelineConfig, PromotionConfig
+from vae_core.detector import VAEDetector
+from vae_core.ingest import LabelledTable
+from vae_core.pipeline import TrainOutcome, score_table
+from vae_core.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionDecision,
+    RunRecord,
+    decide,
+    held_out_metrics,
+    review_description,
+)
+from vae_core.report import plot_score_histogram
+from vae_core.train import EpochCallback, EpochLog
+
+MODEL_URI_TAG = "vae.model_uri"  # on a training run: the packaged model it logged
+DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact holding weights.pt + model.json
+# What the packaged model imports when it is loaded; versions are pinned to this environment's.
+RUNTIME_PACKAGES = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+)
+_REMOTE_SCHEMES = ("http://", "https://", "databricks")
+_TOP_ANOMALIES, _PRIOR_SAMPLES, _EXAMPLE_ROWS = 20, 200, 5
+
+
+class TrackingUnavailable(ConnectionError):
+    """The tracking store did not answer; the message names its URI."""
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where runs, artifacts and the registry live, resolved from ``mlflow.yml``.
+
+    artifact_location : root for new experiments' artifacts; None leaves it to a tracking
+        server (its ``--artifacts-destination``).
+    """
+
+    uri: str
+    experiment: str
+    model_name: str
+    artifact_location: str | None
+    max_retries: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> TrackingTarget:
+        uri, location = cfg.tracking_uri(), cfg.tracking.artifact_location
+        if ":/" not in location:  # a plain path: local stores only
+            location = None if uri.startswith(_REMOTE_SCHEMES) else str(cfg.path(location))
+        return cls(
+            uri=uri,
+            experiment=cfg.tracking.experiment,
+            model_name=cfg.tracking.registered_model,
+            artifact_location=location,
+            max_retries=cfg.tracking.max_retries,
+        )
+
+    def ui_command(self) -> str:
+        """How to open the MLflow UI on this store."""
+        if self.uri.startswith(_REMOTE_SCHEMES):
+            return f"open {self.uri} in a browser"
+        return f"mlflow ui --backend-store-uri {self.uri} --port 5000"
+
+
+def check_reachable(target: TrackingTarget) -> None:
+    """Raise ``TrackingUnavailable`` naming the URI when a tracking server does not answer
+    ``/health`` after ``1 + max_retries`` attempts (0.25, 0.5, 1 ... s apart). A sqlite
+    store only needs its folder, which is created."""
+    if target.uri.startswith("sqlite:///"):
+        Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not target.uri.startswith(("http://", "https://")):
+        return
+    error: Exception | None = None
+    for attempt in range(target.max_retries + 1):
+        if attempt:
+            time.sleep(0.25 * 2 ** (attempt - 1))
+        try:
+            if requests.get(f"{target.uri.rstrip('/')}/health", timeout=5).ok:
+                return
+            error = RuntimeError("/health did not answer 200")
+        except requests.RequestException as exc:
+            error = exc
+    raise TrackingUnavailable(
+        f"MLflow tracking server {target.uri} is unreachable after "
+        f"{target.max_retries + 1} attempts ({type(error).__name__}); is it running? "
+        "(MLFLOW_TRACKING_URI overrides tracking.uri in mlflow.yml)"
+    )
+
+
+# Process-wide defaults (an explicit environment wins): MLflow's HTTP retries bounded by
+# tracking.max_retries (its default, 7 with exponential backoff, waits minutes on a dead
+# server), and no download progress bars in logs.
+def _mlflow_defaults(target: TrackingTarget) -> None:
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(target.max_retries))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextlib.contextmanager
+def _unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
+    """A store that stops answering mid-call becomes ``TrackingUnavailable`` naming it."""
+    try:
+        yield
+    except MlflowException as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, requests.RequestException) or "Max retries" in str(exc):
+            raise TrackingUnavailable(
+                f"MLflow tracking server {target.uri} stopped answering: {exc.message[:200]}"
+            ) from exc
+        raise
+
+
+def _tracking_call(fn):
+    """Check the store, point MLflow at it, and report it if it stops answering."""
+
+    @functools.wraps(fn)
+    def wrapper(target: TrackingTarget, *args, **kwargs):
+        _mlflow_defaults(target)
+        check_reachable(target)
+        mlflow.set_tracking_uri(target.uri)
+        with _unreachable_as_error(target):
+            return fn(target, *args, **kwargs)
+
+    return wrapper
+
+
+def _client(target: TrackingTarget) -> MlflowClient:
+    return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
+
+
+def _experiment_id(target: TrackingTarget) -> str:
+    client = _client(target)
+    exp = client.get_experiment_by_name(target.experiment)
+    if exp is None:
+        try:
+            return client.create_experiment(target.experiment, target.artifact_location)
+        except MlflowException as exc:  # created meanwhile by another process
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(target.experiment)
+    if exp.lifecycle_stage != "active":
+        raise ValueError(
+            f"experiment {target.experiment!r} in {target.uri} is deleted: restore it with "
+            f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or rename "
+            "tracking.experiment"
+        )
+    return exp.experiment_id
+
+
+@_tracking_call
+def connect(target: TrackingTarget) -> str:
+    """The experiment's id, created with the configured artifact location if missing."""
+    return _experiment_id(target)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def table_fingerprint(table: LabelledTable) -> dict[str, str | int]:
+    """SHA-256 of a table's feature names, values and labels, with its shape."""
+    h = hashlib.sha256(json.dumps([str(c) for c in table.features.columns]).encode())
+    h.update(pd.util.hash_pandas_object(table.features, index=False).to_numpy().tobytes())
+    if table.labels is not None:
+        h.update(np.asarray(table.labels, dtype=np.int64).tobytes())
+    rows, columns = table.features.shape
+    return {"sha256": h.hexdigest(), "rows": int(rows), "columns": int(columns)}
+
+
+def code_version() -> dict[str, str]:
+    """The package version and the git commit of its checkout (``-dirty`` with edits)."""
+    here = Path(vae_core.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = commit and git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    commit = (commit + "-dirty" if dirty else commit) or "unknown"
+    return {"code.version": vae_core.__version__, "code.git_commit": commit}
+
+
+def settings_params(cfg: PipelineConfig) -> dict[str, str]:
+    """Every setting of the config but the tracking section, flattened to ``section.key``."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+    walk("", cfg.model_dump(mode="json", exclude={"tracking", "root"}))
+    return flat
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the packaged model (local version labels like +cpu dropped)."""
+    return [
+        f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in RUNTIME_PACKAGES
+    ]
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+@_tracking_call
+def start_training_run(target: TrackingTarget, cfg: PipelineConfig, data_source: str) -> str:
+    """Open a training run (status RUNNING) with every setting as a parameter; its id.
+
+    Per-epoch metrics go in through ``epoch_logger``; ``log_training_run`` logs the rest and
+    ends the run, ``end_failed_run`` marks it failed.
+    """
+    experiment_id = _experiment_id(target)
+    client = _client(target)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    tags = {"vae.step": "training", "data.source": str(data_source), **code_version()}
+    run = client.create_run(experiment_id, run_name=f"train-{stamp}", tags=tags)
+    params = [Param(k, v) for k, v in settings_params(cfg).items()]
+    for start in range(0, len(params), 100):  # log_batch takes at most 100 params
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
+    return run.info.run_id
+
+
+def epoch_logger(target: TrackingTarget, run_id: str) -> EpochCallback:
+    """A ``fit`` callback logging each epoch's losses (nats per row), beta and seconds."""
+    _mlflow_defaults(target)
+    client = _client(target)
+
+    def log_epoch(log: EpochLog) -> None:
+        now = int(time.time() * 1000)
+        values = log.to_dict()
+        values["epoch_seconds"] = values.pop("seconds")
+        metrics = [
+            Metric(key, float(value), now, log.epoch)
+            for key, value in values.items()
+            if key != "epoch" and value is not None
+        ]
+        with _unreachable_as_error(target):
+            client.log_batch(run_id, metrics=metrics)
+
+    return log_epoch
+
+
+def end_failed_run(target: TrackingTarget, run_id: str) -> None:
+    """Mark a training run FAILED (training or logging raised)."""
+    _client(target).set_terminated(run_id, "FAILED")
+
+
+@_tracking_call
+def log_training_run(
+    target: TrackingTarget,
+    run_id: str,
+    cfg: PipelineConfig,
+    table: LabelledTable,
+    outcome: TrainOutcome,
+    data_source: str,
+) -> str:
+    """Log the outcome of training into the run opened by ``start_training_run``, end it
+    (FINISHED), and return the packaged model's URI (``models:/m-...``).
+
+    Logs the data fingerprint (``log_input``), the feature schema, the test metrics with their
+    intervals, the calibration, the evaluation report and plots, the top anomalies of the
+    test split with their contributing features, samples from the prior, and the model.
+    """
+    with mlflow.start_run(run_id=run_id):
+        _log_training_data(table, data_source, cfg.data.label_column)
+        _log_evaluation(outcome)
+        _log_examples(outcome, table, cfg.scoring.top_features)
+        example = _input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
+        info = log_packaged_model(outcome.detector, example, cfg.scoring.top_features)
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def _log_training_data(table: LabelledTable, source: str, label_column: str | None) -> None:
+    fp = table_fingerprint(table)
+    frame = table.features
+    if table.labels is not None and label_column:
+        frame = frame.assign(**{label_column: table.labels})
+    with warnings.catch_warnings():  # source-resolution and integer-column (label) hints
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=str(source),
+            name=Path(str(source)).name,
+            targets=label_column if table.labels is not None else None,
+            digest=str(fp["sha256"])[:16],
+        )
+        mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
+    anomalies = "" if table.labels is None else str(int(np.sum(table.labels)))
+    tags = {f"data.{k}": str(v) for k, v in fp.items()}
+    mlflow.set_tags(tags | {"data.label_column": label_column or "", "data.anomalies": anomalies})
+
+
+def _log_evaluation(outcome: TrainOutcome) -> None:
+    det, report = outcome.detector, outcome.report
+    metrics = {
+        "threshold": report.threshold,
+        "epochs_trained": len(det.history_),
+        "best_epoch": det.best_epoch_ + 1,
+    }
+    for name, est in report.metrics.items():
+        metrics |= {f"test_{name}": est.value, f"test_{name}_ci_low": est.low}
+        metrics[f"test_{name}_ci_high"] = est.high
+    mlflow.log_metrics(metrics)
+    cal = det.calibration_ or {}
+    tags = {f"split.{k}_rows": str(v) for k, v in outcome.splits.sizes().items()}
+    tags |= {
+        "calibration.policy": str(cal.get("policy", "contamination (fit)")),
+        "calibration.params": json.dumps(cal.get("params", {"rate": det.contamination})),
+        "calibration.method": str(cal.get("method", "training-score quantile")),
+        "calibration.score": str(cal.get("score_name", det.score_kind_)),
+        "calibration.rows": str(cal.get("n_calibration", "")),
+        "calibration.anomalies": str(cal.get("n_anomalies") or ""),
+        "calibration.fallback_reason": str(cal.get("fallback_reason") or ""),
+        "test.rows": str(report.n_rows),
+        "test.anomalies": "" if report.n_anomalies is None else str(report.n_anomalies),
+        "test.confidence": str(report.confidence),
+        "test.bootstrap": str(report.n_bootstrap),
+    }
+    mlflow.set_tags(tags)
+    for path in outcome.report_paths.values():
+        mlflow.log_artifact(str(path), "report")
+
+
+def top_anomalies(
+    det: VAEDetector, table: LabelledTable, rows: np.ndarray, top_features: int = 3, n: int = 20
+) -> pd.DataFrame:
+    """The n highest-scoring of ``rows``: ids, label, score, flag, probability and the
+    columns that contributed most, highest score first."""
+    scored = score_table(det, table.features.iloc[rows], table.ids.iloc[rows], max(top_features, 1))
+    if table.labels is not None:
+        scored["label"] = table.labels[rows]
+    order = np.argsort(-scored["anomaly_score"].to_numpy(), kind="stable")[:n]
+    return scored.iloc[order].reset_index(drop=True)
+
+
+def _log_examples(outcome: TrainOutcome, table: LabelledTable, top_features: int) -> None:
+    det = outcome.detector
+    top = top_anomalies(det, table, outcome.splits.test, top_features, _TOP_ANOMALIES)
+    samples = det.sample(_PRIOR_SAMPLES)
+    with warnings.catch_warnings():  # MLflow's hint on integer columns (the label)
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_table(top, "evaluation/top_anomalies.json")
+        if isinstance(samples, pd.DataFrame):  # image models sample arrays
+            mlflow.log_table(samples, "samples/prior_samples.json")
+    mlflow.log_dict(det.preprocessor_.to_dict(), "feature_schema.json")
+
+
+def _input_example(features: pd.DataFrame) -> pd.DataFrame:
+    """Rows for the signature, integer columns as float: scoring data may hold NaN there
+    (MLflow rejects floats for an integer column but accepts integers for a double one)."""
+    ints = features.select_dtypes(include=["integer"]).columns
+    return features.astype({c: "float64" for c in ints}).reset_index(drop=True)
+
+
+def log_packaged_model(det: VAEDetector, example: pd.DataFrame, top_features: int = 3):
+    """Log ``det`` as a pyfunc model in the active run (models-from-code, no pickle of
+    project classes) with a signature, the input example and pinned requirements.
+
+    Returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/m-<id>``).
+    """
+    output = score_table(det, example, top_features=top_features).reset_index(drop=True)
+    package = Path(vae_core.__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        det.save(Path(tmp) / "detector")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "mlflow_model.py"),
+            artifacts={DETECTOR_ARTIFACT: str(Path(tmp) / "detector")},
+            code_paths=[str(package)],
+            model_config={"top_features": int(top_features)},
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One registered model version: ``uri`` is ``models:/NAME/VERSION``."""
+
+    name: str
+    version: str
+    run_id: str | None = None
+    model_id: str | None = None
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _ref(mv, alias: str | None = None) -> ModelVersionRef:
+    model_id = mv.model_id
+    if model_id is None and (mv.source or "").startswith("models:/m-"):
+        model_id = mv.source.removeprefix("models:/")
+    return ModelVersionRef(mv.name, str(mv.version), mv.run_id, model_id, alias)
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _model_version(client: MlflowClient, name: str, version: str | int):
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ValueError(f"registered model {name!r} has no version {version}") from None
+        raise
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(
+            name,
+            description=(
+                "Gaussian VAE anomaly detector (vae_core). Aliases: `champion` is what "
+                f"scheduled scoring loads (models:/{name}@champion); `challenger` is the newest "
+                "trained version awaiting review. Each version's description is its review; "
+                "`vae-anomaly promote` moves `champion` through the gate in mlflow.yml."
+            ),
+        )
+
+
+def _record(run) -> RunRecord:
+    data = run.data
+    return RunRecord(run.info.run_id, dict(data.params), dict(data.tags), dict(data.metrics))
+
+
+@_tracking_call
+def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
+    """Register the model a training run logged as a new version with alias ``challenger``,
+    a description written for its reviewer (``promotion.review_description``) and tags
+    (threshold, policy, test metrics, data fingerprint, code version), all read back from
+    the run."""
+    client, name = _client(target), target.model_name
+    run = _record(client.get_run(run_id))
+    model_uri = run.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise ValueError(f"run {run_id} has no packaged model: call log_training_run first")
+    champion = _alias_version(client, name, CHAMPION)
+    champion_run = _record(client.get_run(champion.run_id)) if champion else None
+    _ensure_registered_model(client, name)
+    with contextlib.redirect_stderr(io.StringIO()):  # two progress lines; we report the version
+        mv = mlflow.register_model(model_uri, name, tags=version_tags(run))
+    version = str(mv.version)
+    old = None if champion is None else str(champion.version)
+    description = review_description(name, version, run, old, champion_run)
+    client.update_model_version(name, version, description=description)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return _ref(mv, CHALLENGER)
+
+
+_VERSION_METRICS = ("roc_auc", "average_precision", "precision", "recall", "fpr", "flagged_share")
+
+
+def version_tags(run: RunRecord) -> dict[str, str]:
+    """Model version tags from a training run: what a reviewer filters and sorts on."""
+    out = {k: v for k, v in run.tags.items() if k.startswith(("data.", "code.", "calibration."))}
+    for key in _VERSION_METRICS:
+        if f"test_{key}" in run.metrics:
+            out[f"test_{key}"] = f"{run.metrics[f'test_{key}']:.6g}"
+    out |= {
+        "threshold": f"{run.metrics.get('threshold', float('nan')):.6g}",
+        "training_run_id": run.run_id,
+        "promotion.decision": "pending",
+    }
+    return {k: v for k, v in out.items() if v != ""}
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+@_tracking_call
+def promote_challenger(
+    target: TrackingTarget,
+    gate: PromotionConfig,
+    features: pd.DataFrame,
+    labels: np.ndarray | None = None,
+    *,
+    version: str | int | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    data_description: str = "held-out rows",
+) -> PromotionDecision:
+    """Score the challenger (``version``, default the ``challenger`` alias) and the champion
+    on the same held-out rows and move ``champion`` to it iff it passes the gate
+    (``promotion.gate_checks``); ``force`` with a ``reason`` moves it regardless, recorded as
+    a manual override. The decision goes on the version (``promotion.*`` tags, a line in its
+    description); a promoted version loses the ``challenger`` alias.
+
+    features, labels : held-out rows (n, d) and optional labels (n,), 1 = anomaly; use
+        ``promotion.held_out_rows``.
+    """
+    if force and not (reason and reason.strip()):
+        raise ValueError("a forced promotion needs a reason (--reason TEXT)")
+    client, name = _client(target), target.model_name
+    challenger = _challenger_version(client, name, version)
+    champion = _alias_version(client, name, CHAMPION)
+    old = None if champion is None else str(champion.version)
+    if old == str(challenger.version):
+        return PromotionDecision(name, old, old, "unchanged")
+    ours = held_out_metrics(_load_detector(name, challenger.version), features, labels)
+    theirs = None if old is None else held_out_metrics(_load_detector(name, old), features, labels)
+    note = f"Scored on {len(features)} {data_description}"
+    decision = decide(
+        name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
+    )
+    if decision.promoted:
+        _move_champion(client, decision)
+    _record_decision(client, decision)
+    return decision
+
+
+def _challenger_version(client: MlflowClient, name: str, version: str | int | None):
+    if version is not None:
+        return _model_version(client, name, version)
+    mv = _alias_version(client, name, CHALLENGER)
+    if mv is None:
+        raise ValueError(
+            f"registered model {name!r} has no version with alias {CHALLENGER!r}: train one "
+            "(vae-anomaly train) or name it with --version"
+        )
+    return mv
+
+
+def _move_champion(client: MlflowClient, decision: PromotionDecision) -> None:
+    name, version = decision.model_name, decision.version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    current = _alias_version(client, name, CHALLENGER)
+    if current is not None and str(current.version) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def _record_decision(client: MlflowClient, decision: PromotionDecision) -> None:
+    name, version, m = decision.model_name, decision.version, decision.challenger_metrics
+    at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    tags = {
+        "promotion.decision": decision.outcome,
+        "promotion.at": at,
+        "promotion.summary": decision.summary()[:4000],
+        "promotion.compared_to": decision.previous_champion or "none",
+        "promotion.flagged_rate": f"{m['flagged_rate']:.6g}",
+        "promotion.roc_auc": "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.6g}",
+        "promotion.held_out_rows": str(m["rows"]),
+    }
+    if decision.outcome == "forced":
+        tags["promotion.override_reason"] = decision.reason or ""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    _append_log(client, name, version, f"- {at}: {decision.summary()}")
+    if decision.promoted and decision.previous_champion:
+        old = decision.previous_champion
+        client.set_model_version_tag(name, old, "promotion.replaced_by", version)
+        _append_log(client, name, old, f"- {at}: replaced as {CHAMPION} by version {version}.")
+
+
+def _append_log(client: MlflowClient, name: str, version: str, line: str) -> None:
+    text = (client.get_model_version(name, version).description or "").rstrip("\n")
+    client.update_model_version(name, version, description=f"{text}\n{line}\n")
+
+
+# --------------------------------------------------------------------------- loading, scoring
+
+
+@dataclass
+class RegisteredDetector:
+    """A detector loaded from the registry and the version it came from."""
+
+    ref: ModelVersionRef
+    detector: VAEDetector
+
+
+def _load_detector(name: str, version: str | int) -> VAEDetector:
+    """The VAEDetector inside a registered version, read with VAEDetector.load (no pickle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
+        conf = Model.load(local).flavors["python_function"]
+        return VAEDetector.load(Path(local) / conf["artifacts"][DETECTOR_ARTIFACT]["path"])
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri!r} is not a registry URI (models:/NAME@ALIAS or models:/NAME/N)")
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, None, version
+
+
+@_tracking_call
+def load_registered(target: TrackingTarget, model_uri: str) -> RegisteredDetector:
+    """The detector of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` with its version."""
+    name, alias, version = parse_model_uri(model_uri)
+    client = _client(target)
+    mv = _alias_version(client, name, alias) if alias else _model_version(client, name, version)
+    if mv is None:
+        raise ValueError(
+            f"{model_uri}: no version of {name!r} has alias {alias!r} in {target.uri} "
+            "(train and promote one: vae-anomaly train, vae-anomaly promote)"
+        )
+    return RegisteredDetector(_ref(mv, alias), _load_detector(name, mv.version))
+
+
+def load_champion(target: TrackingTarget) -> RegisteredDetector:
+    """``models:/NAME@champion``: what scheduled scoring uses."""
+    return load_registered(target, f"models:/{target.model_name}@{CHAMPION}")
+
+
+@_tracking_call
+def log_scoring_run(
+    target: TrackingTarget,
+    model: ModelVersionRef,
+    scores: pd.DataFrame,
+    scores_path: str | Path,
+    threshold: float,
+    data_source: str | None = None,
+) -> str:
+    """Record a batch scoring as a finished run linked to the model version that scored it:
+    the scores file (artifact), the flagged count and rate, the score distribution
+    (quantiles as metrics, a histogram plot and JSON). Returns the run id.
+
+    scores : the scored rows, with ``anomaly_score`` (higher = more anomalous) and
+        ``is_anomaly`` columns, as ``pipeline.score_table`` writes them.
+    """
+    values = scores["anomaly_score"].to_numpy(dtype="float64")
+    if values.size == 0:
+        raise ValueError("no scored rows to log")
+    summary = score_distribution(values, scores["is_anomaly"], threshold)
+    return _scoring_run(target, model, summary, values, scores_path, threshold, data_source)
+
+
+@_tracking_call
+def log_batch_scoring(
+    target: TrackingTarget,
+    model: ModelVersionRef,
+    batch,
+    scores_path: str | Path,
+    data_source: str | None = None,
+) -> str:
+    """``log_scoring_run`` for a batch scored in partitions (``batch.BatchSummary``): exact
+    row and flagged counts and the drift PSI; quantiles and the histogram come from the
+    summary's score sample (at most 2,000 rows per partition), so memory stays bounded."""
+    summary = score_distribution(batch.score_sample, np.zeros(0), batch.threshold)
+    summary |= batch.metrics()
+    return _scoring_run(
+        target,
+        model,
+        summary,
+        batch.score_sample,
+        scores_path,
+        batch.threshold,
+        data_source,
+        {"batch.id": batch.batch_id},
+    )
+
+
+def _scoring_run(
+    target: TrackingTarget,
+    model: ModelVersionRef,
+    summary: dict,
+    values: np.ndarray,
+    scores_path: str | Path,
+    threshold: float,
+    data_source: str | None,
+    extra_tags=None,
+) -> str:
+    client = _client(target)
+    tags = {
+        "vae.step": "scoring",
+        "model.name": model.name,
+        "model.version": model.version,
+        "model.uri": model.uri,
+        "model.alias": model.alias or "",
+        "model.training_run_id": model.run_id or "",
+        "data.source": str(data_source or ""),
+        **(extra_tags or {}),
+    }
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(
+        _experiment_id(target), run_name=f"score-v{model.version}-{stamp}", tags=tags
+    )
+    run_id = run.info.run_id
+    try:
+        if model.model_id:
+            client.log_inputs(run_id, models=[LoggedModelInput(model.model_id)])
+        _log_score_distribution(client, run_id, summary, values, threshold)
+        client.log_artifact(run_id, str(scores_path), "scores")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def score_distribution(values: np.ndarray, flagged: pd.Series, threshold: float) -> dict:
+    """Counts, flagged rate and quantiles of a batch's scores (metric name -> value)."""
+    q = np.quantile(values, [0.0, 0.5, 0.9, 0.99, 1.0])
+    count = int(np.asarray(flagged, dtype=bool).sum())
+    return {
+        "rows": float(values.size),
+        "flagged_count": float(count),
+        "flagged_rate": count / values.size,
+        "threshold": float(threshold),
+        "score_mean": float(values.mean()),
+        **{
+            f"score_{k}": float(v)
+            for k, v in zip(("min", "p50", "p90", "p99", "max"), q, strict=True)
+        },
+    }
+
+
+def _log_score_distribution(
+    client: MlflowClient, run_id: str, summary: dict, values: np.ndarray, threshold: float
+) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
+    counts, edges = np.histogram(values, bins=50)
+    histogram = {"edges": edges.tolist(), "counts": counts.tolist()}
+    client.log_dict(run_id, summary | {"histogram": histogram}, "score_distribution.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_score_histogram(values, None, threshold, Path(tmp) / "score_histogram.png")
+        client.log_artifact(run_id, str(path), "plots")
