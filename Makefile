@@ -38,15 +38,7 @@ install: $(STAMP)
 # version 2 and takes it through the promotion gate against version 1.
 demo: export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/mlflow.db
 demo: $(STAMP)
-	$(BIN)/vae-anomaly train --data data/cardio.csv --label-column label --id-column record_id --out runs/demo
-	$(BIN)/vae-anomaly promote
-	$(BIN)/vae-anomaly score --model models:/vae-anomaly@champion --data data/cardio.csv --id-column record_id --out runs/demo/scores.parquet
-	@echo
-	@echo "model and report:  runs/demo/model, runs/demo/report/report.md"
-	@echo "scores:            runs/demo/scores.parquet (scored by models:/vae-anomaly@champion)"
-	@echo "MLflow:            runs and registry in mlflow.db, artifacts in mlartifacts/"
-	@echo "browse it:         . $(BIN)/activate && mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000"
-	@echo "                   then open http://127.0.0.1:5000 (Models > vae-anomaly for the reviews)"
+	$(BIN)/python -m flows.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
