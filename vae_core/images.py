@@ -1,0 +1,572 @@
+"""Images end to end: folders and npz arrays in; anomaly maps, reconstructions and grids out.
+
+Ingestion. ``read_image_folder`` reads PNG and JPEG files, grayscale (mode "L") or RGB, at one
+size fixed by the caller (other sizes are resized or rejected, as configured), from
+
+* an MVTec-AD-like layout: ``root/train/good``, ``root/test/good``, ``root/test/<defect>``
+  (pass ``split="train"`` or ``"test"``); label 0 for ``good``, 1 for every other folder;
+* class subfolders ``root/<class>/*.png`` (labelled as above when one is called ``good``);
+* a flat folder ``root/*.png`` (no labels).
+
+An unreadable, corrupt, wrong-size or non-image file raises ``ValueError`` naming the file, or,
+with ``on_error="skip"``, is left out, logged (logger ``vae_core.images``) and listed in
+``ImageSet.skipped`` for the run's artifact: never dropped silently. Hidden files (names that
+start with ".", such as ``.DS_Store`` or an unfinished atomic write) are not images and are
+ignored. ``read_image_npz`` reads uint8 arrays from an ``.npz`` file.
+
+Anomaly maps. For a detector fitted on images, the anomaly score (negative ELBO, nats of the
+data as given) splits exactly into the KL term and one reconstruction term per pixel and
+channel, ``E_q[-log p(x_pixel | z)]`` with the pixel scaling's log-Jacobian (``log 255`` per
+pixel for a Gaussian on uint8 data), over the same fixed scoring noise. ``anomaly_maps`` sums
+the channels, so that, per image and up to float rounding,
+
+    anomaly_maps(det, X).sum(axis=(1, 2)) + det.kl_divergence(X) == det.anomaly_score(X).
+
+Everything that takes a detector works in blocks of ``block_size`` images, so memory is
+bounded by the block, not by the number of images (the scores do not depend on the block).
+Files are written atomically (temporary file, then ``os.replace``); PIL and matplotlib are
+imported inside the functions that draw, so importing ``vae_core`` loads neither.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from vae_core.persist import atomic_write_bytes
+from vae_core.preprocess import ImagePreprocessor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GOOD = "good"  # the MVTec-AD name of the normal class; every other folder is a defect
+CHANNELS = {"L": 1, "RGB": 3}
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageSet:
+    """Images read from a folder or an npz file, with where each came from.
+
+    images : uint8 (n, H, W) for grayscale, (n, 3, H, W) for RGB: the layout VAEDetector takes.
+    paths : per image, its file (or ``file.npz::key[i]``).
+    classes : per image, its subfolder name (``"good"``, a defect or a class); ``""`` in a flat
+        folder; for npz, the class array's value as text (empty without one).
+    labels : per image, 0 = good, 1 = defect; None where the layout does not say.
+    skipped : (path, reason) for every file left out under ``on_error="skip"``.
+    """
+
+    images: np.ndarray
+    paths: list[str]
+    classes: list[str]
+    labels: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per image: path, class and (when known) label."""
+        frame = pd.DataFrame({"path": self.paths, "class": self.classes})
+        if self.labels is not None:
+            frame["label"] = self.labels
+        return frame
+
+    def skipped_frame(self) -> pd.DataFrame:
+        """The files left out, with why: the run's log artifact (columns path, reason)."""
+        return pd.DataFrame(self.skipped, columns=["path", "reason"])
+
+
+class _Unreadable(Exception):
+    """A file that is not a usable image; the message says why (without the path)."""
+
+
+# ---- ingestion --------------------------------------------------------------------------------
+def read_image_folder(
+    path: str | Path,
+    size: tuple[int, int],
+    mode: str = "L",
+    on_size_mismatch: str = "reject",
+    on_error: str = "raise",
+    split: str | None = None,
+) -> ImageSet:
+    """Read the PNG/JPEG images under ``path`` (layouts in the module docstring).
+
+    Parameters
+    ----------
+    size : (height, width) every image must have (or is resized to).
+    mode : "L" (grayscale, images (n, H, W)) or "RGB" (images (n, 3, H, W)); other colour
+        modes are converted (alpha dropped, 16-bit grayscale scaled to 8 bits).
+    on_size_mismatch : "reject" (the file is an error, see ``on_error``) or "resize"
+        (bilinear, antialiased; the aspect ratio is not kept).
+    on_error : "raise" (ValueError naming the file) or "skip" (logged, listed in ``skipped``).
+    split : "train" or "test" for an MVTec-like layout; None for class subfolders or a flat
+        folder.
+
+    Files are read in sorted order, so the same folder gives the same ImageSet.
+    """
+    _check_choice("mode", mode, tuple(CHANNELS))
+    _check_choice("on_size_mismatch", on_size_mismatch, ("reject", "resize"))
+    _check_choice("on_error", on_error, ("raise", "skip"))
+    height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be two positive integers (height, width), got {size}")
+    files, classes, labelled = _list_images(Path(path), split)
+    shape = (height, width) if mode == "L" else (CHANNELS[mode], height, width)
+    images = np.empty((len(files), *shape), dtype=np.uint8)  # one copy in memory, filled
+    kept, skipped = [], []
+    for i, file in enumerate(files):
+        try:
+            images[len(kept)] = _read_image(file, (height, width), mode, on_size_mismatch)
+            kept.append(i)
+        except _Unreadable as exc:
+            if on_error == "raise":
+                raise ValueError(f"{file}: {exc}") from exc.__cause__
+            logger.warning("skipped image %s: %s", file, exc)
+            skipped.append((str(file), str(exc)))
+    if not kept:
+        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ValueError(f"{path}: none of its {len(files)} image files could be read{first}")
+    kept_classes = [classes[i] for i in kept]
+    labels = np.array([c != GOOD for c in kept_classes], dtype="int64") if labelled else None
+    if len(kept) < len(files):
+        images = images[: len(kept)].copy()  # release the rows of the skipped files
+    return ImageSet(images, [str(files[i]) for i in kept], kept_classes, labels, skipped)
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _list_images(root: Path, split: str | None) -> tuple[list[Path], list[str], bool]:
+    """Files, their class names, and whether the layout labels them (has a "good" class)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if split is not None:
+        _check_choice("split", split, SPLITS)
+        root = root / split
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{root} does not exist: an MVTec-like layout has {split}/good and, for test, "
+                f"{split}/<defect> folders"
+            )
+    entries = _visible(root)
+    folders = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if not p.is_dir()]
+    if folders and files:
+        raise ValueError(
+            f"{root} holds both files ({files[0].name}) and subfolders ({folders[0].name}): "
+            "expected a flat folder of images or one subfolder per class"
+        )
+    if not folders:
+        if not files:
+            raise ValueError(f"{root} holds no image files")
+        if split is not None:
+            raise ValueError(
+                f"{root} holds files ({files[0].name}) but no class folders: an MVTec-like "
+                f"layout has {split}/good and, for test, {split}/<defect> folders"
+            )
+        return files, [""] * len(files), False
+    return _class_folders(root, folders, split)
+
+
+def _class_folders(root: Path, folders: list[Path], split: str | None):
+    files, classes = [], []
+    for folder in folders:
+        inside = _visible(folder)
+        nested = [p for p in inside if p.is_dir()]
+        if nested:
+            hint = "" if split else " (pass split='train' or 'test' for an MVTec-like layout)"
+            raise ValueError(f"{nested[0]}: image folders nest one level only{hint}")
+        files += inside
+        classes += [folder.name] * len(inside)
+    if not files:
+        raise ValueError(f"{root}: its subfolders hold no image files")
+    return files, classes, split is not None or GOOD in classes
+
+
+def _read_image(path: Path, size: tuple[int, int], mode: str, on_size_mismatch: str):
+    """One file as uint8 (H, W) or (3, H, W); raises _Unreadable with the reason."""
+    from PIL import Image
+
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise _Unreadable(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with Image.open(path, formats=["PNG", "JPEG"]) as img:
+            img.load()  # decode now: a truncated or corrupt file fails here, not later
+            img = _convert(img, mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _Unreadable(f"cannot be read as a PNG or JPEG image ({exc})") from exc
+    height, width = size
+    if img.size != (width, height):
+        if on_size_mismatch == "reject":
+            raise _Unreadable(f"size {img.height}x{img.width}, expected {height}x{width}")
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr if mode == "L" else arr.transpose(2, 0, 1)
+
+
+def _convert(img, mode: str):
+    """``img`` in mode "L" or "RGB"; 16-bit grayscale is scaled (PIL's convert would clip)."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        wide = np.asarray(img).astype("int64")
+        if wide.min() < 0 or wide.max() > 65535:
+            raise ValueError(f"pixel values {wide.min()}..{wide.max()} exceed 16 bits")
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    return img.convert(mode)
+
+
+def read_image_npz(
+    path: str | Path,
+    key: str | None = None,
+    class_key: str | None = None,
+    normal_classes=None,
+) -> ImageSet:
+    """Images from an ``.npz`` file: uint8 (n, H, W), (n, C, H, W) or channels-last (n, H, W, C).
+
+    key : the image array; by default the only array with 3 or 4 dimensions.
+    class_key : an optional (n,) array of class ids, kept as ``classes``.
+    normal_classes : with ``class_key``, the classes that are normal: labels are 0 for them
+        and 1 for every other class (the one-class protocol).
+    ValueError names the file and the array on anything malformed; nothing is unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot be read as .npz ({exc})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    with data:
+        images = _npz_images(data, key, path)
+        ids = None if class_key is None else _npz_array(data, class_key, path)
+    n = len(images)
+    classes, labels = [""] * n, None
+    if ids is not None:
+        if ids.shape != (n,):
+            raise ValueError(f"{path}: {class_key!r} has shape {ids.shape}, expected ({n},)")
+        classes = [str(c) for c in ids.tolist()]
+        if normal_classes is not None:
+            normal = {str(c) for c in np.atleast_1d(normal_classes).tolist()}
+            labels = np.array([c not in normal for c in classes], dtype="int64")
+    name = key or "images"
+    return ImageSet(images, [f"{path}::{name}[{i}]" for i in range(n)], classes, labels)
+
+
+def _npz_array(data, key: str, path: Path) -> np.ndarray:
+    if key not in data.files:
+        raise ValueError(f"{path}: no array {key!r} (arrays: {', '.join(data.files)})")
+    try:
+        return data[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: array {key!r} cannot be read ({exc})") from exc
+
+
+def _npz_images(data, key: str | None, path: Path) -> np.ndarray:
+    if key is None:
+        candidates = [k for k in data.files if _npz_array(data, k, path).ndim in (3, 4)]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"{path}: pass key=, the image array ({len(candidates)} arrays with 3 or 4 "
+                f"dimensions among {', '.join(data.files)})"
+            )
+        key = candidates[0]
+    return as_image_array(_npz_array(data, key, path), f"{path}[{key}]")
+
+
+def as_image_array(arr, source: str = "images") -> np.ndarray:
+    """uint8 images (n, H, W) or (n, 3, H, W) from an array; ValueError naming ``source``.
+
+    Accepts one channel as (n, 1, H, W) and channels-last (n, H, W, C); integer arrays within
+    0..255 are cast to uint8; floats are refused (their scale is unknown, and the score's units
+    depend on it).
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[1] != 3) or len(arr) == 0:
+        raise ValueError(
+            f"{source}: expected images (n, H, W), (n, 1 or 3, H, W) or (n, H, W, 1 or 3), "
+            f"got shape {arr.shape}"
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"{source}: expected uint8 pixel values 0..255, got {arr.dtype}")
+    return arr.astype(np.uint8)
+
+
+# ---- anomaly maps and reconstructions ---------------------------------------------------------
+def _image_shape(det) -> tuple[int, int, int]:
+    check_is_fitted(det, "model_")
+    if not isinstance(det.preprocessor_, ImagePreprocessor):
+        raise ValueError("this needs a detector fitted on images (architecture='conv')")
+    return det.preprocessor_.image_shape
+
+
+def _in_blocks(fn: Callable, images, block_size: int) -> np.ndarray:
+    """fn applied to consecutive blocks of images, rows concatenated (memory ~ one block)."""
+    if int(block_size) < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size}")
+    images = np.asarray(images)
+    if len(images) == 0:
+        raise ValueError("the input has no images")
+    step = int(block_size)
+    return np.concatenate([fn(images[i : i + step]) for i in range(0, len(images), step)])
+
+
+def anomaly_maps(det, images, block_size: int = 1024) -> np.ndarray:
+    """Per-pixel anomaly maps (n, H, W): E_q[-log p(x_pixel | z)] in nats, summed over channels.
+
+    Higher = that pixel made the image more anomalous. Same fixed scoring noise and the same
+    units as ``det.anomaly_score``, so ``maps.sum((1, 2)) + det.kl_divergence(images)`` equals
+    ``det.anomaly_score(images)`` (see the module docstring). A Gaussian pixel's term can be
+    slightly negative (a density above 1 per grey level); a Bernoulli pixel's is >= 0.
+    """
+    channels, height, width = _image_shape(det)
+    terms = _in_blocks(det.reconstruction_terms, images, block_size)
+    return terms.reshape(len(terms), channels, height, width).sum(axis=1)
+
+
+def _decoder_means(det, z: torch.Tensor) -> np.ndarray:
+    """Mean of p(x|z) in data units (n, C, H, W): the Gaussian mean, or Bernoulli sigmoid."""
+    with torch.no_grad():
+        out = det.model_.decode(z.to(det.device))
+        mean = out.mean if out.mean.shape[-1] else torch.sigmoid(out.logits)
+    return det.preprocessor_.inverse_transform(mean.double().cpu().numpy(), None)
+
+
+def reconstructions(det, images, block_size: int = 256) -> np.ndarray:
+    """Decoder mean at z = mu(x), in data units (0..255 for uint8), float, shaped as images."""
+    _image_shape(det)
+    images = np.asarray(images)
+
+    def block(x):
+        u = torch.from_numpy(det.preprocessor_.transform(x)).to(det.device)
+        with torch.no_grad():
+            mu, _ = det.model_.encode(u)
+        return _decoder_means(det, mu)
+
+    out = _in_blocks(block, images, block_size)
+    return out[:, 0] if images.ndim == 3 else out
+
+
+def prior_means(det, n: int, random_state: int = 0) -> np.ndarray:
+    """Decoder means at n draws z ~ N(0, I), in data units: (n, C, H, W).
+
+    What the model has learnt, for review. ``det.sample`` also draws the per-pixel noise of
+    p(x|z), which with a Gaussian decoder buries the structure under speckle.
+    """
+    _image_shape(det)
+    gen = torch.Generator().manual_seed(int(random_state))
+    return _decoder_means(det, torch.randn(int(n), int(det.config_.latent_dim), generator=gen))
+
+
+# ---- pictures -------------------------------------------------------------------------------
+def _to_display(images, pixel_max: float) -> np.ndarray:
+    """uint8 (n, H, W) or (n, H, W, 3) for drawing, from (n, H, W) or (n, C, H, W) data."""
+    arr = np.asarray(images, dtype="float64")
+    if arr.ndim == 4:
+        arr = arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"expected images (n, H, W) or (n, C, H, W), got shape {arr.shape}")
+    return np.clip(np.rint(arr * (255.0 / pixel_max)), 0, 255).astype(np.uint8)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_file(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    os.chmod(path, 0o644)  # the temporary file is private (0600); a picture is meant to be read
+    return path
+
+
+def image_grid_png(
+    images, path, ncols: int = 8, pixel_max: float = 255.0, scale: int = 1, pad: int = 2
+) -> Path:
+    """Write images (n, H, W) or (n, C, H, W) as one PNG grid, row by row; returns the path.
+
+    pixel_max : the value drawn as white (255 for uint8 data). scale : integer upsampling
+    (nearest neighbour, so pixels stay pixels). Tiles are separated by ``pad`` grey pixels.
+    """
+    tiles = _to_display(images, pixel_max)
+    n, h, w = tiles.shape[:3]
+    ncols = max(1, min(int(ncols), n))
+    nrows = math.ceil(n / ncols)
+    canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, *tiles.shape[3:]), 128)
+    for i, tile in enumerate(tiles):
+        top, left = pad + (i // ncols) * (h + pad), pad + (i % ncols) * (w + pad)
+        canvas[top : top + h, left : left + w] = tile
+    canvas = canvas.astype(np.uint8).repeat(int(scale), axis=0).repeat(int(scale), axis=1)
+    return _write_file(path, _png_bytes(canvas))
+
+
+def _map_range(maps: np.ndarray) -> tuple[float, float]:
+    """Colour scale for maps: their minimum to their 99.5th percentile, in nats."""
+    low, high = float(maps.min()), float(np.percentile(maps, 99.5))
+    return low, max(high, low + 1e-6)
+
+
+def save_anomaly_map_png(
+    image,
+    reconstruction,
+    amap,
+    path,
+    title: str | None = None,
+    pixel_max: float = 255.0,
+    map_range: tuple[float, float] | None = None,
+) -> Path:
+    """Write original | reconstruction | anomaly map (nats per pixel) side by side as a PNG.
+
+    image, reconstruction : (H, W) or (C, H, W) in data units. amap : (H, W).
+    map_range : colour scale of the map, (low, high) in nats; share one across images to
+    compare them. By default the map's own minimum and 99.5th percentile, so that one extreme
+    pixel does not wash out the rest (values above are drawn in the top colour).
+    """
+    from matplotlib.figure import Figure  # lazy: importing vae_core must not load matplotlib
+
+    shown = _to_display(np.stack([image, reconstruction]), pixel_max)
+    amap = np.asarray(amap, dtype="float64")
+    low, high = map_range if map_range is not None else _map_range(amap)
+    fig = Figure(figsize=(8.0, 2.9), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, picture, name in zip(axes[:2], shown, ("original", "reconstruction"), strict=True):
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    heat = axes[2].imshow(amap, cmap="inferno", vmin=low, vmax=high, interpolation="nearest")
+    axes[2].set_title("-log p(pixel | z)", fontsize=9)
+    extend = "max" if amap.max() > high else "neither"
+    fig.colorbar(heat, ax=axes[2], label="nats per pixel", shrink=0.9, extend=extend)
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return _write_file(path, buf.getvalue())
+
+
+# ---- per-image scoring, with maps for the top anomalies --------------------------------------
+def score_images(
+    det, image_set: ImageSet, out_dir, top_k: int = 10, block_size: int = 1024
+) -> pd.DataFrame:
+    """Score every image; write anomaly-map PNGs for the ``top_k`` highest scores and a CSV.
+
+    Returns one row per image, in input order: path, class, label (when known), score (the
+    score ``threshold_`` applies to; higher = more anomalous), is_anomaly (score >
+    threshold_, the detector's tie rule), anomaly_probability (NaN before ``calibrate``),
+    rank (1 = most anomalous) and map_path (empty outside the top k). Writes
+    ``out_dir/image_scores.csv`` and ``out_dir/maps/rank001_<file>.png`` ...
+    """
+    out_dir = Path(out_dir)
+    scores = _in_blocks(det.threshold_score, image_set.images, block_size)
+    frame = image_set.manifest()
+    frame["score"] = scores
+    frame["is_anomaly"] = scores > det.threshold_  # as det.predict: a tie is normal
+    probability = det.probability_
+    frame["anomaly_probability"] = (
+        probability.probability(scores) if probability is not None else np.nan
+    )
+    order = np.argsort(-scores, kind="stable")
+    frame["rank"] = np.argsort(order) + 1
+    frame["map_path"] = ""
+    top = order[: int(top_k)]
+    if len(top):
+        paths = _write_top_maps(det, image_set, top, scores, out_dir / "maps")
+        frame.loc[top, "map_path"] = [str(p) for p in paths]
+    _write_file(out_dir / "image_scores.csv", frame.to_csv(index=False).encode())
+    return frame
+
+
+def _write_top_maps(det, image_set: ImageSet, top: np.ndarray, scores, folder: Path):
+    """One PNG per image in ``top`` (most anomalous first), on one shared colour scale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = image_set.images[top]
+    maps, recons = anomaly_maps(det, images), reconstructions(det, images)
+    map_range = _map_range(maps)  # one scale for all, so the maps compare
+    pixel_max = det.preprocessor_.pixel_scale
+    paths = []
+    for rank, i in enumerate(top, start=1):
+        source = Path(image_set.paths[i]).name
+        name = re.sub(r"\W+", "_", re.sub(r"(?i)\.(png|jpe?g)$", "", source)).strip("_")
+        title = f"#{rank}   score {scores[i]:.1f} nats   {source}"
+        paths.append(
+            save_anomaly_map_png(
+                image_set.images[i],
+                recons[rank - 1],
+                maps[rank - 1],
+                folder / f"rank{rank:03d}_{name}.png",
+                title,
+                pixel_max,
+                map_range,
+            )
+        )
+    return paths
+
+
+def write_review_grids(
+    det, images, out_dir, n: int = 32, ncols: int = 8, random_state: int = 0
+) -> dict[str, Path]:
+    """PNG grids for the registry review: ``prior_samples.png`` (decoder means at z ~ N(0, I))
+    and ``reconstructions.png`` (rows of originals, each followed by its reconstructions).
+
+    Small images are upsampled (nearest neighbour) to tiles of at least 56 pixels.
+    """
+    _channels, height, width = _image_shape(det)
+    out_dir, pixel_max = Path(out_dir), det.preprocessor_.pixel_scale
+    scale = max(1, math.ceil(56 / min(height, width)))
+    originals = np.asarray(images)[: int(n)]
+    recons = reconstructions(det, originals)
+    pairs = []
+    for start in range(0, len(originals), ncols):
+        pairs += [originals[start : start + ncols], recons[start : start + ncols]]
+    prior = prior_means(det, n, random_state)
+    return {
+        "prior_samples": image_grid_png(
+            prior, out_dir / "prior_samples.png", ncols, pixel_max, scale
+        ),
+        "reconstructions": image_grid_png(
+            _pad_rows(pairs, ncols), out_dir / "reconstructions.png", ncols, pixel_max, scale
+        ),
+    }
+
+
+def _pad_rows(rows: list[np.ndarray], ncols: int) -> np.ndarray:
+    """Stack rows of images, filling a short last row with black so pairs stay aligned."""
+    full = [
+        np.concatenate([r, np.zeros((ncols - len(r), *r.shape[1:]))]) if len(r) < ncols else r
+        for r in rows
+    ]
+    return np.concatenate([np.asarray(r, dtype="float64") for r in full])
