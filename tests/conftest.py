@@ -15,7 +15,20 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
+# The shared datasets: $SHARED_DATASETS, else ../shared/datasets beside the checkout, else the
+# workspace's copy (a CI clone may live elsewhere). Tests that need them skip where absent.
+SHARED = next(
+    (
+        Path(p)
+        for p in (
+            os.environ.get("SHARED_DATASETS", ""),
+            ROOT.parent / "shared" / "datasets",
+            "/work/shared/datasets",
+        )
+        if p and Path(p).is_dir()
+    ),
+    ROOT.parent / "shared" / "datasets",
+)
 
 
 def shared_dataset(name: str):

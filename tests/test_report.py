@@ -17,6 +17,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import train_test_split
 
+from tests.conftest import shared_dataset
 from vae_core.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
 from vae_core.report import (
     _histogram_range,
@@ -28,7 +29,6 @@ from vae_core.report import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CARDIO = Path("/work/shared/datasets/adbench_cardio.npz")
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +222,8 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def cardio_scores():
     """IsolationForest on the normal rows of a 40% training split of ADBench cardio; scores
     (higher = more anomalous) and labels of stratified calibration and test halves of the rest."""
-    data = np.load(CARDIO)
-    X, y = data["X"], data["y"].astype(int)
+    X, y = shared_dataset("adbench_cardio")
+    y = y.astype(int)
     X_train, X_rest, y_train, y_rest = train_test_split(
         X, y, train_size=0.4, stratify=y, random_state=0
     )
