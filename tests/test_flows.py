@@ -153,3 +153,29 @@ def test_sigkill_mid_batch_then_rerun_gives_every_row_once(store, tmp_path):
     out = pd.read_parquet(result["output"])
     assert len(out) == len(big) and out["record_id"].is_unique
     assert set(out["record_id"]) == set(big["record_id"])
+
+
+def test_transient_failures_are_retried_and_user_errors_are_not(harness):
+    from prefect import flow, task
+
+    from flows.retry import transient_only
+
+    attempts = {"io": 0, "user": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=transient_only)
+    def flaky(kind: str) -> str:
+        attempts[kind] += 1
+        if kind == "io" and attempts[kind] < 3:
+            raise ConnectionError("tracking server busy")
+        if kind == "user":
+            raise ValueError("column 'x' is missing")
+        return "ok"
+
+    @flow
+    def run(kind: str) -> str:
+        return flaky(kind)
+
+    assert run("io") == "ok" and attempts["io"] == 3
+    with pytest.raises(ValueError, match="column 'x'"):
+        run("user")
+    assert attempts["user"] == 1
