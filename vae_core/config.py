@@ -37,11 +37,30 @@ class TrackingConfig(_Section):
 class DataConfig(_Section):
     """The training table (or image folder) and how to read it."""
 
+    kind: Literal["table", "images"] = "table"  # images: see ImagesConfig
     train_path: str = "data/cardio.csv"
     score_path: str = "data/cardio.csv"
     label_column: str | None = "label"
     id_columns: list[str] = Field(default_factory=lambda: ["record_id"])
     drop_columns: list[str] = Field(default_factory=list)
+
+
+class ImagesConfig(_Section):
+    """How image folders are read (``data.kind: images``) and how many anomaly maps are drawn."""
+
+    size: tuple[int, int] = (28, 28)  # (height, width) every image has, or is resized to
+    mode: Literal["L", "RGB"] = "L"
+    on_size_mismatch: Literal["reject", "resize"] = "reject"
+    on_error: Literal["raise", "skip"] = "raise"  # skip: left out, logged and listed
+    top_maps: int = Field(10, ge=0)  # anomaly-map PNGs for the highest scores, per run or batch
+    chunk_images: int = Field(1024, ge=1)  # images read and scored at a time (bounded memory)
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError("size must be two positive integers [height, width]")
+        return v
 
 
 class SplitConfig(_Section):
@@ -77,7 +96,7 @@ class TrainingConfig(_Section):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
-    patience: int = Field(15, ge=1)
+    patience: int = Field(5, ge=1)
     kl_warmup_epochs: int = Field(0, ge=0)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     weight_decay: float = Field(0.0, ge=0)
@@ -133,6 +152,7 @@ class PipelineConfig(_Section):
 
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -145,7 +165,7 @@ class PipelineConfig(_Section):
     def path(self, value: str) -> Path:
         """A path from the config, resolved against the config file's folder."""
         p = Path(value).expanduser()
-        return p if p.is_absolute() else self.root / p
+        return Path(os.path.normpath(p if p.is_absolute() else self.root / p))  # no "x/../"
 
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI if set, else the file's URI with relative sqlite paths resolved."""

@@ -72,7 +72,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         n_score_samples: int = 32,
         validation_fraction: float = 0.1,
         kl_warmup_epochs: int = 0,
-        patience: int = 15,
+        patience: int = 5,
         min_variance: float = 1e-3,
         weight_decay: float = 0.0,
         clip_grad_norm: float | None = 10.0,
