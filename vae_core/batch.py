@@ -107,7 +107,7 @@ def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
         except pd.errors.EmptyDataError:
             return
         return
-    pf = pq.ParquetFile(part.path)
+    pf = pq.ParquetFile(part.path, pre_buffer=False)  # stream: memory ~ one batch
     groups = None if part.row_group is None else [part.row_group]
     offset = (
         0
@@ -124,11 +124,21 @@ def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
 def batch_identity(source: str | Path, batch_id: str | None = None) -> str:
     """The batch's id: the given one, or a hash of its files' names and bytes."""
     if batch_id:
-        if not all(ch.isalnum() or ch in "-_." for ch in batch_id):
-            raise ValueError(f"batch id {batch_id!r} may hold only letters, digits, '-', '_', '.'")
-        return batch_id
+        return checked_batch_id(batch_id)
+    return files_identity(sorted({p.path for p in list_partitions(source)}))
+
+
+def checked_batch_id(batch_id: str) -> str:
+    """``batch_id`` if it is safe in a file name, else ValueError."""
+    if not all(ch.isalnum() or ch in "-_." for ch in batch_id):
+        raise ValueError(f"batch id {batch_id!r} may hold only letters, digits, '-', '_', '.'")
+    return batch_id
+
+
+def files_identity(paths) -> str:
+    """``b-`` and a hash of the files' names and bytes, in the given order."""
     h = hashlib.sha256()
-    for path in sorted({p.path for p in list_partitions(source)}):
+    for path in paths:
         h.update(Path(path).name.encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -279,7 +289,7 @@ def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
     writer = None
     try:
         for part in parts:
-            pf = pq.ParquetFile(part.path)
+            pf = pq.ParquetFile(part.path, pre_buffer=False)  # stream: memory ~ one batch
             for g in range(pf.num_row_groups):
                 table = pf.read_row_group(g)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
