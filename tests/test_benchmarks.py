@@ -1,0 +1,73 @@
+"""Smoke tests of the benchmark scripts: they run, skip what is not tabular, write their JSON.
+
+The benchmarks themselves are scripts that print tables, not timed tests; these only check the
+plumbing on tiny data (a few seconds, no PyOD needed).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import protocol  # noqa: E402 - benchmarks/ is not a package; its folder is on the path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("script", ["quality.py", "speed.py", "images.py", "score_parquet.py"])
+def test_help_is_fast_and_imports_no_torch(script):
+    done = _run("-X", "importtime", str(BENCH / script), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
+    assert "torch" not in {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+
+
+def test_parse_params_reads_literals_and_strings():
+    params = protocol.parse_params(["epochs=2", "hidden_dims=(8, 4)", "likelihood=bernoulli"])
+    assert params == {"epochs": 2, "hidden_dims": (8, 4), "likelihood": "bernoulli"}
+    with pytest.raises(ValueError, match="key=value"):
+        protocol.parse_params(["epochs"])
+
+
+def test_adbench_split_is_stratified_scaled_and_capped():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12_000, 3)).astype("float32")
+    y = (rng.random(12_000) < 0.05).astype(int)
+    split = protocol.adbench_split(X, y, seed=0)
+    assert len(split.y_train) + len(split.y_test) == protocol.MAX_ROWS
+    assert len(split.y_test) == 3_000
+    assert abs(split.y_test.mean() - split.y_train.mean()) < 0.002
+    np.testing.assert_allclose([split.X_train.min(), split.X_train.max()], [0.0, 1.0], atol=1e-6)
+
+
+def test_quality_runs_on_a_folder_and_writes_json(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype("float32")
+    y = np.zeros(300, dtype=int)
+    y[:15] = 1
+    X[:15] += 5.0
+    np.savez(tmp_path / "tiny.npz", X=X, y=y)
+    np.savez(tmp_path / "pictures.npz", X_train=np.zeros((3, 4, 4), dtype="uint8"))
+    out = tmp_path / "out.json"
+    done = _run(
+        str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1",
+        "--methods", "vae_core", "iforest", "--vae-param", "epochs=2", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped pictures.npz" in done.stderr
+    assert "NON-DEFAULT" in done.stdout and "| tiny |" in done.stdout
+    results = json.loads(out.read_text())["results"]
+    assert {r["method"] for r in results} == {"vae_core", "iforest"}
+    for r in results:
+        assert r["dataset"] == "tiny" and r["seed"] == 0
+        assert r["roc_auc"] > 0.9 and 0 < r["average_precision"] <= 1 and r["fit_seconds"] > 0
