@@ -283,28 +283,47 @@ def _summarise(out: StagedPart, scored: pd.DataFrame, edges, rng, top_rows: int)
 
 
 def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
-    """Stream the staged parts, in order, into ``dest`` atomically; remove the staging folder."""
+    """Stream the staged parts, in order, into ``dest`` (.parquet, or .csv) atomically;
+    remove the staging folder."""
     dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-    writer = None
+    write = _write_csv if dest.suffix.lower() == ".csv" else _write_parquet
     try:
-        for part in parts:
-            pf = pq.ParquetFile(part.path, pre_buffer=False)  # stream: memory ~ one batch
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-        if writer is None:
+        if write(_staged_tables(parts), tmp) == 0:
             raise ValueError("no scored rows to write")
-        writer.close()
-        writer = None
         os.replace(tmp, dest)
     finally:
-        if writer is not None:
-            writer.close()
         tmp.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
+    writer, rows = None, 0
+    try:
+        for table in tables:
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _write_csv(tables: Iterator[pa.Table], path: Path) -> int:
+    rows = 0
+    for table in tables:
+        table.to_pandas().to_csv(path, mode="a", header=rows == 0, index=False)
+        rows += table.num_rows
+    return rows
+
+
+def _staged_tables(parts: list[StagedPart]) -> Iterator[pa.Table]:
+    for part in parts:
+        pf = pq.ParquetFile(part.path, pre_buffer=False)  # stream: memory ~ one row group
+        for g in range(pf.num_row_groups):
+            yield pf.read_row_group(g)
 
 
 def discard_staging(staging: Path) -> None:

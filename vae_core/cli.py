@@ -92,6 +92,11 @@ def train(
     if epochs is not None:
         overrides["training"] = {"epochs": epochs}
     cfg = load_config(config, overrides)
+    if cfg.data.kind == "images":
+        raise ValueError(
+            f"{config}: data.kind is images; train images with the flow: "
+            f"python -m flows.train --config {config}"
+        )
     table = split_columns(
         read_table(data),
         cfg.data.label_column,
@@ -163,7 +168,8 @@ def promote(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Table whose test split both models are scored on (default: data.train_path)."
+            help="Table (or image folder) whose test split both models are scored on "
+            "(default: data.train_path)."
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -179,14 +185,19 @@ def promote(
         raise ValueError("--reason goes with --force (it records why the gate was overridden)")
     cfg = load_config(config)
     source = data or cfg.path(cfg.data.train_path)
-    table = split_columns(
-        read_table(source),
-        cfg.data.label_column,
-        cfg.data.id_columns,
-        cfg.data.drop_columns,
-        source=str(source),
-    )
-    features, labels = held_out_rows(table, cfg.split)
+    if cfg.data.kind == "images":
+        from vae_core.image_pipeline import held_out_images, load_images
+
+        features, labels = held_out_images(load_images(source, cfg.images), cfg.split)
+    else:
+        table = split_columns(
+            read_table(source),
+            cfg.data.label_column,
+            cfg.data.id_columns,
+            cfg.data.drop_columns,
+            source=str(source),
+        )
+        features, labels = held_out_rows(table, cfg.split)
     target = registry.TrackingTarget.from_config(cfg)
     decision = registry.promote_challenger(
         target,
@@ -219,13 +230,13 @@ def score(
     chunk_rows: Annotated[int, typer.Option(help="Rows scored at a time.")] = 100_000,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a table with a saved model; write ids, scores, flags and top columns."""
-    import pandas as pd
+    """Score a table with a saved model; write ids, scores, flags and top columns.
 
+    The input (a file, a glob or a folder of partitions) is validated and scored chunk by
+    chunk, and the output appears only when every row is scored (see vae_core.batch)."""
+    from vae_core import batch
     from vae_core.detector import VAEDetector
-    from vae_core.ingest import TABLE_SUFFIXES, read_table
-    from vae_core.persist import atomic_write_frame
-    from vae_core.pipeline import score_table
+    from vae_core.ingest import TABLE_SUFFIXES
 
     if TABLE_SUFFIXES.get(out.suffix.lower()) is None:
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
@@ -239,36 +250,38 @@ def score(
         det = registered.detector
     else:
         det = VAEDetector.load(Path(model))
-    frame = read_table(data)
-    ids = list(id_column or [])
-    missing = [c for c in ids if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{data}: id column(s) {missing} not found")
-    features = frame  # the detector picks its fitted columns and checks them
-    with Progress(
-        TextColumn("[bold]scoring[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("score", total=len(frame))
-        parts = []
-        for start in range(0, len(frame), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            parts.append(score_table(det, features.iloc[rows], frame[ids].iloc[rows], top_features))
-            progress.update(task, advance=len(parts[-1]))
-    result = pd.concat(parts)
+    parts = batch.list_partitions(data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_frame(result, out)
-    flagged = int(result["is_anomaly"].sum())
+    staging = batch.staging_dir(out, out.stem)
+    batch.discard_staging(staging)
+    staged = []
+    try:
+        with Progress(
+            TextColumn("[bold]scoring[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("score", total=len(parts))
+            for i, part in enumerate(parts):
+                staged.append(
+                    batch.score_partition(
+                        det, part, staging, i, list(id_column or []), chunk_rows, top_features
+                    )
+                )
+                progress.update(task, advance=1)
+        batch.commit_scores(staged, out, staging)
+    finally:
+        batch.discard_staging(staging)
+    summary = batch.summarise_batch(out.stem, staged, det.threshold_, psi_warning=0.2)
     typer.echo(
-        f"scored {len(result)} rows: {flagged} flagged ({flagged / len(result):.1%}) "
-        f"at threshold {det.threshold_:.4g} nats -> {out}"
+        f"scored {summary.rows} rows: {summary.flagged} flagged ({summary.flagged_rate:.1%}) "
+        f"at threshold {det.threshold_:.4g} -> {out}"
     )
     if registered is not None:
         ref = registered.ref
-        run_id = registry.log_scoring_run(target, ref, result, out, det.threshold_, str(data))
+        run_id = registry.log_batch_scoring(target, ref, summary, out, str(data))
         typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
 
 
