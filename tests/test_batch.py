@@ -141,3 +141,12 @@ def test_decile_counts_against_calibration_reference(calibrated, mixed_data, tmp
     counts = np.sum([s.decile_counts for s in staged], axis=0)
     # Scoring the calibration rows themselves reproduces the reference: no drift.
     assert population_stability_index(counts) < 0.02
+
+
+def test_commit_to_csv_equals_parquet(calibrated, mixed_data, tmp_path):
+    with_ids(mixed_data).to_csv(tmp_path / "in.csv", index=False)
+    as_parquet, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet", 64)
+    as_csv, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.csv", 64)
+    a, b = pd.read_parquet(as_parquet), pd.read_csv(as_csv)
+    assert len(b) == len(a) and list(b.columns) == list(a.columns)
+    np.testing.assert_allclose(b["anomaly_score"], a["anomaly_score"], rtol=1e-12)
