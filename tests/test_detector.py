@@ -177,3 +177,9 @@ def test_convolutional_vae_on_small_images():
     scores = det.anomaly_score(images[300:340])
     assert scores.shape == (40,) and np.isfinite(scores).all()
     assert det.sample(3).shape == (3, 1, 8, 8)
+
+
+def test_one_pass_scores_and_contributions_equal_the_separate_methods(fitted_mixed, mixed_data):
+    scores, contrib = fitted_mixed.score_with_contributions(mixed_data)
+    np.testing.assert_array_equal(scores, fitted_mixed.anomaly_score(mixed_data))
+    pd.testing.assert_frame_equal(contrib, fitted_mixed.feature_contributions(mixed_data))

@@ -40,20 +40,33 @@ class Splits:
 def split_table(table: LabelledTable, cfg: SplitConfig) -> Splits:
     """Disjoint train / calibration / test positions, stratified by label when there are
     enough anomalies for it; with ``train_on_normal_only`` labelled anomalies leave training."""
-    n, y = len(table.features), table.labels
-    stratify = y if y is not None and min(np.bincount(y, minlength=2)) >= 3 else None
-    positions = np.arange(n)
+    return split_rows(len(table.features), table.labels, cfg)
+
+
+def split_rows(n: int, y: np.ndarray | None, cfg: SplitConfig) -> Splits:
+    """``split_table`` for any n rows (table rows, images) with optional labels y (n,)."""
     held = cfg.calibration_fraction + cfg.test_fraction
     train, rest = train_test_split(
-        positions, test_size=held, random_state=cfg.seed, stratify=stratify
+        np.arange(n), test_size=held, random_state=cfg.seed, stratify=_strata(y)
     )
-    rest_strat = stratify[rest] if stratify is not None else None
-    cal, test = train_test_split(
-        rest, test_size=cfg.test_fraction / held, random_state=cfg.seed, stratify=rest_strat
-    )
+    cal, test = split_held_out(rest, y, cfg)
     if cfg.train_on_normal_only and y is not None:
         train = train[y[train] == 0]
-    return Splits(np.sort(train), np.sort(cal), np.sort(test))
+    return Splits(np.sort(train), cal, test)
+
+
+def split_held_out(rows: np.ndarray, y: np.ndarray | None, cfg: SplitConfig):
+    """Held-out positions ``rows`` into (calibration, test) in the ratio of the two fractions,
+    stratified by label when there are enough anomalies; each sorted."""
+    share = cfg.test_fraction / (cfg.calibration_fraction + cfg.test_fraction)
+    strata = None if y is None else _strata(y[rows])
+    cal, test = train_test_split(rows, test_size=share, random_state=cfg.seed, stratify=strata)
+    return np.sort(cal), np.sort(test)
+
+
+def _strata(y: np.ndarray | None) -> np.ndarray | None:
+    """Labels to stratify on, or None when a class has fewer than 3 rows."""
+    return y if y is not None and min(np.bincount(y, minlength=2)) >= 3 else None
 
 
 def fit_detector(
@@ -152,16 +165,19 @@ def score_table(
     anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` (when calibrated)
     and the ``top_features`` columns that contributed most to each row's score.
     """
-    scores = det.threshold_score(features)
-    out = pd.DataFrame(index=features.index)
-    if ids is not None:
-        out = ids.copy()
+    contrib = None
+    if top_features > 0 and det.score_kind_ == "negative_elbo":
+        scores, contrib = det.score_with_contributions(features)  # one pass for both
+    else:
+        scores = det.threshold_score(features)
+    if top_features > 0 and contrib is None:
+        contrib = det.feature_contributions(features)
+    out = pd.DataFrame(index=features.index) if ids is None else ids.copy()
     out["anomaly_score"] = scores
     out["is_anomaly"] = scores > det.threshold_
     if det.probability_ is not None:
         out["anomaly_probability"] = det.probability_.probability(scores)
-    if top_features > 0:
-        contrib = det.feature_contributions(features)
+    if contrib is not None:
         out = pd.concat(
             [out.reset_index(drop=True), top_contributors(contrib, top_features)], axis=1
         )
