@@ -1,13 +1,17 @@
-"""`make demo`: the whole path on the embedded default, through the Prefect flows.
+"""`make demo` / `make demo-images`: the whole path on an embedded default, through the flows.
 
 train (ingest -> split -> fit -> calibrate -> evaluate -> register @challenger -> promotion
-gate) -> score a batch with models:/vae-anomaly@champion -> print where everything is.
+gate) -> score a batch with models:/NAME@champion -> print where everything is.
 Runs on a temporary local Prefect API (state in $PREFECT_HOME) and the sqlite MLflow store of
-mlflow.yml; a second run trains version N+1 and puts it through the gate.
+the config; a second run trains version N+1 and puts it through the gate.
+
+    python -m flows.demo                              # tables: data/cardio.csv, mlflow.yml
+    python -m flows.demo --config configs/mnist.yml   # images: data/mnist
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from flows.score import score
@@ -18,27 +22,45 @@ from vae_core.registry import TrackingTarget
 
 def main(config_path: str = "mlflow.yml") -> None:
     cfg = load_config(config_path)
-    trained = train(config_path=config_path, out_dir="runs/demo")
+    images = cfg.data.kind == "images"
+    out = Path("runs/demo-images" if images else "runs/demo").resolve()
+    trained = train(config_path=config_path, out_dir=str(out))
     scored = score(batch_id="demo", config_path=config_path)
     target = TrackingTarget.from_config(cfg)
-    print(Path("runs/demo/report/report.md").read_text())
-    print(
-        "\n".join(
-            [
-                "",
-                f"model version:  {cfg.tracking.registered_model} v{trained['version']} "
-                f"(promoted to champion: {trained['promoted']})",
-                "model, report:  runs/demo/model, runs/demo/report/report.md",
-                f"scores:         {scored['output']} ({scored['rows']} rows, {scored['flagged']} "
-                f"flagged) by {cfg.tracking.registered_model} v{scored['model_version']}",
-                f"MLflow:         {target.uri} (artifacts in {cfg.tracking.artifact_location}/)",
-                f"browse it:      .venv/bin/{target.ui_command()}",
-                "                then open http://127.0.0.1:5000 (Models > vae-anomaly to review)",
-                "Prefect state:  flow runs in the local API database under $PREFECT_HOME",
-            ]
-        )
-    )
+    name = cfg.tracking.registered_model
+    print((out / "report" / "report.md").read_text())
+    lines = [
+        "",
+        f"model version:  {name} v{trained['version']} "
+        f"(promoted to champion: {trained['promoted']})",
+        f"model, report:  {_here(out / 'model')}, {_here(out / 'report' / 'report.md')}",
+        f"scores:         {_here(scored['output'])} ({scored['rows']} rows, {scored['flagged']} "
+        f"flagged) by {name} v{scored['model_version']}",
+    ]
+    if images:
+        lines += [
+            f"anomaly maps:   {_here(scored['maps'])}/ (top {cfg.images.top_maps} of the batch; "
+            "path per image in the scores' map_path)",
+            f"review grids:   {_here(out / 'review')}/ (prior_samples.png, reconstructions.png, "
+            "maps/ of the test split)",
+        ]
+    lines += [
+        f"MLflow:         {target.uri} "
+        f"(artifacts in {_here(cfg.path(cfg.tracking.artifact_location))}/)",
+        f"browse it:      .venv/bin/{target.ui_command()}",
+        f"                then open http://127.0.0.1:5000 (Models > {name} to review)",
+        "Prefect state:  flow runs in the local API database under $PREFECT_HOME",
+    ]
+    print("\n".join(lines))
+
+
+def _here(path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Train, promote and score on a sample.")
+    parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
+    main(parser.parse_args().config)

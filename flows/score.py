@@ -4,7 +4,13 @@
     score each partition (validated, chunked, staged) on the configured task runner ->
     commit one Parquet file atomically -> log the run to MLflow -> Prefect artifacts.
 
-Run it: ``python -m flows.score`` or ``prefect deployment run 'score/nightly'``.
+For images (``data.kind: images``): resolve the model -> score the folder (or .npz) in
+chunks of ``images.chunk_images``, anomaly maps for the top ``images.top_maps`` -> one
+Parquet file (path, class, anomaly_score, is_anomaly, anomaly_probability, map_path) ->
+an MLflow run with the maps and the skipped files -> Prefect artifacts.
+
+Run it: ``python -m flows.score [--config configs/mnist.yml]`` or
+``prefect deployment run 'score/nightly'``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import batch
+from vae_core import batch, image_pipeline
 from vae_core.config import PipelineConfig, load_config
 from vae_core.detector import VAEDetector
 
@@ -81,6 +87,33 @@ def log_scoring_run(
     )
 
 
+@task(**IO_RETRIES)
+def score_image_batch(
+    model_dir: str, source: str, cfg: PipelineConfig, out_dir: str, batch_id: str | None
+) -> image_pipeline.ImageBatch:
+    return image_pipeline.score_image_batch(
+        _detector(model_dir), source, cfg.images, out_dir, batch_id
+    )
+
+
+@task(**IO_RETRIES)
+def log_image_scoring_run(
+    cfg: PipelineConfig, model, scored: image_pipeline.ImageBatch, source: str
+) -> str:
+    from vae_core import registry
+
+    artifacts = {"anomaly_maps": scored.maps, "skipped": scored.skipped}
+    return registry.log_scoring_run(
+        registry.TrackingTarget.from_config(cfg),
+        model,
+        scored.scores,
+        scored.output,
+        scored.threshold,
+        source,
+        {k: v for k, v in artifacts.items() if v is not None},
+    )
+
+
 def task_runner(cfg: PipelineConfig):
     """The configured runner: threads, or Dask (a local cluster, or an existing scheduler)."""
     if cfg.scoring.task_runner == "threads":
@@ -140,6 +173,8 @@ def score(
     source = str(cfg.path(data_path or cfg.data.score_path))
     uri = model_uri or f"models:/{cfg.tracking.registered_model}@champion"
     model, model_dir = fetch_model(cfg, uri)
+    if cfg.data.kind == "images":
+        return _score_images(cfg, model, model_dir, source, batch_id, output_dir)
     ident = batch_identity(source, batch_id)
     out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,5 +213,39 @@ def score(
     }
 
 
+def _score_images(cfg, model, model_dir, source, batch_id, output_dir) -> dict:
+    """The image branch of ``score``: ``<output_dir>/<batch id>.parquet``, ``.maps/`` and,
+    with skipped files, ``.skipped.csv``."""
+    out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
+    scored = score_image_batch(model_dir, source, cfg, str(out_dir), batch_id)
+    run_id = log_image_scoring_run(cfg, model, scored, source)
+    for path, reason in scored.skipped_files:
+        get_run_logger().warning("skipped image %s: %s", path, reason)
+    text = scored.summary_markdown(f"{model.name} v{model.version}", source)
+    create_markdown_artifact(text + f"\nMLflow run: `{run_id}`\n", key="scoring-summary")
+    top = scored.scores.nlargest(cfg.images.top_maps, "anomaly_score")
+    if len(top):
+        create_table_artifact(
+            top.round(4).astype(str).to_dict("records"),
+            key="top-anomalies",
+            description="Highest-scoring images and their anomaly maps",
+        )
+    print(text)
+    return {
+        "batch_id": scored.batch_id,
+        "output": str(scored.output),
+        "maps": None if scored.maps is None else str(scored.maps),
+        "skipped": None if scored.skipped is None else str(scored.skipped),
+        "rows": len(scored.scores),
+        "flagged": scored.flagged,
+        "mlflow_run_id": run_id,
+        "model_version": model.version,
+    }
+
+
 if __name__ == "__main__":
-    score()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the score flow once.")
+    parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
+    score(config_path=parser.parse_args().config)

@@ -1,7 +1,12 @@
 """The training flow: ingest -> split -> fit -> calibrate -> evaluate -> log and register as
 @challenger -> promote through the gate in mlflow.yml.
 
-Run it: ``python -m flows.train`` or ``prefect deployment run 'train/weekly'``.
+Tables or images, as ``data.kind`` says: the kind-specific tasks (ingest, split, review,
+log_run, promote) each call the table or the image node; the rest take either, through
+``features_at(rows)`` / ``labels_at(rows)``.
+
+Run it: ``python -m flows.train [--config configs/mnist.yml]`` or
+``prefect deployment run 'train/weekly'``.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import pipeline, registry
+from vae_core import image_pipeline, pipeline, registry
 from vae_core.config import PipelineConfig, load_config
+from vae_core.image_pipeline import ImageData
 from vae_core.ingest import LabelledTable, load_table
 from vae_core.promotion import held_out_rows
 
@@ -23,39 +29,55 @@ STEP = dict(cache_policy=NO_CACHE)
 IO_RETRIES = STEP | dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
 
 
+Data = LabelledTable | ImageData
+
+
+def _images(cfg: PipelineConfig) -> bool:
+    return cfg.data.kind == "images"
+
+
 @task(**IO_RETRIES)
-def ingest(path: str, cfg: PipelineConfig) -> LabelledTable:
+def ingest(path: str, cfg: PipelineConfig) -> Data:
+    if _images(cfg):
+        return image_pipeline.load_images(path, cfg.images)
     return load_table(path, cfg.data)
 
 
 @task(**STEP)
-def split(table: LabelledTable, cfg: PipelineConfig) -> pipeline.Splits:
-    return pipeline.split_table(table, cfg.split)
+def split(data: Data, cfg: PipelineConfig) -> pipeline.Splits:
+    if _images(cfg):
+        return image_pipeline.split_images(data, cfg.split)
+    return pipeline.split_table(data, cfg.split)
 
 
 @task(**STEP)
-def fit(table: LabelledTable, rows, cfg: PipelineConfig, run_id: str):
+def fit(data: Data, rows, cfg: PipelineConfig, run_id: str):
     callback = registry.epoch_logger(registry.TrackingTarget.from_config(cfg), run_id)
-    return pipeline.fit_detector(table.features.iloc[rows], cfg, [callback])
+    return pipeline.fit_detector(data.features_at(rows), cfg, [callback])
 
 
 @task(**STEP)
-def calibrate(det, table: LabelledTable, rows, cfg: PipelineConfig):
+def calibrate(det, data: Data, rows, cfg: PipelineConfig):
     return pipeline.calibrate_detector(
-        det, table.features.iloc[rows], _labels(table, rows), cfg.calibration
+        det, data.features_at(rows), data.labels_at(rows), cfg.calibration
     )
 
 
 @task(**STEP)
-def evaluate(det, table: LabelledTable, rows, cfg: PipelineConfig):
+def evaluate(det, data: Data, rows, cfg: PipelineConfig):
     return pipeline.evaluate_detector(
-        det, table.features.iloc[rows], _labels(table, rows), cfg.calibration, cfg.split.seed
+        det, data.features_at(rows), data.labels_at(rows), cfg.calibration, cfg.split.seed
     )
 
 
 @task(**IO_RETRIES)
-def save(det, report, scores, table: LabelledTable, rows, out_dir: str):
-    return pipeline.save_outcome(det, report, scores, _labels(table, rows), Path(out_dir))
+def save(det, report, scores, data: Data, rows, out_dir: str):
+    return pipeline.save_outcome(det, report, scores, data.labels_at(rows), Path(out_dir))
+
+
+@task(**IO_RETRIES)
+def review(det, data: ImageData, rows, out_dir: str, cfg: PipelineConfig) -> dict:
+    return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
 
 
 @task(**IO_RETRIES)
@@ -64,9 +86,13 @@ def start_run(cfg: PipelineConfig, source: str) -> str:
 
 
 @task(**IO_RETRIES)
-def log_run(cfg, run_id, table, outcome, source) -> str:
+def log_run(cfg, run_id, data: Data, outcome, source, review_files: dict | None) -> str:
     target = registry.TrackingTarget.from_config(cfg)
-    return registry.log_training_run(target, run_id, cfg, table, outcome, source)
+    if _images(cfg):
+        return registry.log_image_training_run(
+            target, run_id, cfg, data, outcome, source, review_files
+        )
+    return registry.log_training_run(target, run_id, cfg, data, outcome, source)
 
 
 @task(**IO_RETRIES)
@@ -75,8 +101,9 @@ def register(cfg: PipelineConfig, run_id: str):
 
 
 @task(**IO_RETRIES)
-def promote(cfg: PipelineConfig, table: LabelledTable, version: str, source: str):
-    features, labels = held_out_rows(table, cfg.split)
+def promote(cfg: PipelineConfig, data: Data, version: str, source: str):
+    held_out = image_pipeline.held_out_images if _images(cfg) else held_out_rows
+    features, labels = held_out(data, cfg.split)
     return registry.promote_challenger(
         registry.TrackingTarget.from_config(cfg),
         cfg.promotion,
@@ -87,10 +114,6 @@ def promote(cfg: PipelineConfig, table: LabelledTable, version: str, source: str
     )
 
 
-def _labels(table: LabelledTable, rows):
-    return None if table.labels is None else table.labels[rows]
-
-
 @flow(name="train", log_prints=True)
 def train(
     data_path: str | None = None,
@@ -99,19 +122,26 @@ def train(
     config_path: str = "mlflow.yml",
 ) -> dict:
     """Train, calibrate and evaluate on ``data_path`` (default data.train_path), register the
-    model as @challenger, and (``promote_after``) promote it if it passes the gate."""
+    model as @challenger, and (``promote_after``) promote it if it passes the gate.
+
+    Writes ``out_dir/model``, ``out_dir/report`` and, for images, ``out_dir/review`` (grids
+    of prior samples and reconstructions, anomaly maps of the top test anomalies)."""
     cfg = load_config(config_path)
     source = str(cfg.path(data_path or cfg.data.train_path))
-    table = ingest(source, cfg)
-    splits = split(table, cfg)
+    out = cfg.path(out_dir)
+    data = ingest(source, cfg)
+    splits = split(data, cfg)
     run_id = start_run(cfg, source)
     try:
-        det = fit(table, splits.train, cfg, run_id)
-        det = calibrate(det, table, splits.calibration, cfg)
-        report, scores = evaluate(det, table, splits.test, cfg)
-        paths = save(det, report, scores, table, splits.test, str(cfg.path(out_dir)))
+        det = fit(data, splits.train, cfg, run_id)
+        det = calibrate(det, data, splits.calibration, cfg)
+        report, scores = evaluate(det, data, splits.test, cfg)
+        paths = save(det, report, scores, data, splits.test, str(out))
+        review_files = (
+            review(det, data, splits.test, str(out / "review"), cfg) if _images(cfg) else None
+        )
         outcome = pipeline.TrainOutcome(det, splits, report, scores, paths)
-        log_run(cfg, run_id, table, outcome, source)
+        log_run(cfg, run_id, data, outcome, source, review_files)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             registry.end_failed_run(registry.TrackingTarget.from_config(cfg), run_id)
@@ -119,8 +149,14 @@ def train(
     ref = register(cfg, run_id)
     summary = {"run_id": run_id, "version": ref.version, "promoted": None}
     text = report.to_markdown()
+    if isinstance(data, ImageData):
+        text += image_pipeline.skipped_markdown(data.images.skipped)
+        for path, reason in data.images.skipped:
+            get_run_logger().warning("skipped image %s: %s", path, reason)
+    if review_files:
+        summary["review"] = str(out / "review")
     if promote_after:
-        decision = promote(cfg, table, ref.version, source)
+        decision = promote(cfg, data, ref.version, source)
         summary["promoted"] = decision.promoted
         text += f"\n## Promotion\n\n{decision.summary()}\n"
     create_markdown_artifact(text, key="training-report")
@@ -129,4 +165,8 @@ def train(
 
 
 if __name__ == "__main__":
-    train()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the train flow once.")
+    parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
+    train(config_path=parser.parse_args().config)

@@ -78,6 +78,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def take(self, rows) -> ImageSet:
+        """The images at positions ``rows`` (paths, classes, labels with them); no skips."""
+        rows = np.asarray(rows, dtype="int64")
+        labels = None if self.labels is None else self.labels[rows]
+        pick = lambda items: [items[i] for i in rows]  # noqa: E731 - local shorthand
+        return ImageSet(self.images[rows], pick(self.paths), pick(self.classes), labels)
+
     def manifest(self) -> pd.DataFrame:
         """One row per image: path, class and (when known) label."""
         frame = pd.DataFrame({"path": self.paths, "class": self.classes})
@@ -116,15 +123,42 @@ def read_image_folder(
     split : "train" or "test" for an MVTec-like layout; None for class subfolders or a flat
         folder.
 
-    Files are read in sorted order, so the same folder gives the same ImageSet.
+    Files are read in sorted order, so the same folder gives the same ImageSet. ValueError
+    when none of the files can be read.
     """
-    _check_choice("mode", mode, tuple(CHANNELS))
-    _check_choice("on_size_mismatch", on_size_mismatch, ("reject", "resize"))
-    _check_choice("on_error", on_error, ("raise", "skip"))
-    height, width = (int(s) for s in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be two positive integers (height, width), got {size}")
+    _check_read_settings(size, mode, on_size_mismatch, on_error)  # before touching the folder
+    manifest = image_manifest(path, split)
+    got = read_images(manifest, size, mode, on_size_mismatch, on_error)
+    if not len(got):
+        first = f"; first: {got.skipped[0][0]}: {got.skipped[0][1]}" if got.skipped else ""
+        raise ValueError(f"{path}: none of its {len(manifest)} image files could be read{first}")
+    return got
+
+
+def image_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
+    """The files ``read_image_folder`` would read, without opening them: one row per file,
+    sorted, with ``path``, ``class`` and, where the layout labels them, ``label`` (0 = good)."""
     files, classes, labelled = _list_images(Path(path), split)
+    frame = pd.DataFrame({"path": [str(f) for f in files], "class": classes})
+    if labelled:
+        frame["label"] = np.array([c != GOOD for c in classes], dtype="int64")
+    return frame
+
+
+def read_images(
+    manifest: pd.DataFrame,
+    size: tuple[int, int],
+    mode: str = "L",
+    on_size_mismatch: str = "reject",
+    on_error: str = "raise",
+) -> ImageSet:
+    """Read the files of a manifest (``path``, optional ``class`` and ``label``), in order.
+
+    Arguments as ``read_image_folder``; a manifest can be read in slices (bounded memory).
+    Unlike ``read_image_folder``, the result may be empty when every file was skipped.
+    """
+    height, width = _check_read_settings(size, mode, on_size_mismatch, on_error)
+    files = [Path(p) for p in manifest["path"]]
     shape = (height, width) if mode == "L" else (CHANNELS[mode], height, width)
     images = np.empty((len(files), *shape), dtype=np.uint8)  # one copy in memory, filled
     kept, skipped = [], []
@@ -137,14 +171,24 @@ def read_image_folder(
                 raise ValueError(f"{file}: {exc}") from exc.__cause__
             logger.warning("skipped image %s: %s", file, exc)
             skipped.append((str(file), str(exc)))
-    if not kept:
-        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise ValueError(f"{path}: none of its {len(files)} image files could be read{first}")
-    kept_classes = [classes[i] for i in kept]
-    labels = np.array([c != GOOD for c in kept_classes], dtype="int64") if labelled else None
     if len(kept) < len(files):
         images = images[: len(kept)].copy()  # release the rows of the skipped files
-    return ImageSet(images, [str(files[i]) for i in kept], kept_classes, labels, skipped)
+    classes = manifest["class"].tolist() if "class" in manifest else [""] * len(files)
+    labels = manifest["label"].to_numpy("int64")[kept] if "label" in manifest else None
+    return ImageSet(
+        images, [str(files[i]) for i in kept], [classes[i] for i in kept], labels, skipped
+    )
+
+
+def _check_read_settings(size, mode: str, on_size_mismatch: str, on_error: str):
+    """(height, width) after checking the reading settings; ValueError naming a bad one."""
+    _check_choice("mode", mode, tuple(CHANNELS))
+    _check_choice("on_size_mismatch", on_size_mismatch, ("reject", "resize"))
+    _check_choice("on_error", on_error, ("raise", "skip"))
+    height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be two positive integers (height, width), got {size}")
+    return height, width
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -504,29 +548,33 @@ def score_images(
     frame["map_path"] = ""
     top = order[: int(top_k)]
     if len(top):
-        paths = _write_top_maps(det, image_set, top, scores, out_dir / "maps")
+        paths = write_top_maps(det, image_set.take(top), scores[top], out_dir / "maps")
         frame.loc[top, "map_path"] = [str(p) for p in paths]
     _write_file(out_dir / "image_scores.csv", frame.to_csv(index=False).encode())
     return frame
 
 
-def _write_top_maps(det, image_set: ImageSet, top: np.ndarray, scores, folder: Path):
-    """One PNG per image in ``top`` (most anomalous first), on one shared colour scale."""
+def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
+    """Anomaly-map PNGs for images given most anomalous first, on one shared colour scale:
+    ``folder/rank001_<file>.png`` ...; their paths, in order.
+
+    scores : the images' scores (threshold units), shown in the titles.
+    """
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = image_set.images[top]
-    maps, recons = anomaly_maps(det, images), reconstructions(det, images)
+    maps, recons = anomaly_maps(det, top.images), reconstructions(det, top.images)
     map_range = _map_range(maps)  # one scale for all, so the maps compare
     pixel_max = det.preprocessor_.pixel_scale
     paths = []
-    for rank, i in enumerate(top, start=1):
-        source = Path(image_set.paths[i]).name
+    for i, (source, score) in enumerate(zip(top.paths, scores, strict=True)):
+        rank, source = i + 1, Path(source).name
         name = re.sub(r"\W+", "_", re.sub(r"(?i)\.(png|jpe?g)$", "", source)).strip("_")
-        title = f"#{rank}   score {scores[i]:.1f} nats   {source}"
+        title = f"#{rank}   score {score:.1f} nats   {source}"
         paths.append(
             save_anomaly_map_png(
-                image_set.images[i],
-                recons[rank - 1],
-                maps[rank - 1],
+                top.images[i],
+                recons[i],
+                maps[i],
                 folder / f"rank{rank:03d}_{name}.png",
                 title,
                 pixel_max,

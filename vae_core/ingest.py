@@ -50,6 +50,14 @@ class LabelledTable:
     labels: np.ndarray | None
     ids: pd.DataFrame
 
+    def features_at(self, rows) -> pd.DataFrame:
+        """The feature rows at positions ``rows``."""
+        return self.features.iloc[rows]
+
+    def labels_at(self, rows) -> np.ndarray | None:
+        """The labels at positions ``rows``, or None without labels."""
+        return None if self.labels is None else self.labels[rows]
+
 
 def split_columns(
     frame: pd.DataFrame,
@@ -92,6 +100,10 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
 def load_table(path: str | Path, data, require_label: bool = False) -> LabelledTable:
     """Read a table and separate features, labels and ids as the ``data`` config says."""
     return split_columns(
-        read_table(path), data.label_column, data.id_columns, data.drop_columns,
-        source=str(path), require_label=require_label,
+        read_table(path),
+        data.label_column,
+        data.id_columns,
+        data.drop_columns,
+        source=str(path),
+        require_label=require_label,
     )

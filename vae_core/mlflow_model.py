@@ -12,6 +12,12 @@ Output: one row per input row, in order: ``anomaly_score`` (threshold units, hig
 anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` and the
 ``top_feature_<k>`` / ``top_feature_<k>_nats`` columns that contributed most (see
 ``pipeline.score_table``).
+
+A detector fitted on images takes a DataFrame with a ``path`` column (image files, read at
+the training size and colour mode; ``on_size_mismatch`` as configured at training) or an
+``image`` column (per row an (H, W) or (C, H, W) array of 0..255 integers) and returns
+``path`` (for path input), ``anomaly_score``, ``is_anomaly`` and ``anomaly_probability``
+(see ``image_pipeline.score_image_input``).
 """
 
 from __future__ import annotations
@@ -27,11 +33,18 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
         from vae_core.detector import VAEDetector
 
         self.detector = VAEDetector.load(context.artifacts["detector"])
-        self.top_features = int((context.model_config or {}).get("top_features", 3))
+        config = context.model_config or {}
+        self.top_features = int(config.get("top_features", 3))
+        self.on_size_mismatch = str(config.get("on_size_mismatch", "reject"))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from vae_core.pipeline import score_table
+        from vae_core.preprocess import ImagePreprocessor
 
+        if isinstance(self.detector.preprocessor_, ImagePreprocessor):
+            from vae_core.image_pipeline import score_image_input
+
+            return score_image_input(self.detector, model_input, self.on_size_mismatch)
         frame = pd.DataFrame(model_input)
         scores = score_table(self.detector, frame, top_features=self.top_features)
         return scores.reset_index(drop=True)

@@ -98,9 +98,12 @@ def held_out_rows(
     return table.features.iloc[test], labels
 
 
-def held_out_metrics(det: VAEDetector, features: pd.DataFrame, labels: np.ndarray | None) -> dict:
+def held_out_metrics(
+    det: VAEDetector, features: pd.DataFrame | np.ndarray, labels: np.ndarray | None
+) -> dict:
     """``rows``, ``anomalies``, ``flagged_rate`` at the detector's own threshold and, with
-    labels of both classes, ``roc_auc`` of its scores (higher = more anomalous), else None."""
+    labels of both classes, ``roc_auc`` of its scores (higher = more anomalous), else None.
+    features : table rows, or images (n, H, W) / (n, C, H, W) for an image detector."""
     scores = det.threshold_score(features)
     usable = labels is not None and 0 < int(np.sum(labels)) < len(labels)
     return {
@@ -205,9 +208,13 @@ def _data_section(run: RunRecord) -> str:
     t = run.tags
     label = t.get("data.label_column")
     labels = f"labels `{label}` ({t.get('data.anomalies')} anomalies)" if label else "no labels"
+    shape = f"{t.get('data.rows')} rows x {t.get('data.columns')} feature columns"
+    if t.get("data.kind") == "images":
+        shape = f"{t.get('data.rows')} images of {t.get('data.image_shape')} pixels"
+        if t.get("data.skipped", "0") != "0":
+            shape += f" ({t['data.skipped']} unreadable files skipped: data/skipped_images.csv)"
     return (
-        f"**Data**: `{t.get('data.source')}`: {t.get('data.rows')} rows x "
-        f"{t.get('data.columns')} feature columns, {labels}; sha256 "
+        f"**Data**: `{t.get('data.source')}`: {shape}, {labels}; sha256 "
         f"`{t.get('data.sha256', '')[:16]}`. Splits: train {t.get('split.train_rows')}, "
         f"calibration {t.get('split.calibration_rows')}, test {t.get('split.test_rows')} rows "
         f"(seed {run.params.get('split.seed')}); the model was trained on none of the "

@@ -9,8 +9,10 @@ The life of a model, in calls::
     run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
     train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
     log_training_run(target, run_id, cfg, table, outcome, data_source)   # the rest; ends it
+        (images: log_image_training_run(..., data, outcome, data_source, review files))
     register_challenger(target, run_id)            # new version, alias @challenger
     promote_challenger(target, cfg.promotion, *promotion.held_out_rows(table, cfg.split))
+        (images: *image_pipeline.held_out_images(data, cfg.split))
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
     log_scoring_run(target, champion.ref, scores, scores_path, threshold)
 
@@ -43,14 +45,17 @@ import pandas as pd
 import requests
 from mlflow.entities import LoggedModelInput, Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, Schema
 
 import vae_core
 from vae_core.config import PipelineConfig, PromotionConfig
 from vae_core.detector import VAEDetector
+from vae_core.image_pipeline import ImageData, image_fingerprint, score_image_input
 from vae_core.ingest import LabelledTable
-from vae_core.pipeline import TrainOutcome, score_table
+from vae_core.pipeline import Splits, TrainOutcome, score_table
+from vae_core.preprocess import ImagePreprocessor
 from vae_core.promotion import (
     CHALLENGER,
     CHAMPION,
@@ -339,6 +344,77 @@ def log_training_run(
     return info.model_uri
 
 
+@_tracking_call
+def log_image_training_run(
+    target: TrackingTarget,
+    run_id: str,
+    cfg: PipelineConfig,
+    data: ImageData,
+    outcome: TrainOutcome,
+    data_source: str,
+    review: dict[str, Path],
+) -> str:
+    """``log_training_run`` for images; ends the run and returns the packaged model's URI.
+
+    Logs the data (fingerprint, ``data/images.csv``: every image with its class, label and
+    split; ``data/skipped_images.csv``: files left out under ``on_error: skip``), the test
+    metrics and report, the review files of ``image_pipeline.write_review`` (``review/``:
+    prior samples and reconstructions grids; ``anomaly_maps/``: the top test anomalies, each
+    beside its original and reconstruction; ``evaluation/image_scores.csv``) and the model,
+    which takes image paths or arrays.
+    """
+    with mlflow.start_run(run_id=run_id):
+        _log_image_data(data, outcome.splits, data_source)
+        _log_evaluation(outcome)
+        _log_review(review)
+        mlflow.log_dict(outcome.detector.preprocessor_.to_dict(), "feature_schema.json")
+        rows = outcome.splits.test[:_EXAMPLE_ROWS]
+        example = pd.DataFrame({"path": [data.images.paths[i] for i in rows]})
+        info = log_packaged_model(outcome.detector, example, 0, cfg.images.on_size_mismatch)
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
+    fp, images = image_fingerprint(data.images), data.images
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(
+            images.images,
+            source=str(source),
+            targets=images.labels,
+            name=Path(str(source)).name,
+            digest=str(fp["sha256"])[:16],
+        )
+        mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
+    manifest = images.manifest().assign(split="")
+    for name in ("train", "calibration", "test"):
+        manifest.loc[getattr(splits, name), "split"] = name
+    mlflow.log_text(manifest.to_csv(index=False), "data/images.csv")
+    if images.skipped:
+        mlflow.log_text(images.skipped_frame().to_csv(index=False), "data/skipped_images.csv")
+    labelled = images.labels is not None
+    tags = {f"data.{k}": str(v) for k, v in fp.items()}
+    mlflow.set_tags(
+        tags
+        | {
+            "data.kind": "images",
+            "data.image_shape": "x".join(str(d) for d in images.images.shape[1:]),
+            "data.label_column": "folder name (good = 0)" if labelled else "",
+            "data.anomalies": str(int(images.labels.sum())) if labelled else "",
+            "data.skipped": str(len(images.skipped)),
+        }
+    )
+
+
+def _log_review(review: dict[str, Path]) -> None:
+    for name in ("prior_samples", "reconstructions"):
+        mlflow.log_artifact(str(review[name]), "review")
+    if Path(review["maps"]).is_dir():
+        mlflow.log_artifacts(str(review["maps"]), "anomaly_maps")
+    mlflow.log_artifact(str(review["test_scores"]), "evaluation")
+
+
 def _log_training_data(table: LabelledTable, source: str, label_column: str | None) -> None:
     fp = table_fingerprint(table)
     frame = table.features
@@ -421,14 +497,21 @@ def _input_example(features: pd.DataFrame) -> pd.DataFrame:
     return features.astype({c: "float64" for c in ints}).reset_index(drop=True)
 
 
-def log_packaged_model(det: VAEDetector, example: pd.DataFrame, top_features: int = 3):
+def log_packaged_model(
+    det: VAEDetector,
+    example: pd.DataFrame,
+    top_features: int = 3,
+    on_size_mismatch: str = "reject",
+):
     """Log ``det`` as a pyfunc model in the active run (models-from-code, no pickle of
     project classes) with a signature, the input example and pinned requirements.
 
+    example : raw feature rows; for an image detector, a DataFrame of image paths (``path``).
+    on_size_mismatch : image models: "reject" or "resize" image files of another size.
     Returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/m-<id>``).
     """
-    output = score_table(det, example, top_features=top_features).reset_index(drop=True)
     package = Path(vae_core.__file__).resolve().parent
+    config = {"top_features": int(top_features), "on_size_mismatch": on_size_mismatch}
     with tempfile.TemporaryDirectory() as tmp:
         det.save(Path(tmp) / "detector")
         return mlflow.pyfunc.log_model(
@@ -436,11 +519,27 @@ def log_packaged_model(det: VAEDetector, example: pd.DataFrame, top_features: in
             python_model=str(package / "mlflow_model.py"),
             artifacts={DETECTOR_ARTIFACT: str(Path(tmp) / "detector")},
             code_paths=[str(package)],
-            model_config={"top_features": int(top_features)},
-            signature=infer_signature(example, output),
+            model_config=config,
+            signature=_signature(det, example, config),
             input_example=example,
             pip_requirements=pip_requirements(),
         )
+
+
+def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSignature:
+    """Tables: the example's columns. Images: an optional ``path`` (image file) column or an
+    optional ``image`` column of (H, W) or (C, H, W) integer arrays."""
+    if not isinstance(det.preprocessor_, ImagePreprocessor):
+        output = score_table(det, example, top_features=config["top_features"])
+        return infer_signature(example, output.reset_index(drop=True))
+    output = score_image_input(det, example, config["on_size_mismatch"])
+    pixels = Array(Array("long"))
+    if det.preprocessor_.image_shape[0] > 1:
+        pixels = Array(pixels)
+    inputs = Schema(
+        [ColSpec("string", "path", required=False), ColSpec(pixels, "image", required=False)]
+    )
+    return ModelSignature(inputs, infer_signature(example, output).outputs)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -556,7 +655,7 @@ def version_tags(run: RunRecord) -> dict[str, str]:
 def promote_challenger(
     target: TrackingTarget,
     gate: PromotionConfig,
-    features: pd.DataFrame,
+    features: pd.DataFrame | np.ndarray,
     labels: np.ndarray | None = None,
     *,
     version: str | int | None = None,
@@ -570,8 +669,8 @@ def promote_challenger(
     a manual override. The decision goes on the version (``promotion.*`` tags, a line in its
     description); a promoted version loses the ``challenger`` alias.
 
-    features, labels : held-out rows (n, d) and optional labels (n,), 1 = anomaly; use
-        ``promotion.held_out_rows``.
+    features, labels : held-out rows (n, d), or images, and optional labels (n,), 1 = anomaly;
+        use ``promotion.held_out_rows`` (``image_pipeline.held_out_images``).
     """
     if force and not (reason and reason.strip()):
         raise ValueError("a forced promotion needs a reason (--reason TEXT)")
@@ -701,6 +800,7 @@ def log_scoring_run(
     scores_path: str | Path,
     threshold: float,
     data_source: str | None = None,
+    artifacts: dict[str, str | Path] | None = None,
 ) -> str:
     """Record a batch scoring as a finished run linked to the model version that scored it:
     the scores file (artifact), the flagged count and rate, the score distribution
@@ -708,12 +808,16 @@ def log_scoring_run(
 
     scores : the scored rows, with ``anomaly_score`` (higher = more anomalous) and
         ``is_anomaly`` columns, as ``pipeline.score_table`` writes them.
+    artifacts : more files or folders to log, {artifact folder: local path} (for images:
+        the anomaly maps, the list of skipped files).
     """
     values = scores["anomaly_score"].to_numpy(dtype="float64")
     if values.size == 0:
         raise ValueError("no scored rows to log")
     summary = score_distribution(values, scores["is_anomaly"], threshold)
-    return _scoring_run(target, model, summary, values, scores_path, threshold, data_source)
+    return _scoring_run(
+        target, model, summary, values, scores_path, threshold, data_source, None, artifacts
+    )
 
 
 @_tracking_call
@@ -750,6 +854,7 @@ def _scoring_run(
     threshold: float,
     data_source: str | None,
     extra_tags=None,
+    artifacts: dict[str, str | Path] | None = None,
 ) -> str:
     client = _client(target)
     tags = {
@@ -772,6 +877,9 @@ def _scoring_run(
             client.log_inputs(run_id, models=[LoggedModelInput(model.model_id)])
         _log_score_distribution(client, run_id, summary, values, threshold)
         client.log_artifact(run_id, str(scores_path), "scores")
+        for folder, path in (artifacts or {}).items():
+            log = client.log_artifacts if Path(path).is_dir() else client.log_artifact
+            log(run_id, str(path), folder)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -1,0 +1,283 @@
+"""Images through the same flows, registry and packaged model as tables (issue 7).
+
+One image train flow per module (a tiny conv VAE on data/mnist, under prefect_test_harness,
+against a real sqlite MLflow store) registers and promotes a model; the scoring tests use it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from tests.conftest import ROOT, write_pipeline_config
+from vae_core import image_pipeline
+from vae_core.config import ImagesConfig, SplitConfig, load_config
+from vae_core.images import ImageSet
+
+MNIST = ROOT / "data" / "mnist"
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY_IMAGES = {
+    "tracking": {"uri": "sqlite:///mlflow.db", "max_retries": 1, "registered_model": "digits"},
+    "data": {"kind": "images", "train_path": str(MNIST), "score_path": str(MNIST / "test")},
+    "images": {"top_maps": 3, "chunk_images": 64},  # 140 test images: three chunks
+    "model": {
+        "architecture": "conv",
+        "hidden_dims": [8, 16],
+        "latent_dim": 4,
+        "n_score_samples": 2,
+    },
+    "training": {"epochs": 4, "batch_size": 32, "lr": 0.003},
+    "calibration": {"policy": {"name": "target_fpr", "fpr": 0.1, "tail_method": "quantile"}},
+    "scoring": {"output_dir": "scores"},
+    "promotion": {"flagged_rate_max": 1.0},  # the test split is 64% other digits
+}
+
+
+def _images(folder, overrides=None):
+    """A tiny image config in ``folder`` (its own sqlite store unless overridden)."""
+    settings = {k: dict(v) for k, v in TINY_IMAGES.items()}
+    for section, values in (overrides or {}).items():
+        settings[section] = settings.get(section, {}) | values
+    return write_pipeline_config(folder, settings)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@contextlib.contextmanager
+def _config_store():
+    """Let each config's tracking.uri decide: mlflow.set_tracking_uri exports
+    MLFLOW_TRACKING_URI, which outranks the config, so another module's store would leak in
+    (and ours out); the variable is restored afterwards."""
+    import mlflow
+
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # unsets the variable too
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _own_store():
+    with _config_store():
+        yield
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, harness):
+    """The image train flow's result in a fresh folder: (folder, config, result)."""
+    from flows.train import train
+
+    folder = tmp_path_factory.mktemp("image-flows")
+    config = _images(folder)
+    with _config_store():
+        result = train(config_path=str(config), out_dir=str(folder / "run"))
+    return folder, config, result
+
+
+def _client(folder) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    return [a.path for a in client.list_artifacts(run_id, path)]
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == PNG
+
+
+def test_image_train_flow_registers_and_promotes_with_grids_and_maps(store):
+    folder, _, result = store
+    assert result["version"] == "1" and result["promoted"] is True
+    client = _client(folder)
+    champion = client.get_model_version_by_alias("digits", "champion")
+    assert str(champion.version) == "1" and champion.tags["promotion.held_out_rows"] == "70"
+    run_id = result["run_id"]
+    review = _artifacts(client, run_id, "review")
+    assert review == ["review/prior_samples.png", "review/reconstructions.png"]
+    maps = _artifacts(client, run_id, "anomaly_maps")
+    assert len(maps) == 3 and all(p.endswith(".png") for p in maps)
+    assert "evaluation/image_scores.csv" in _artifacts(client, run_id, "evaluation")
+    manifest = pd.read_csv(client.download_artifacts(run_id, "data/images.csv"))
+    assert manifest["split"].value_counts().to_dict() == {
+        "train": 200,
+        "calibration": 70,
+        "test": 70,
+    }
+    tags = client.get_run(run_id).data.tags
+    assert tags["data.kind"] == "images" and tags["data.image_shape"] == "28x28"
+    assert "340 images of 28x28 pixels" in champion.description
+    assert (folder / "run" / "review" / "maps").is_dir()
+
+
+def test_image_score_flow_writes_one_row_per_image_with_maps(store):
+    from flows.score import score
+
+    folder, config, _ = store
+    result = score(config_path=str(config), batch_id="nightly")
+    out = pd.read_parquet(result["output"])
+    files = sorted(str(p) for p in (MNIST / "test").rglob("*.png"))
+    assert len(out) == 140 and sorted(out["path"]) == files
+    assert list(out.columns) == [
+        "path", "class", "label", "anomaly_score", "is_anomaly", "anomaly_probability", "map_path"
+    ]  # fmt: skip
+    assert out["anomaly_probability"].between(0, 1).all()
+    maps = out.loc[out["map_path"] != ""].sort_values("anomaly_score", ascending=False)
+    assert len(maps) == 3
+    top3 = out.nlargest(3, "anomaly_score")
+    assert set(top3["map_path"]) == set(maps["map_path"])
+    assert all(_is_png(p) for p in maps["map_path"])
+    client = _client(folder)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["model.version"] == "1" and run.data.metrics["rows"] == 140
+    assert len(_artifacts(client, run.info.run_id, "anomaly_maps")) == 3
+    assert result["skipped"] is None
+
+
+def test_pyfunc_scores_image_paths_and_arrays_in_a_fresh_process(store):
+    folder, _, _ = store
+    paths = sorted(str(p) for p in (MNIST / "test" / "good").glob("*.png"))[:2]
+    paths.append(str(MNIST / "test" / "seven" / "test_00000.png"))
+    code = f"""
+import json, numpy as np, pandas as pd, mlflow
+from PIL import Image
+model = mlflow.pyfunc.load_model("models:/digits@champion")
+paths = {paths!r}
+by_path = model.predict(pd.DataFrame({{"path": paths}}))
+arrays = [np.asarray(Image.open(p)) for p in paths]
+by_array = model.predict(pd.DataFrame({{"image": arrays}}))
+print(json.dumps({{"columns": list(by_path.columns), "paths": by_path["path"].tolist(),
+    "scores": by_path["anomaly_score"].tolist(), "array_scores": by_array["anomaly_score"].tolist(),
+    "loaded": sorted(m for m in ("prefect",) if m in __import__("sys").modules)}}))
+"""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["columns"] == ["path", "anomaly_score", "is_anomaly", "anomaly_probability"]
+    assert got["paths"] == paths and got["loaded"] == []
+    np.testing.assert_array_equal(got["scores"], got["array_scores"])
+    scored = pd.read_parquet(folder / "scores" / "nightly.parquet").set_index("path")
+    np.testing.assert_allclose(got["scores"], scored.loc[paths, "anomaly_score"], rtol=1e-12)
+
+
+@pytest.fixture
+def corrupt_folder(tmp_path):
+    """Six real digits in class folders and one PNG that is not one."""
+    for cls in ("good", "seven"):
+        for p in sorted((MNIST / "test" / cls).glob("*.png"))[:3]:
+            (tmp_path / "batch" / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, tmp_path / "batch" / cls / p.name)
+    (tmp_path / "batch" / "seven" / "broken.png").write_bytes(PNG + b"not really")
+    return tmp_path / "batch"
+
+
+def test_a_corrupt_png_fails_the_score_flow_naming_it_or_is_skipped_and_listed(
+    store, corrupt_folder
+):
+    from flows.score import score
+
+    folder, config, _ = store
+    with pytest.raises(ValueError, match=r"broken\.png: cannot be read"):
+        score(data_path=str(corrupt_folder), batch_id="bad", config_path=str(config))
+    assert not list((folder / "scores").glob("bad*"))
+    (folder / "skip").mkdir()
+    overrides = {"images": {"on_error": "skip", "top_maps": 2}}
+    overrides["tracking"] = {"uri": f"sqlite:///{folder / 'mlflow.db'}"}
+    overrides["scoring"] = {"output_dir": str(folder / "scores")}
+    result = score(
+        data_path=str(corrupt_folder),
+        batch_id="bad",
+        config_path=str(_images(folder / "skip", overrides)),
+    )
+    assert result["rows"] == 6
+    listed = pd.read_csv(result["skipped"])
+    assert listed["path"].tolist() == [str(corrupt_folder / "seven" / "broken.png")]
+    client = _client(folder)
+    run_id = result["mlflow_run_id"]
+    logged = client.download_artifacts(run_id, "skipped/bad.skipped.csv")
+    assert "broken.png" in open(logged).read()
+    assert len(_artifacts(client, run_id, "anomaly_maps")) == 2
+
+
+# ---- the nodes, without the orchestrator ---------------------------------------------------
+def test_mvtec_layout_trains_on_train_and_splits_test_into_calibration_and_test():
+    data = image_pipeline.load_images(MNIST, ImagesConfig())
+    splits = image_pipeline.split_images(data, SplitConfig())
+    assert data.n_fit_only == 200 and splits.train.tolist() == list(range(200))
+    assert len(splits.calibration) == len(splits.test) == 70
+    assert not set(splits.calibration) & set(splits.test)
+    assert data.labels_at(splits.test).sum() == data.labels_at(splits.calibration).sum() == 45
+    images, labels = image_pipeline.held_out_images(data, SplitConfig())
+    np.testing.assert_array_equal(images, data.images.images[splits.test])
+    np.testing.assert_array_equal(labels, data.labels[splits.test])
+
+
+def test_class_subfolders_are_split_like_table_rows():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(40, "int64"), np.ones(10, "int64")]
+    images = ImageSet(
+        rng.integers(0, 256, (50, 4, 4), dtype=np.uint8), [""] * 50, [""] * 50, labels
+    )
+    cfg = SplitConfig(train_on_normal_only=True)
+    splits = image_pipeline.split_images(image_pipeline.ImageData(images), cfg)
+    assert labels[splits.train].sum() == 0 and labels[splits.test].sum() == 2
+
+
+def test_the_shipped_mnist_config_is_valid_and_its_own_model():
+    cfg = load_config(ROOT / "configs" / "mnist.yml")
+    assert cfg.data.kind == "images" and cfg.model.architecture == "conv"
+    assert (
+        cfg.tracking.registered_model != load_config(ROOT / "mlflow.yml").tracking.registered_model
+    )
+    assert cfg.path(cfg.data.train_path) == MNIST
+
+
+def test_npz_arrays_train_unlabelled_and_score_with_maps(store, tmp_path):
+    from flows.score import score
+
+    _, config, _ = store
+    digits = np.stack([np.asarray(Image.open(p)) for p in sorted(MNIST.rglob("*.png"))[:30]])
+    np.savez(tmp_path / "batch.npz", images=digits)
+    data = image_pipeline.load_images(tmp_path / "batch.npz", ImagesConfig())
+    assert len(data.images) == 30 and data.labels is None
+    with pytest.raises(ValueError, match=r"batch\.npz: images of shape \(28, 28\)"):
+        image_pipeline.load_images(tmp_path / "batch.npz", ImagesConfig(size=(32, 32)))
+    result = score(data_path=str(tmp_path / "batch.npz"), config_path=str(config))
+    out = pd.read_parquet(result["output"])
+    assert out["path"].tolist() == [f"{tmp_path / 'batch.npz'}::images[{i}]" for i in range(30)]
+    assert all(_is_png(p) for p in out["map_path"] if p) and (out["map_path"] != "").sum() == 3
+
+
+def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
+    from vae_core import VAEDetector
+
+    det = VAEDetector.load(store[0] / "run" / "model")
+    with pytest.raises(ValueError, match=r"nowhere\.png: cannot be read"):
+        image_pipeline.score_image_input(det, pd.DataFrame({"path": ["nowhere.png"]}))
+    with pytest.raises(ValueError, match=r"expected a column 'path' .* got \['pixels'\]"):
+        image_pipeline.score_image_input(det, pd.DataFrame({"pixels": [1]}))
+    with pytest.raises(ValueError, match="images must have shape"):
+        image_pipeline.score_image_input(det, np.zeros((2, 8, 8), np.uint8))

@@ -1,0 +1,325 @@
+"""The pipeline's steps for images ("nodes"): the image counterparts of ``pipeline``'s.
+
+    load_images -> split_images -> pipeline.fit_detector / calibrate_detector /
+    evaluate_detector / save_outcome (on ``data.features_at(rows)``) -> write_review
+    held_out_images: the test split promotion scores both models on
+    score_image_batch: a fitted detector and a folder (or .npz) -> one Parquet file (path,
+        class, anomaly_score, is_anomaly, anomaly_probability, map_path), anomaly-map PNGs
+    score_image_input: the packaged model's input (image paths or arrays) -> scores
+
+Scores are in threshold units (the negative ELBO in nats unless calibrated on the IWAE
+score); higher = more anomalous; ``is_anomaly`` is ``score > threshold`` (the project's tie
+rule). Nothing here knows about Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vae_core.batch import checked_batch_id, files_identity
+from vae_core.config import ImagesConfig, SplitConfig
+from vae_core.images import (
+    ImageSet,
+    as_image_array,
+    image_manifest,
+    read_image_folder,
+    read_image_npz,
+    read_images,
+    score_images,
+    write_review_grids,
+    write_top_maps,
+)
+from vae_core.persist import atomic_write_frame
+from vae_core.pipeline import Splits, split_held_out, split_rows
+
+MODES = {1: "L", 3: "RGB"}  # channels of a fitted detector -> the colour mode its files are read in
+
+
+@dataclass
+class ImageData:
+    """Images to train, calibrate and test on, read from one folder.
+
+    images : every image read (arrays, paths, classes, labels and the files skipped).
+    n_fit_only : how many of them, first, come from ``root/train`` of an MVTec-AD-like
+        layout: training only, while ``root/test`` is split into calibration and test. 0 for
+        class subfolders or a flat folder, whose images are split like table rows.
+    """
+
+    images: ImageSet
+    n_fit_only: int = 0
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.images.labels
+
+    def features_at(self, rows) -> np.ndarray:
+        """The images at positions ``rows``: uint8 (n, H, W) or (n, 3, H, W)."""
+        return self.images.images[rows]
+
+    def labels_at(self, rows) -> np.ndarray | None:
+        return None if self.labels is None else self.labels[rows]
+
+
+def load_images(path: str | Path, cfg: ImagesConfig) -> ImageData:
+    """Read training images: a folder, MVTec-AD-like (``train/`` and ``test/``) or with class
+    subfolders, or an ``.npz`` file (its one image array, unlabelled, of ``cfg.size``)."""
+    root = Path(path)
+    if _is_npz(root):
+        return ImageData(_read_npz(root, cfg))
+
+    def read(split: str | None) -> ImageSet:
+        return read_image_folder(
+            root, cfg.size, cfg.mode, cfg.on_size_mismatch, cfg.on_error, split=split
+        )
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        fit_only, held = read("train"), read("test")
+        return ImageData(_concat(fit_only, held), len(fit_only))
+    return ImageData(read(None))
+
+
+def _is_npz(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".npz"
+
+
+def _read_npz(path: Path, cfg: ImagesConfig) -> ImageSet:
+    images = read_image_npz(path)
+    expected = tuple(cfg.size) if cfg.mode == "L" else (3, *cfg.size)
+    if images.images.shape[1:] != expected:
+        raise ValueError(
+            f"{path}: images of shape {images.images.shape[1:]}, expected {cfg.size} in mode "
+            f"{cfg.mode} (images.size, images.mode)"
+        )
+    return images
+
+
+def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    labels = None if a.labels is None or b.labels is None else np.concatenate([a.labels, b.labels])
+    return ImageSet(
+        np.concatenate([a.images, b.images]),
+        a.paths + b.paths,
+        a.classes + b.classes,
+        labels,
+        a.skipped + b.skipped,
+    )
+
+
+def split_images(data: ImageData, cfg: SplitConfig) -> Splits:
+    """Train / calibration / test positions. MVTec-like: ``train/`` is the training split and
+    ``test/`` is split (stratified) into calibration and test in the ratio of the two
+    fractions; otherwise as ``pipeline.split_table``."""
+    y = data.labels
+    if not data.n_fit_only:
+        return split_rows(len(data.images), y, cfg)
+    train = np.arange(data.n_fit_only)
+    if cfg.train_on_normal_only and y is not None:
+        train = train[y[train] == 0]
+    cal, test = split_held_out(np.arange(data.n_fit_only, len(data.images)), y, cfg)
+    return Splits(train, cal, test)
+
+
+def held_out_images(data: ImageData, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The test split (images, labels) as training held it out: what promotion scores."""
+    test = split_images(data, cfg).test
+    return data.features_at(test), data.labels_at(test)
+
+
+def image_fingerprint(images: ImageSet) -> dict[str, str | int]:
+    """SHA-256 of the images' shape, pixels and labels; ``rows`` images of ``columns`` values."""
+    h = hashlib.sha256(str(images.images.shape).encode())
+    h.update(np.ascontiguousarray(images.images).tobytes())
+    if images.labels is not None:
+        h.update(np.asarray(images.labels, dtype=np.int64).tobytes())
+    n = len(images.images)
+    return {"sha256": h.hexdigest(), "rows": n, "columns": int(images.images[0].size)}
+
+
+def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int) -> dict:
+    """What a reviewer looks at, from the images at ``rows`` (the test split), in ``out_dir``:
+    ``prior_samples.png`` and ``reconstructions.png`` grids, ``maps/`` (anomaly maps of the
+    ``top_maps`` highest scores, beside the original and its reconstruction) and
+    ``image_scores.csv``. Returns {name: path}."""
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir / "maps", ignore_errors=True)  # an earlier run's maps
+    test = data.images.take(rows)
+    paths = write_review_grids(det, test.images, out_dir)
+    score_images(det, test, out_dir, top_k=top_maps)
+    return paths | {"maps": out_dir / "maps", "test_scores": out_dir / "image_scores.csv"}
+
+
+def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
+    """A Markdown section listing the skipped files (path, reason); "" when none was."""
+    if not skipped:
+        return ""
+    lines = [f"- `{path}`: {reason}" for path, reason in skipped]
+    return f"\n## Skipped files ({len(skipped)})\n\n" + "\n".join(lines) + "\n"
+
+
+# ---- scoring ---------------------------------------------------------------------------------
+def image_scores(det, images: ImageSet) -> pd.DataFrame:
+    """path, class, label (when known), anomaly_score, is_anomaly, anomaly_probability (NaN
+    when the detector was not calibrated); one row per image, in order."""
+    frame = images.manifest()
+    scores = det.threshold_score(images.images)
+    frame["anomaly_score"] = scores
+    frame["is_anomaly"] = scores > det.threshold_
+    calibrated = det.probability_
+    frame["anomaly_probability"] = np.nan if calibrated is None else calibrated.probability(scores)
+    return frame
+
+
+@dataclass
+class ImageBatch:
+    """What ``score_image_batch`` wrote: the scores file, the maps folder (None without
+    maps), the CSV of skipped files (None when none was), and what they hold."""
+
+    batch_id: str
+    output: Path
+    maps: Path | None
+    skipped: Path | None
+    scores: pd.DataFrame
+    skipped_files: list[tuple[str, str]]
+    threshold: float
+
+    @property
+    def flagged(self) -> int:
+        return int(self.scores["is_anomaly"].sum())
+
+    def summary_markdown(self, model: str, source: str) -> str:
+        """The batch for a Prefect artifact or a console: counts, files, skipped files."""
+        return (
+            f"# Image scoring: batch `{self.batch_id}`\n\n{model} scored {len(self.scores)} "
+            f"images of `{source}`: {self.flagged} flagged (score > {self.threshold:.6g}).\n\n"
+            f"- scores: `{self.output}`\n- anomaly maps: `{self.maps}`\n"
+            + skipped_markdown(self.skipped_files)
+        )
+
+
+def score_image_batch(
+    det, source: str | Path, cfg: ImagesConfig, out_dir: str | Path, batch_id: str | None = None
+) -> ImageBatch:
+    """Score every image of ``source`` and write, replacing an earlier run of the same batch:
+
+    * ``out_dir/<batch id>.parquet``: ``image_scores`` and ``map_path`` (empty outside the
+      top ``cfg.top_maps``), written under a temporary name and renamed;
+    * ``out_dir/<batch id>.maps/rank001_<file>.png`` ...: the anomaly maps;
+    * ``out_dir/<batch id>.skipped.csv``: path, reason of files skipped (``on_error: skip``).
+
+    source : a flat folder or class subfolders, read ``cfg.chunk_images`` files at a time so
+        that memory is bounded by one chunk whatever the number of files; or an ``.npz``
+        file (read whole). The batch id is ``batch_id``, or a hash of the files' names and
+        bytes.
+    """
+    if _is_npz(source):
+        images = _read_npz(Path(source), cfg)
+        files, scores, skipped = [source], image_scores(det, images), []
+        reread = images.take
+    else:
+        manifest = image_manifest(source)
+        files, (scores, skipped) = manifest["path"], _score_in_chunks(det, manifest, cfg)
+        reread = lambda rows: read_images(  # noqa: E731 - only the top images come back
+            scores.iloc[rows], cfg.size, cfg.mode, cfg.on_size_mismatch, "raise"
+        )
+    ident = checked_batch_id(batch_id) if batch_id else files_identity(files)
+    if scores.empty:
+        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ValueError(f"{source}: none of its {len(files)} image files could be read{first}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = _write_batch_maps(det, scores, reread, cfg.top_maps, out_dir / f"{ident}.maps")
+    skipped_path = out_dir / f"{ident}.skipped.csv"
+    if skipped:
+        atomic_write_frame(pd.DataFrame(skipped, columns=["path", "reason"]), skipped_path)
+    else:
+        skipped_path.unlink(missing_ok=True)  # from an earlier run of this batch
+    output = atomic_write_frame(scores, out_dir / f"{ident}.parquet")
+    listed = skipped_path if skipped else None
+    return ImageBatch(ident, output, maps, listed, scores, skipped, det.threshold_)
+
+
+def _score_in_chunks(det, manifest: pd.DataFrame, cfg: ImagesConfig):
+    frames, skipped = [], []
+    step = cfg.chunk_images
+    for start in range(0, len(manifest), step):
+        part = read_images(
+            manifest.iloc[start : start + step],
+            cfg.size,
+            cfg.mode,
+            cfg.on_size_mismatch,
+            cfg.on_error,
+        )
+        skipped += part.skipped
+        if len(part):
+            frames.append(image_scores(det, part))
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return scores, skipped
+
+
+def _write_batch_maps(det, scores: pd.DataFrame, reread, top_maps: int, folder: Path):
+    """Maps of the ``top_maps`` highest scores into ``folder`` (replaced whole), their
+    images from ``reread(rows)``; sets ``scores["map_path"]``. Returns the folder or None."""
+    scores["map_path"] = ""
+    order = np.argsort(-scores["anomaly_score"].to_numpy(), kind="stable")[:top_maps]
+    if not len(order):
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        top_scores = scores["anomaly_score"].to_numpy()[order]
+        written = write_top_maps(det, reread(order), top_scores, staging)
+        _replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    scores.loc[order, "map_path"] = [str(folder / p.name) for p in written]
+    return folder
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` at ``dest``, replacing what was there (two renames)."""
+    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def score_image_input(det, model_input, on_size_mismatch: str = "reject") -> pd.DataFrame:
+    """Scores for the packaged model's input, one row per image, in order.
+
+    model_input : a DataFrame with a column ``path`` (image files, read at the detector's
+        size and colour mode; an unreadable file is a ValueError naming it), or a column
+        ``image`` (per row an (H, W) or (C, H, W) array or nested list of 0..255 integers),
+        or an array of images (n, H, W) / (n, C, H, W).
+    Returns ``path`` (for path input), ``anomaly_score``, ``is_anomaly``,
+    ``anomaly_probability``.
+    """
+    channels, height, width = det.preprocessor_.image_shape
+    if isinstance(model_input, pd.DataFrame):
+        if "path" in model_input.columns and "image" not in model_input.columns:
+            manifest = pd.DataFrame({"path": model_input["path"].astype(str).tolist()})
+            images = read_images(manifest, (height, width), MODES[channels], on_size_mismatch)
+            return image_scores(det, images).drop(columns="class")
+        if "image" not in model_input.columns:
+            raise ValueError(
+                "expected a column 'path' (image files) or 'image' (arrays), got "
+                f"{list(model_input.columns)}"
+            )
+        model_input = _stack(model_input["image"])
+    arrays = as_image_array(model_input, "model input")
+    images = ImageSet(arrays, [""] * len(arrays), [""] * len(arrays))
+    return image_scores(det, images).drop(columns=["path", "class"])
+
+
+def _stack(column: pd.Series) -> np.ndarray:
+    try:
+        return np.stack([np.asarray(v) for v in column])
+    except ValueError as exc:
+        raise ValueError(f"column 'image': the images do not share one shape ({exc})") from exc
