@@ -343,3 +343,22 @@ def test_cli_no_register_leaves_the_store_alone(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model" / "model.json").exists()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_a_tracking_call_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; the registry must not leak it,
+    or a second config in the same process would silently use the first store."""
+    import os
+
+    from vae_core import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    target = registry.TrackingTarget(
+        uri=f"sqlite:///{tmp_path / 'a.db'}",
+        experiment="e",
+        model_name="m",
+        artifact_location=str(tmp_path / "art"),
+    )
+    with pytest.raises(ValueError, match="no version"):
+        registry.load_registered(target, "models:/m@champion")
+    assert "MLFLOW_TRACKING_URI" not in os.environ

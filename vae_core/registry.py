@@ -182,9 +182,18 @@ def _tracking_call(fn):
     def wrapper(target: TrackingTarget, *args, **kwargs):
         _mlflow_defaults(target)
         check_reachable(target)
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI, which outranks mlflow.yml: put
+        # the environment back so a later config in this process is read as written.
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(target.uri)
-        with _unreachable_as_error(target):
-            return fn(target, *args, **kwargs)
+        try:
+            with _unreachable_as_error(target):
+                return fn(target, *args, **kwargs)
+        finally:
+            if exported is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
 
     return wrapper
 
