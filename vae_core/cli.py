@@ -82,7 +82,7 @@ def train(
 ) -> None:
     """Fit the VAE, calibrate its threshold on held-out rows, evaluate, save, register."""
     from vae_core.config import load_config
-    from vae_core.ingest import read_table, split_columns
+    from vae_core.ingest import load_table
 
     overrides: dict = {"data": {}}
     if label_column is not None:
@@ -97,14 +97,7 @@ def train(
             f"{config}: data.kind is images; train images with the flow: "
             f"python -m flows.train --config {config}"
         )
-    table = split_columns(
-        read_table(data),
-        cfg.data.label_column,
-        cfg.data.id_columns,
-        cfg.data.drop_columns,
-        source=str(data),
-        require_label=label_column is not None,
-    )
+    table = load_table(data, cfg.data, require_label=label_column is not None)
     if register:
         outcome = _train_registered(table, cfg, data, out)
     else:
@@ -178,7 +171,7 @@ def promote(
     in mlflow.yml passes (or with --force --reason). The decision is recorded on the version."""
     from vae_core import registry
     from vae_core.config import load_config
-    from vae_core.ingest import read_table, split_columns
+    from vae_core.ingest import load_table
     from vae_core.promotion import held_out_rows
 
     if reason is not None and not force:
@@ -190,13 +183,7 @@ def promote(
 
         features, labels = held_out_images(load_images(source, cfg.images), cfg.split)
     else:
-        table = split_columns(
-            read_table(source),
-            cfg.data.label_column,
-            cfg.data.id_columns,
-            cfg.data.drop_columns,
-            source=str(source),
-        )
+        table = load_table(source, cfg.data)
         features, labels = held_out_rows(table, cfg.split)
     target = registry.TrackingTarget.from_config(cfg)
     decision = registry.promote_challenger(
