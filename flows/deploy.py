@@ -3,6 +3,9 @@
 * ``score/nightly``: batch scoring with the champion on ``schedules.score_cron``;
 * ``train/weekly``: retraining, registration and the promotion gate on ``schedules.train_cron``.
 
+The names come from ``schedules.score_deployment`` / ``train_deployment`` (configs/mnist.yml
+deploys ``score/nightly-mnist`` and ``train/weekly-mnist`` beside the tabular ones).
+
 Parameters default to ``mlflow.yml``; override one run with
 ``prefect deployment run 'score/nightly' --param data_path=... --param batch_id=...``.
 
@@ -20,9 +23,9 @@ from prefect.schedules import Cron
 from vae_core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPLOYMENTS = {  # deployment name -> (entrypoint, schedule key)
-    "nightly": ("flows/score.py:score", "score_cron"),
-    "weekly": ("flows/train.py:train", "train_cron"),
+FLOWS = {  # flow -> (entrypoint, cron key, deployment-name key) in the schedules section
+    "score": ("flows/score.py:score", "score_cron", "score_deployment"),
+    "train": ("flows/train.py:train", "train_cron", "train_deployment"),
 }
 
 
@@ -31,18 +34,18 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
     cfg = load_config(config_path)
     config_file = str(Path(config_path).resolve())
     names = []
-    for name, (entrypoint, cron_key) in DEPLOYMENTS.items():
-        cron = getattr(cfg.schedules, cron_key)
+    for flow_name, (entrypoint, cron_key, name_key) in FLOWS.items():
+        name = getattr(cfg.schedules, name_key)
         flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
             name=name,
             work_pool_name=pool,
-            schedules=[Cron(cron, timezone=cfg.schedules.timezone)],
+            schedules=[Cron(getattr(cfg.schedules, cron_key), timezone=cfg.schedules.timezone)],
             parameters={"config_path": config_file},
             paused=paused,
             tags=["vae-anomaly"],
             print_next_steps=False,
         )
-        names.append(f"{entrypoint.split(':')[1]}/{name}")
+        names.append(f"{flow_name}/{name}")
     return names
 
 

@@ -281,3 +281,11 @@ def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
         image_pipeline.score_image_input(det, pd.DataFrame({"pixels": [1]}))
     with pytest.raises(ValueError, match="images must have shape"):
         image_pipeline.score_image_input(det, np.zeros((2, 8, 8), np.uint8))
+
+
+def test_the_mnist_config_has_its_own_deployment_names():
+    from vae_core.config import load_config
+
+    tabular, images = load_config(ROOT / "mlflow.yml"), load_config(ROOT / "configs" / "mnist.yml")
+    assert images.schedules.score_deployment != tabular.schedules.score_deployment
+    assert images.schedules.train_deployment != tabular.schedules.train_deployment

@@ -142,9 +142,13 @@ class PromotionConfig(_Section):
 
 
 class SchedulesConfig(_Section):
+    """Deployments of the flows (flows/deploy.py): their names and cron schedules."""
+
     score_cron: str = "0 2 * * *"
     train_cron: str = "0 3 * * 0"
     timezone: str = "UTC"
+    score_deployment: str = "nightly"  # -> 'score/nightly'
+    train_deployment: str = "weekly"  # -> 'train/weekly'
 
 
 class PipelineConfig(_Section):
