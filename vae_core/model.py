@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -83,7 +83,6 @@ class DecoderOutput:
     mean: torch.Tensor  # (n, n_gaussian): Gaussian means
     log_var: torch.Tensor  # (n, n_gaussian): Gaussian log variances (floored)
     logits: torch.Tensor  # (n, n_bernoulli + sum(categorical_sizes)): discrete logits
-    extra: dict = field(default_factory=dict)
 
 
 # Encoder log-variance is clamped only to keep exp() finite; it never binds in normal training.

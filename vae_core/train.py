@@ -99,6 +99,11 @@ def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Genera
     return sums / n_seen
 
 
+def _improves(val: float, best: float, min_delta: float) -> bool:
+    """Progress counts when the loss drops by more than ``min_delta`` of its magnitude."""
+    return val < best - min_delta * abs(best)
+
+
 @torch.no_grad()
 def _validation_loss(model: VAE, x_val: torch.Tensor, eps: torch.Tensor, batch: int) -> float:
     model.eval()
@@ -140,12 +145,12 @@ def train_vae(
         log = EpochLog(epoch, loss, kl, rec, val, beta, time.perf_counter() - started)
         result.history.append(log)
         # Only a fully weighted KL makes the validation loss a negative ELBO worth keeping.
-        improved = val < result.best_val_loss - cfg.min_delta * abs(result.best_val_loss)
-        if beta >= 1.0 and (improved or best_state is None):
-            result.best_epoch, result.best_val_loss, stale = epoch, val, 0
-            best_state = copy.deepcopy(model.state_dict())
-        elif beta >= 1.0:
-            stale += 1
+        if beta >= 1.0:
+            if best_state is None or _improves(val, result.best_val_loss, cfg.min_delta):
+                result.best_epoch, result.best_val_loss, stale = epoch, val, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
         try:
             for callback in callbacks:
                 callback(log)
