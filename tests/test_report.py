@@ -18,12 +18,12 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 
 from tests.conftest import shared_dataset
+from vae_core.atomic import atomic_write
 from vae_core.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
 from vae_core.report import (
     _histogram_range,
     _labelled_block,
     _resample_counts,
-    _write_atomic,
     evaluate,
     write_report,
 )
@@ -211,7 +211,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        _write_atomic(target, crash)
+        atomic_write(target, crash)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 

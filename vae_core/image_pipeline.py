@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vae_core.atomic import atomic_write_frame
 from vae_core.batch import checked_batch_id, files_identity
 from vae_core.config import ImagesConfig, SplitConfig
 from vae_core.images import (
@@ -37,7 +38,6 @@ from vae_core.images import (
     write_review_grids,
     write_top_maps,
 )
-from vae_core.persist import atomic_write_frame
 from vae_core.pipeline import Splits, split_held_out, split_rows
 
 MODES = {1: "L", 3: "RGB"}  # channels of a fitted detector -> the colour mode its files are read in

@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import re
 import zipfile
 import zlib
@@ -46,7 +45,7 @@ import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from vae_core.persist import atomic_write_bytes
+from vae_core.atomic import atomic_write_bytes
 from vae_core.preprocess import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -452,9 +451,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 def _write_file(path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)  # the temporary file is private (0600); a picture is meant to be read
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def image_grid_png(

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -34,6 +33,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from vae_core.atomic import atomic_write
 from vae_core.calibrate import Calibration, check_labels, check_scores, metrics_at_threshold
 
 METRIC_LABELS = {
@@ -335,24 +335,8 @@ def _confusion_table(report: EvaluationReport) -> list[str]:
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` through a temp file in the same folder, then ``os.replace`` it in."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_figure(fig, path: Path) -> Path:
-    return _write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str):
@@ -487,8 +471,8 @@ def write_report(
     }
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     markdown = report.to_markdown(calibration)
-    paths["markdown"] = _write_atomic(out / "report.md", lambda fh: fh.write(markdown.encode()))
-    paths["json"] = _write_atomic(out / "report.json", lambda fh: fh.write(text.encode()))
+    paths["markdown"] = atomic_write(out / "report.md", lambda fh: fh.write(markdown.encode()))
+    paths["json"] = atomic_write(out / "report.json", lambda fh: fh.write(text.encode()))
     return paths
 
 
