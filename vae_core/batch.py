@@ -365,17 +365,6 @@ class BatchSummary:
     def flagged_rate(self) -> float:
         return self.flagged / self.rows if self.rows else 0.0
 
-    def metrics(self) -> dict[str, float]:
-        out = {
-            "rows": float(self.rows),
-            "flagged_count": float(self.flagged),
-            "flagged_rate": self.flagged_rate,
-            "threshold": self.threshold,
-        }
-        if self.psi is not None:
-            out["score_psi"] = self.psi
-        return out
-
 
 def summarise_batch(
     batch_id: str, parts: list[StagedPart], threshold: float, psi_warning: float, top_rows: int = 10

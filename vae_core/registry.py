@@ -823,7 +823,8 @@ def log_scoring_run(
     values = scores["anomaly_score"].to_numpy(dtype="float64")
     if values.size == 0:
         raise ValueError("no scored rows to log")
-    summary = score_distribution(values, scores["is_anomaly"], threshold)
+    flagged = int(scores["is_anomaly"].sum())
+    summary = score_distribution(values, values.size, flagged, threshold)
     return _scoring_run(
         target, model, summary, values, scores_path, threshold, data_source, None, artifacts
     )
@@ -840,8 +841,9 @@ def log_batch_scoring(
     """``log_scoring_run`` for a batch scored in partitions (``batch.BatchSummary``): exact
     row and flagged counts and the drift PSI; quantiles and the histogram come from the
     summary's score sample (at most 2,000 rows per partition), so memory stays bounded."""
-    summary = score_distribution(batch.score_sample, np.zeros(0), batch.threshold)
-    summary |= batch.metrics()
+    summary = score_distribution(batch.score_sample, batch.rows, batch.flagged, batch.threshold)
+    if batch.psi is not None:
+        summary["score_psi"] = batch.psi
     return _scoring_run(
         target,
         model,
@@ -896,14 +898,14 @@ def _scoring_run(
     return run_id
 
 
-def score_distribution(values: np.ndarray, flagged: pd.Series, threshold: float) -> dict:
-    """Counts, flagged rate and quantiles of a batch's scores (metric name -> value)."""
+def score_distribution(values: np.ndarray, rows: int, flagged: int, threshold: float) -> dict:
+    """A batch's counts and flagged rate, and the mean and quantiles of ``values`` (its
+    scores, or a sample of them), as metric name -> value."""
     q = np.quantile(values, [0.0, 0.5, 0.9, 0.99, 1.0])
-    count = int(np.asarray(flagged, dtype=bool).sum())
     return {
-        "rows": float(values.size),
-        "flagged_count": float(count),
-        "flagged_rate": count / values.size,
+        "rows": float(rows),
+        "flagged_count": float(flagged),
+        "flagged_rate": flagged / rows,
         "threshold": float(threshold),
         "score_mean": float(values.mean()),
         **{
