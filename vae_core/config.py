@@ -54,6 +54,10 @@ class ImagesConfig(_Section):
     on_error: Literal["raise", "skip"] = "raise"  # skip: left out, logged and listed
     top_maps: int = Field(10, ge=0)  # anomaly-map PNGs for the highest scores, per run or batch
     chunk_images: int = Field(1024, ge=1)  # images read and scored at a time (bounded memory)
+    # Decoded training images up to this size are held in memory; a larger set is read from
+    # its files minibatch by minibatch (memory bounded by a batch, at the cost of decoding
+    # every file once per epoch). Scoring is always chunked (chunk_images).
+    in_memory_mb: float = Field(1024.0, ge=0)
 
     @field_validator("size")
     @classmethod
