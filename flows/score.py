@@ -102,16 +102,8 @@ def log_image_scoring_run(
 ) -> str:
     from vae_core import registry
 
-    artifacts = {"anomaly_maps": scored.maps, "skipped": scored.skipped}
-    return registry.log_scoring_run(
-        registry.TrackingTarget.from_config(cfg),
-        model,
-        scored.scores,
-        scored.output,
-        scored.threshold,
-        source,
-        {k: v for k, v in artifacts.items() if v is not None},
-    )
+    target = registry.TrackingTarget.from_config(cfg)
+    return registry.log_image_batch_scoring(target, model, scored, source)
 
 
 def task_runner(cfg: PipelineConfig):

@@ -289,3 +289,24 @@ def test_the_mnist_config_has_its_own_deployment_names():
     tabular, images = load_config(ROOT / "mlflow.yml"), load_config(ROOT / "configs" / "mnist.yml")
     assert images.schedules.score_deployment != tabular.schedules.score_deployment
     assert images.schedules.train_deployment != tabular.schedules.train_deployment
+
+
+def test_a_set_above_the_memory_limit_trains_from_its_files_to_the_same_model(store, tmp_path):
+    """images.in_memory_mb: 0 streams every image from its file, batch by batch; the flow
+    registers the very model the in-memory run did (same threshold and test metrics)."""
+    from flows.train import train
+
+    folder, _, held = store
+    config = _images(tmp_path, {"images": {"in_memory_mb": 0}})
+    result = train(config_path=str(config), out_dir=str(tmp_path / "run"))
+    assert result["version"] == "1" and result["promoted"] is True
+    streamed, in_memory = _client(tmp_path), _client(folder)
+    got = streamed.get_run(result["run_id"]).data
+    want = in_memory.get_run(held["run_id"]).data
+    timing = {"epoch_seconds", "fit_seconds", "seconds"}
+    same = lambda metrics: {k: v for k, v in metrics.items() if k not in timing}  # noqa: E731
+    assert len(same(got.metrics)) > 10 and same(got.metrics) == same(want.metrics)
+    assert got.tags["data.rows"] == want.tags["data.rows"] == "340"
+    for name in ("data.fingerprint", "model.threshold"):
+        if name in want.tags:
+            assert got.tags[name] == want.tags[name]

@@ -1,5 +1,8 @@
 """The ``vae-anomaly`` command: train (and register), promote, score.
 
+Tables or images, as ``data.kind`` in the config says (``score`` goes by the model: an image
+model scores a folder or an .npz into a folder of Parquet scores and anomaly maps).
+
 User mistakes (a missing file, a bad column, an invalid config key, an unreachable tracking
 server) end with one line on stderr and exit code 2; anything else is a bug and keeps its
 traceback. MLflow is imported only by the commands that use it (``vae_core.registry``).
@@ -65,10 +68,20 @@ def _epoch_progress(max_epochs: int):
 @app.command()
 @_user_errors
 def train(
-    data: Annotated[Path, typer.Option(help="Training table: CSV or Parquet.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Training table: CSV or Parquet. With data.kind images (--config): a folder "
+            "of images (MVTec-AD-like or class subfolders) or an .npz."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the model and its report.")],
-    label_column: Annotated[str | None, typer.Option(help="0/1 label column, 1 = anomaly.")] = None,
-    id_column: Annotated[list[str] | None, typer.Option(help="Pass-through id column(s).")] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="0/1 label column, 1 = anomaly (tables only).")
+    ] = None,
+    id_column: Annotated[
+        list[str] | None, typer.Option(help="Pass-through id column(s) (tables only).")
+    ] = None,
     config: ConfigOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
     register: Annotated[
@@ -80,9 +93,11 @@ def train(
         ),
     ] = True,
 ) -> None:
-    """Fit the VAE, calibrate its threshold on held-out rows, evaluate, save, register."""
+    """Fit the VAE, calibrate its threshold on held-out rows, evaluate, save, register.
+
+    Images (data.kind images in --config) also get OUT/review: grids of prior samples and
+    reconstructions, and anomaly maps of the top test anomalies."""
     from vae_core.config import load_config
-    from vae_core.ingest import load_table
 
     overrides: dict = {"data": {}}
     if label_column is not None:
@@ -92,29 +107,54 @@ def train(
     if epochs is not None:
         overrides["training"] = {"epochs": epochs}
     cfg = load_config(config, overrides)
-    if cfg.data.kind == "images":
-        raise ValueError(
-            f"{config}: data.kind is images; train images with the flow: "
-            f"python -m flows.train --config {config}"
-        )
-    table = load_table(data, cfg.data, require_label=label_column is not None)
-    if register:
-        outcome = _train_registered(table, cfg, data, out)
+    if _images(cfg):
+        _no_table_options(label_column=label_column, id_column=id_column)
+        from vae_core.image_pipeline import load_images
+
+        dataset = load_images(data, cfg.images)
     else:
-        outcome = _train(table, cfg, out)
+        from vae_core.ingest import load_table
+
+        dataset = load_table(data, cfg.data, require_label=label_column is not None)
+    if register:
+        outcome = _train_registered(dataset, cfg, data, out, config)
+    else:
+        outcome = _train(dataset, cfg, out)
     det = outcome.detector
     from vae_core.calibrate import Calibration
 
     typer.echo(outcome.report.to_markdown(Calibration(**det.calibration_)))
     typer.echo(f"\nmodel:  {out / 'model'}\nreport: {out / 'report' / 'report.md'}")
+    if _images(cfg):
+        from vae_core.image_pipeline import skipped_markdown
+
+        typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.images.skipped))
 
 
-def _train(table, cfg, out: Path, callbacks=()):
-    from vae_core.pipeline import train_and_evaluate
+def _images(cfg) -> bool:
+    return cfg.data.kind == "images"
+
+
+def _no_table_options(**given) -> None:
+    """ValueError naming the table-only options given for images."""
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+    if named:
+        raise ValueError(
+            f"{' and '.join(named)}: table options, not for images (data.kind images): labels "
+            "come from the folder names (good = 0) or images.npz_class_key, and each image is "
+            "identified by its path"
+        )
+
+
+def _train(dataset, cfg, out: Path, callbacks=()):
+    if _images(cfg):
+        from vae_core.image_pipeline import train_and_evaluate_images as train_and_evaluate
+    else:
+        from vae_core.pipeline import train_and_evaluate
 
     progress, on_epoch = _epoch_progress(cfg.training.epochs)
     with progress:
-        outcome = train_and_evaluate(table, cfg, out, callbacks=[on_epoch, *callbacks])
+        outcome = train_and_evaluate(dataset, cfg, out, callbacks=[on_epoch, *callbacks])
     det = outcome.detector
     console.print(
         f"stopped after {len(det.history_)} epochs (best {det.best_epoch_ + 1}); "
@@ -123,7 +163,7 @@ def _train(table, cfg, out: Path, callbacks=()):
     return outcome
 
 
-def _train_registered(table, cfg, data: Path, out: Path):
+def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None = None):
     """Train inside an MLflow run, log it, and register the model as the challenger."""
     import contextlib
 
@@ -132,8 +172,13 @@ def _train_registered(table, cfg, data: Path, out: Path):
     target = registry.TrackingTarget.from_config(cfg)
     run_id = registry.start_training_run(target, cfg, str(data))
     try:
-        outcome = _train(table, cfg, out, [registry.epoch_logger(target, run_id)])
-        registry.log_training_run(target, run_id, cfg, table, outcome, str(data))
+        outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)])
+        if _images(cfg):
+            registry.log_image_training_run(
+                target, run_id, cfg, dataset, outcome, str(data), outcome.review
+            )
+        else:
+            registry.log_training_run(target, run_id, cfg, dataset, outcome, str(data))
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             registry.end_failed_run(target, run_id)
@@ -141,7 +186,9 @@ def _train_registered(table, cfg, data: Path, out: Path):
     ref = registry.register_challenger(target, run_id)
     typer.echo(
         f"registered {ref.name} version {ref.version} as @{ref.alias} in {target.uri} "
-        f"(run {run_id})\nreview it:  {target.ui_command()}\npromote it: vae-anomaly promote\n"
+        f"(run {run_id})\nreview it:  {target.ui_command()}\npromote it: vae-anomaly promote"
+        + (f" --config {config}" if config else "")
+        + "\n"
     )
     return outcome
 
@@ -210,33 +257,94 @@ def score(
             "models:/vae-anomaly@champion (the scoring run is then logged to MLflow)."
         ),
     ],
-    data: Annotated[Path, typer.Option(help="Table to score: CSV or Parquet.")],
-    out: Annotated[Path, typer.Option(help="Output file: .csv or .parquet.")],
-    id_column: Annotated[list[str] | None, typer.Option(help="Pass-through id column(s).")] = None,
-    top_features: Annotated[int, typer.Option(help="Contributing columns per row.")] = 3,
-    chunk_rows: Annotated[int, typer.Option(help="Rows scored at a time.")] = 100_000,
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Table to score: CSV or Parquet (a file, a glob or a folder of partitions). "
+            "For an image model: a folder of images (flat or class subfolders) or an .npz."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output file: .csv or .parquet. For an image model: a folder, which gets "
+            "BATCH.parquet (one row per image), BATCH.maps/ (anomaly maps of the top "
+            "images.top_maps scores) and, if files were skipped, BATCH.skipped.csv."
+        ),
+    ],
+    id_column: Annotated[
+        list[str] | None, typer.Option(help="Pass-through id column(s) (tables only).")
+    ] = None,
+    top_features: Annotated[
+        int, typer.Option(help="Contributing columns per row (tables only).")
+    ] = 3,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows scored at a time (tables; images: images.chunk_images).")
+    ] = 100_000,
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Images: the BATCH that names the output files (default: a hash of the "
+            "files' names and bytes, so rescoring the same files replaces their output)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a table with a saved model; write ids, scores, flags and top columns.
+    """Score a table (or images) with a saved model; write ids, scores, flags and top columns.
 
     The input (a file, a glob or a folder of partitions) is validated and scored chunk by
-    chunk, and the output appears only when every row is scored (see vae_core.batch)."""
-    from vae_core import batch
+    chunk, and the output appears only when every row is scored (see vae_core.batch).
+
+    An image model (trained with data.kind images) scores every image of --data, read at the
+    model's size and colour mode and as the config's images section says (on_error,
+    chunk_images, top_maps), and writes path, class, label, anomaly_score, is_anomaly,
+    anomaly_probability and map_path per image (see image_pipeline.score_image_batch)."""
+    from vae_core.config import load_config
+    from vae_core.preprocess import ImagePreprocessor
+
+    cfg = load_config(config)
+    det, registered = _scoring_model(model, cfg)
+    is_image_model = isinstance(det.preprocessor_, ImagePreprocessor)
+    if _images(cfg) and not is_image_model:
+        raise ValueError(f"{model} is a table model, but the config has data.kind images")
+    if is_image_model:
+        _no_table_options(id_column=id_column)
+        written = _score_images(det, data, out, batch_id, cfg)
+    else:
+        if batch_id is not None:
+            raise ValueError("--batch-id is for images; a table's batch is the --out file name")
+        written = _score_table(det, data, out, list(id_column or []), chunk_rows, top_features)
+    if registered is None:
+        return
+    from vae_core import registry
+
+    target, ref = registry.TrackingTarget.from_config(cfg), registered.ref
+    if is_image_model:
+        run_id = registry.log_image_batch_scoring(target, ref, written, str(data))
+    else:
+        run_id = registry.log_batch_scoring(target, ref, written, out, str(data))
+    typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
+
+
+def _scoring_model(model: str, cfg):
+    """(detector, RegisteredDetector or None) for a saved folder or a models:/ URI."""
+    if model.startswith("models:/"):
+        from vae_core import registry
+
+        registered = registry.load_registered(registry.TrackingTarget.from_config(cfg), model)
+        return registered.detector, registered
     from vae_core.detector import VAEDetector
+
+    return VAEDetector.load(Path(model)), None
+
+
+def _score_table(det, data: Path, out: Path, id_columns, chunk_rows: int, top_features: int):
+    """Score a table in partitions and chunks into ``out``; the batch summary."""
+    from vae_core import batch
     from vae_core.ingest import TABLE_SUFFIXES
 
     if TABLE_SUFFIXES.get(out.suffix.lower()) is None:
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
-    registered = None
-    if model.startswith("models:/"):
-        from vae_core import registry
-        from vae_core.config import load_config
-
-        target = registry.TrackingTarget.from_config(load_config(config))
-        registered = registry.load_registered(target, model)
-        det = registered.detector
-    else:
-        det = VAEDetector.load(Path(model))
     parts = batch.list_partitions(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = batch.staging_dir(out, out.stem)
@@ -254,7 +362,7 @@ def score(
             for i, part in enumerate(parts):
                 staged.append(
                     batch.score_partition(
-                        det, part, staging, i, list(id_column or []), chunk_rows, top_features
+                        det, part, staging, i, id_columns, chunk_rows, top_features
                     )
                 )
                 progress.update(task, advance=1)
@@ -266,10 +374,34 @@ def score(
         f"scored {summary.rows} rows: {summary.flagged} flagged ({summary.flagged_rate:.1%}) "
         f"at threshold {det.threshold_:.4g} -> {out}"
     )
-    if registered is not None:
-        ref = registered.ref
-        run_id = registry.log_batch_scoring(target, ref, summary, out, str(data))
-        typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
+    return summary
+
+
+def _score_images(det, data: Path, out: Path, batch_id: str | None, cfg):
+    """Score the images of ``data`` into the folder ``out``; the ImageBatch written."""
+    from vae_core.image_pipeline import MODES, score_image_batch
+    from vae_core.ingest import TABLE_SUFFIXES
+
+    if out.suffix.lower() in TABLE_SUFFIXES:
+        raise ValueError(
+            f"--out {out}: for an image model, a folder (it gets <batch id>.parquet and "
+            "<batch id>.maps/; --batch-id names them)"
+        )
+    channels, height, width = det.preprocessor_.image_shape
+    # The model's own size and colour mode: what it was trained on, whatever the config says.
+    read_as = cfg.images.model_copy(update={"size": (height, width), "mode": MODES[channels]})
+    with console.status("scoring images"):
+        scored = score_image_batch(det, data, read_as, out, batch_id)
+    for path, reason in scored.skipped_files:
+        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    n = len(scored.scores)
+    typer.echo(
+        f"scored {n} images: {scored.flagged} flagged ({scored.flagged / n:.1%}) at threshold "
+        f"{scored.threshold:.4g} -> {scored.output}\nanomaly maps: {scored.maps or '-'}"
+    )
+    if scored.skipped is not None:
+        typer.echo(f"skipped {len(scored.skipped_files)} files, listed in {scored.skipped}")
+    return scored
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -58,6 +58,12 @@ class ImagesConfig(_Section):
     # its files minibatch by minibatch (memory bounded by a batch, at the cost of decoding
     # every file once per epoch). Scoring is always chunked (chunk_images).
     in_memory_mb: float = Field(1024.0, ge=0)
+    # An .npz input (train or score path): which arrays hold the images and their classes.
+    npz_image_key: str | None = None  # default: the only array with 3 or 4 dimensions
+    npz_class_key: str | None = None  # an (n,) array of class ids, kept as ``class``
+    # With npz_class_key: the classes that are normal (label 0); every other class is an
+    # anomaly (label 1), which calibration and evaluation use (the one-class protocol).
+    npz_normal_classes: list[int | str] | None = None
 
     @field_validator("size")
     @classmethod
@@ -65,6 +71,16 @@ class ImagesConfig(_Section):
         if min(v) < 1:
             raise ValueError("size must be two positive integers [height, width]")
         return v
+
+    @model_validator(mode="after")
+    def _normal_classes_need_classes(self) -> ImagesConfig:
+        if self.npz_normal_classes is None:
+            return self
+        if self.npz_class_key is None:
+            raise ValueError("npz_normal_classes needs npz_class_key (the array of class ids)")
+        if not self.npz_normal_classes:
+            raise ValueError("npz_normal_classes must name at least one class")
+        return self
 
 
 class SplitConfig(_Section):

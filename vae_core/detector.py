@@ -16,6 +16,7 @@ bit-for-bit the same whatever the batch it arrives in (on a given device).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -25,6 +26,7 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from vae_core.images import image_rows
 from vae_core.likelihood import elbo_terms, importance_weighted_log_likelihood
 from vae_core.model import VAE, VAEConfig
 from vae_core.preprocess import ImagePreprocessor, TabularPreprocessor
@@ -33,6 +35,9 @@ from vae_core.train import EpochCallback, TrainConfig, train_vae
 # Rows per forward pass at scoring time, times Monte Carlo samples. Fixed for a given model so
 # that padding makes scores independent of the caller's batch size (see module docstring).
 _CHUNK_BUDGET = 1 << 18  # about 1 MB of float32 per input column
+# Images turned into model input at a time where no minibatch applies (variance floors,
+# fingerprints): memory ~ this many float32 images.
+_IMAGE_BLOCK = 1024
 
 
 class VAEDetector(OutlierMixin, BaseEstimator):
@@ -134,8 +139,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         images = self.architecture == "conv"
-        pre = (ImagePreprocessor if images else TabularPreprocessor)(self.likelihood)
-        u = pre.fit(X).transform(X)
+        if images:
+            # Raw pixels (an ndarray, or files read on demand: images.ImageFiles) are turned
+            # into model input a minibatch at a time: memory ~ the uint8 images, or one batch.
+            X = image_rows(X)
+            pre = ImagePreprocessor(self.likelihood).fit(X)
+            n, d = len(X), math.prod(pre.image_shape)
+        else:
+            pre = TabularPreprocessor(self.likelihood)
+            u = pre.fit(X).transform(X)
+            n, d = u.shape
         cfg = VAEConfig(
             layout=pre.layout,
             latent_dim=int(self.latent_dim),
@@ -147,28 +160,78 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
             model = VAE(cfg)
+        self.preprocessor_ = pre
         if self.quantization_floor and cfg.layout.n_gaussian:
-            model.set_variance_floor(torch.from_numpy(grid_variance(u[:, : cfg.layout.n_gaussian])))
+            floor = (
+                self._image_grid_variance(X)
+                if images
+                else grid_variance(u[:, : cfg.layout.n_gaussian])
+            )
+            model.set_variance_floor(torch.from_numpy(floor[: cfg.layout.n_gaussian]))
         model = model.to(self.device)
         rng = np.random.default_rng(int(self.random_state))
-        order = rng.permutation(len(u))
-        n_val = max(1, round(self.validation_fraction * len(u)))
-        x = torch.from_numpy(u).to(self.device)
-        val_idx, train_idx = torch.from_numpy(order[:n_val]), torch.from_numpy(order[n_val:])
-        result = train_vae(model, x[train_idx], x[val_idx], self._train_config(), callbacks)
+        order = rng.permutation(n)
+        n_val = max(1, round(self.validation_fraction * n))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        if images:
+            x_train = _PixelRows(X, pre, train_idx, self.device)
+            x_val = _PixelRows(X, pre, val_idx, self.device)
+        else:
+            x = torch.from_numpy(u).to(self.device)
+            x_train, x_val = x[torch.from_numpy(train_idx)], x[torch.from_numpy(val_idx)]
+        result = train_vae(model, x_train, x_val, self._train_config(), callbacks)
 
-        self.preprocessor_, self.model_, self.config_ = pre, model, cfg
+        self.model_, self.config_ = model, cfg
         self.history_ = [log.to_dict() for log in result.history]
         self.best_epoch_ = result.best_epoch
         self.score_eps_ = self._noise(int(self.n_score_samples), salt=1)
-        self.n_features_in_ = len(pre.feature_names) if not images else u.shape[1]
+        self.n_features_in_ = d if images else len(pre.feature_names)
         if isinstance(X, pd.DataFrame):
             self.feature_names_in_ = np.asarray(pre.feature_names, dtype=object)
-        self.training_fingerprint_ = fingerprint(u)
+        self.training_fingerprint_ = self._fingerprint(X)
         self.score_kind_, self.iwae_samples_ = "negative_elbo", 64
         self.calibration_, self.probability_ = None, None
         self.set_threshold(float(np.quantile(self.anomaly_score(X), 1.0 - self.contamination)))
         return self
+
+    def _image_blocks(self, X, block: int | None = None):
+        """(first index, model input) for consecutive blocks of images: memory ~ one block."""
+        block = block or _IMAGE_BLOCK
+        for start in range(0, len(X), block):
+            yield start, self.preprocessor_.transform(np.asarray(X[start : start + block]), start)
+
+    def _image_grid_variance(self, X) -> np.ndarray:
+        """``grid_variance`` of all the images' model input, a block at a time.
+
+        uint8 pixels take at most 256 values: the values present per pixel are collected
+        block by block, and the smallest gap between them gives the same floors as
+        ``grid_variance`` on the whole array (same float32 arithmetic). Images already in
+        float are in memory: the whole-array rule applies.
+        """
+        if X.dtype != np.uint8:
+            return grid_variance(self.preprocessor_.transform(np.asarray(X)))
+        d = math.prod(self.preprocessor_.image_shape)
+        present = np.zeros((d, 256), dtype=bool)
+        for start in range(0, len(X), _IMAGE_BLOCK):
+            raw = np.asarray(X[start : start + _IMAGE_BLOCK]).reshape(-1, d)
+            present[np.broadcast_to(np.arange(d), raw.shape), raw] = True
+        levels = np.arange(256, dtype="float32") / np.float32(self.preprocessor_.pixel_scale)
+        column, value = np.nonzero(present)  # sorted by column, then value
+        same = column[1:] == column[:-1]
+        gaps = levels[value[1:][same]] - levels[value[:-1][same]]
+        smallest = np.full(d, np.inf, dtype="float32")
+        np.minimum.at(smallest, column[1:][same], gaps)
+        floors = np.where(np.isfinite(smallest), smallest**2 / np.float32(12.0), 0.0)
+        return floors.astype("float32")
+
+    def _fingerprint(self, X) -> str:
+        """``fingerprint`` of X's model input; images are hashed a block at a time."""
+        if not isinstance(self.preprocessor_, ImagePreprocessor):
+            return fingerprint(self.preprocessor_.transform(X))
+        h = hashlib.sha256(str((len(X), math.prod(self.preprocessor_.image_shape))).encode())
+        for _, u in self._image_blocks(X):
+            h.update(np.ascontiguousarray(u).tobytes())
+        return h.hexdigest()
 
     def _noise(self, n_samples: int, salt: int) -> torch.Tensor:
         """Fixed N(0, I) noise (n_samples, 1, latent_dim) shared by every row.
@@ -205,7 +268,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.set_threshold(result.threshold)
         normal = scores if y is None else scores[np.asarray(y) == 0]
         data_id = {
-            "calibration_fingerprint": fingerprint(self.preprocessor_.transform(X)),
+            "calibration_fingerprint": self._fingerprint(X),
             # Reference for drift checks at scoring time (population stability index).
             "score_deciles": np.quantile(normal, np.linspace(0.1, 0.9, 9)).tolist(),
         }
@@ -239,17 +302,24 @@ class VAEDetector(OutlierMixin, BaseEstimator):
     def _chunked(self, X, fn, n_samples: int) -> np.ndarray:
         """Apply fn to the model input in fixed-size zero-padded chunks; concatenate rows."""
         check_is_fitted(self, "model_")
-        u = self.preprocessor_.transform(X)
         chunk = max(1, _CHUNK_BUDGET // (n_samples * max(1, self.config_.layout.param_dim)))
         chunk = 1 << (chunk.bit_length() - 1)  # a power of two, fixed for this model
+        if isinstance(self.preprocessor_, ImagePreprocessor):
+            X = image_rows(X)  # pixels become model input a chunk at a time
+            if len(X) == 0:
+                raise ValueError("the input has no images")
+            parts = self._image_blocks(X, chunk)
+        else:
+            parts = [(0, self.preprocessor_.transform(X))]
         outputs = []
         with torch.no_grad():
-            for start in range(0, len(u), chunk):
-                part = u[start : start + chunk]
-                padded = np.zeros((chunk, u.shape[1]), dtype="float32")
-                padded[: len(part)] = part
-                out = fn(torch.from_numpy(padded).to(self.device))
-                outputs.append(out[: len(part)].double().cpu().numpy())
+            for _, u in parts:
+                for start in range(0, len(u), chunk):
+                    part = u[start : start + chunk]
+                    padded = np.zeros((chunk, u.shape[1]), dtype="float32")
+                    padded[: len(part)] = part
+                    out = fn(torch.from_numpy(padded).to(self.device))
+                    outputs.append(out[: len(part)].double().cpu().numpy())
         return np.concatenate(outputs)
 
     def _log_jacobian(self) -> float:
@@ -405,6 +475,23 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.categorical = True
         tags.non_deterministic = False
         return tags
+
+
+class _PixelRows:
+    """Training rows read on demand (a row source for ``train_vae``): the images at
+    ``rows[index]`` of X (an ndarray or ``ImageFiles``), as model input on ``device``."""
+
+    def __init__(self, X, pre: ImagePreprocessor, rows: np.ndarray, device: str):
+        self.X, self.pre, self.rows, self.device = X, pre, rows, device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        pixels = np.asarray(self.X[self.rows[index]])
+        return torch.from_numpy(self.pre.transform(pixels)).to(self.device)
 
 
 def _negative_elbo64(t) -> torch.Tensor:

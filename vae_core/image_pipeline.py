@@ -6,6 +6,7 @@
     score_image_batch: a fitted detector and a folder (or .npz) -> one Parquet file (path,
         class, anomaly_score, is_anomaly, anomaly_probability, map_path), anomaly-map PNGs
     score_image_input: the packaged model's input (image paths or arrays) -> scores
+    train_and_evaluate_images: split, fit, calibrate, evaluate, save, review in one call (CLI)
 
 Scores are in threshold units (the negative ELBO in nats unless calibrated on the IWAE
 score); higher = more anomalous; ``is_anomaly`` is ``score > threshold`` (the project's tie
@@ -24,14 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vae_core import pipeline
 from vae_core.atomic import atomic_write_frame
 from vae_core.batch import checked_batch_id, files_identity
-from vae_core.config import ImagesConfig, SplitConfig
+from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.images import (
+    CHANNELS,
+    ImageFiles,
     ImageSet,
     as_image_array,
     image_manifest,
-    read_image_folder,
+    index_images,
     read_image_npz,
     read_images,
     score_images,
@@ -60,9 +64,16 @@ class ImageData:
     def labels(self) -> np.ndarray | None:
         return self.images.labels
 
-    def features_at(self, rows) -> np.ndarray:
-        """The images at positions ``rows``: uint8 (n, H, W) or (n, 3, H, W)."""
-        return self.images.images[rows]
+    @property
+    def streamed(self) -> bool:
+        """True when the images stay in their files and are read as needed (too many to hold
+        in memory, see ``images.in_memory_mb``)."""
+        return isinstance(self.images.images, ImageFiles)
+
+    def features_at(self, rows):
+        """The images at positions ``rows``: uint8 (n, H, W) or (n, 3, H, W), an ndarray or,
+        when ``streamed``, an unread ``ImageFiles`` (both go to VAEDetector as they are)."""
+        return self.images.take(rows).images
 
     def labels_at(self, rows) -> np.ndarray | None:
         return None if self.labels is None else self.labels[rows]
@@ -70,20 +81,36 @@ class ImageData:
 
 def load_images(path: str | Path, cfg: ImagesConfig) -> ImageData:
     """Read training images: a folder, MVTec-AD-like (``train/`` and ``test/``) or with class
-    subfolders, or an ``.npz`` file (its one image array, unlabelled, of ``cfg.size``)."""
+    subfolders, or an ``.npz`` file (its image array, of ``cfg.size``; labelled when
+    ``cfg.npz_class_key`` and ``cfg.npz_normal_classes`` say how).
+
+    A folder whose decoded pixels fit in ``cfg.in_memory_mb`` is read into one uint8 array;
+    a larger one is listed and checked file by file (``images.index_images``: unreadable files
+    raise or are skipped as ``cfg.on_error`` says, ``cfg.chunk_images`` at a time) and stays in
+    its files, which training and scoring then read a minibatch or a chunk at a time
+    (``ImageData.streamed``). An ``.npz`` is always read whole."""
     root = Path(path)
     if _is_npz(root):
         return ImageData(_read_npz(root, cfg))
+    mvtec = (root / "train").is_dir() and (root / "test").is_dir()
+    manifests = [image_manifest(root, s) for s in (("train", "test") if mvtec else (None,))]
+    pixels = sum(len(m) for m in manifests) * int(np.prod(cfg.size)) * CHANNELS[cfg.mode]
+    stream = pixels > cfg.in_memory_mb * 2**20
 
-    def read(split: str | None) -> ImageSet:
-        return read_image_folder(
-            root, cfg.size, cfg.mode, cfg.on_size_mismatch, cfg.on_error, split=split
-        )
+    def read(manifest: pd.DataFrame) -> ImageSet:
+        args = (manifest, cfg.size, cfg.mode, cfg.on_size_mismatch, cfg.on_error)
+        got = index_images(*args, cfg.chunk_images) if stream else read_images(*args)
+        if not len(got):
+            first = f"; first: {got.skipped[0][0]}: {got.skipped[0][1]}" if got.skipped else ""
+            raise ValueError(
+                f"{root}: none of its {len(manifest)} image files could be read{first}"
+            )
+        return got
 
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        fit_only, held = read("train"), read("test")
+    if mvtec:
+        fit_only, held = (read(m) for m in manifests)
         return ImageData(_concat(fit_only, held), len(fit_only))
-    return ImageData(read(None))
+    return ImageData(read(manifests[0]))
 
 
 def _is_npz(path: str | Path) -> bool:
@@ -91,7 +118,7 @@ def _is_npz(path: str | Path) -> bool:
 
 
 def _read_npz(path: Path, cfg: ImagesConfig) -> ImageSet:
-    images = read_image_npz(path)
+    images = read_image_npz(path, cfg.npz_image_key, cfg.npz_class_key, cfg.npz_normal_classes)
     expected = tuple(cfg.size) if cfg.mode == "L" else (3, *cfg.size)
     if images.images.shape[1:] != expected:
         raise ValueError(
@@ -103,8 +130,9 @@ def _read_npz(path: Path, cfg: ImagesConfig) -> ImageSet:
 
 def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
     labels = None if a.labels is None or b.labels is None else np.concatenate([a.labels, b.labels])
+    files = isinstance(a.images, ImageFiles)
     return ImageSet(
-        np.concatenate([a.images, b.images]),
+        a.images.concat(b.images) if files else np.concatenate([a.images, b.images]),
         a.paths + b.paths,
         a.classes + b.classes,
         labels,
@@ -132,14 +160,17 @@ def held_out_images(data: ImageData, cfg: SplitConfig) -> tuple[np.ndarray, np.n
     return data.features_at(test), data.labels_at(test)
 
 
-def image_fingerprint(images: ImageSet) -> dict[str, str | int]:
-    """SHA-256 of the images' shape, pixels and labels; ``rows`` images of ``columns`` values."""
-    h = hashlib.sha256(str(images.images.shape).encode())
-    h.update(np.ascontiguousarray(images.images).tobytes())
+def image_fingerprint(images: ImageSet, chunk: int = 1024) -> dict[str, str | int]:
+    """SHA-256 of the images' shape, pixels and labels; ``rows`` images of ``columns`` values.
+    Pixels are hashed ``chunk`` images at a time (files that stay on disk are read once)."""
+    pixels = images.images
+    h = hashlib.sha256(str(tuple(pixels.shape)).encode())
+    for start in range(0, len(pixels), chunk):
+        h.update(np.ascontiguousarray(pixels[start : start + chunk]).tobytes())
     if images.labels is not None:
         h.update(np.asarray(images.labels, dtype=np.int64).tobytes())
-    n = len(images.images)
-    return {"sha256": h.hexdigest(), "rows": n, "columns": int(images.images[0].size)}
+    n, columns = len(pixels), int(np.prod(pixels.shape[1:]))
+    return {"sha256": h.hexdigest(), "rows": n, "columns": columns}
 
 
 def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int) -> dict:
@@ -323,3 +354,34 @@ def _stack(column: pd.Series) -> np.ndarray:
         return np.stack([np.asarray(v) for v in column])
     except ValueError as exc:
         raise ValueError(f"column 'image': the images do not share one shape ({exc})") from exc
+
+
+# ---- training: the image counterpart of pipeline.train_and_evaluate --------------------------
+
+
+@dataclass
+class ImageTrainOutcome(pipeline.TrainOutcome):
+    """``pipeline.TrainOutcome`` and ``review``: the files of ``write_review`` {name: path}."""
+
+    review: dict[str, Path]
+
+
+def train_and_evaluate_images(
+    data: ImageData, cfg: PipelineConfig, out_dir: str | Path, callbacks=()
+) -> ImageTrainOutcome:
+    """Split (``split_images``), fit, calibrate, evaluate as ``pipeline.train_and_evaluate``
+    does for a table, without tracking; write ``out_dir/model``, ``out_dir/report`` and
+    ``out_dir/review`` (``write_review`` of the test split). ``callbacks`` run after every
+    epoch (``pipeline.fit_detector``). Returns what ``registry.log_image_training_run`` logs
+    (with ``data`` and the outcome's ``review``) and a caller prints."""
+    out_dir = Path(out_dir)
+    splits = split_images(data, cfg.split)
+    det = pipeline.fit_detector(data.features_at(splits.train), cfg, callbacks)
+    cal, test = splits.calibration, splits.test
+    pipeline.calibrate_detector(det, data.features_at(cal), data.labels_at(cal), cfg.calibration)
+    report, scores = pipeline.evaluate_detector(
+        det, data.features_at(test), data.labels_at(test), cfg.calibration, cfg.split.seed
+    )
+    paths = pipeline.save_outcome(det, report, scores, data.labels_at(test), out_dir)
+    review = write_review(det, data, test, out_dir / "review", cfg.images.top_maps)
+    return ImageTrainOutcome(det, splits, report, scores, paths, review)

@@ -78,11 +78,15 @@ class ImageSet:
         return len(self.images)
 
     def take(self, rows) -> ImageSet:
-        """The images at positions ``rows`` (paths, classes, labels with them); no skips."""
+        """The images at positions ``rows`` (paths, classes, labels with them); no skips.
+        Files stay unread when ``images`` is an ``ImageFiles``."""
         rows = np.asarray(rows, dtype="int64")
         labels = None if self.labels is None else self.labels[rows]
         pick = lambda items: [items[i] for i in rows]  # noqa: E731 - local shorthand
-        return ImageSet(self.images[rows], pick(self.paths), pick(self.classes), labels)
+        images = (
+            self.images.take(rows) if isinstance(self.images, ImageFiles) else self.images[rows]
+        )
+        return ImageSet(images, pick(self.paths), pick(self.classes), labels)
 
     def manifest(self) -> pd.DataFrame:
         """One row per image: path, class and (when known) label."""
@@ -98,6 +102,89 @@ class ImageSet:
 
 class _Unreadable(Exception):
     """A file that is not a usable image; the message says why (without the path)."""
+
+
+class ImageFiles:
+    """Images left in their files and decoded when indexed: a read-only uint8 "array".
+
+    It has ``shape`` ((n, H, W) for mode "L", (n, 3, H, W) for "RGB"), ``dtype``, ``ndim`` and
+    ``len``; ``files[i]`` decodes one image, ``files[rows]`` (a slice, integer positions or a
+    boolean mask) decodes those into an ndarray, and ``take(rows)`` narrows the set without
+    reading. So a training set far larger than memory is read minibatch by minibatch (see
+    ``VAEDetector.fit``); ``np.asarray(files)`` decodes them all, for small sets only.
+
+    The files were checked when the set was listed (``index_images``); one that has become
+    unreadable since is a ValueError naming it.
+    """
+
+    def __init__(self, paths, size, mode: str = "L", on_size_mismatch: str = "reject"):
+        height, width = _check_read_settings(size, mode, on_size_mismatch, "raise")
+        self.paths = [str(p) for p in paths]
+        self.size, self.mode, self.on_size_mismatch = (height, width), mode, on_size_mismatch
+        pixels = (height, width) if mode == "L" else (CHANNELS[mode], height, width)
+        self.shape = (len(self.paths), *pixels)
+        self.dtype = np.dtype(np.uint8)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files, shape {self.shape})"
+
+    def _positions(self, key) -> np.ndarray:
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return np.arange(len(self.paths))[key]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._read(self._positions([key]))[0]
+        return self._read(np.atleast_1d(self._positions(key)))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def take(self, rows) -> ImageFiles:
+        """The files at positions ``rows``, unread."""
+        picked = [self.paths[i] for i in self._positions(np.asarray(rows, dtype="int64"))]
+        return ImageFiles(picked, self.size, self.mode, self.on_size_mismatch)
+
+    def concat(self, other: ImageFiles) -> ImageFiles:
+        """These files followed by ``other``'s (read with the same settings)."""
+        if (other.size, other.mode, other.on_size_mismatch) != (
+            self.size,
+            self.mode,
+            self.on_size_mismatch,
+        ):
+            raise ValueError("ImageFiles read with different settings cannot be joined")
+        return ImageFiles(self.paths + other.paths, self.size, self.mode, self.on_size_mismatch)
+
+    def _read(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty((len(positions), *self.shape[1:]), dtype=np.uint8)
+        for j, i in enumerate(positions):
+            path = Path(self.paths[i])
+            try:
+                out[j] = _read_image(path, self.size, self.mode, self.on_size_mismatch)
+            except _Unreadable as exc:
+                raise ValueError(
+                    f"{path}: {exc} (it was readable when the images were listed)"
+                ) from exc.__cause__
+        return out
+
+
+def image_rows(images):
+    """``images`` as something to slice rows from: an ``ImageFiles`` as it is (unread),
+    anything else as an ndarray."""
+    return images if isinstance(images, ImageFiles) else np.asarray(images)
 
 
 # ---- ingestion --------------------------------------------------------------------------------
@@ -177,6 +264,34 @@ def read_images(
     return ImageSet(
         images, [str(files[i]) for i in kept], [classes[i] for i in kept], labels, skipped
     )
+
+
+def index_images(
+    manifest: pd.DataFrame,
+    size: tuple[int, int],
+    mode: str = "L",
+    on_size_mismatch: str = "reject",
+    on_error: str = "raise",
+    chunk_images: int = 1024,
+) -> ImageSet:
+    """``read_images`` without keeping the pixels: every file is decoded once, ``chunk_images``
+    at a time, to find the unreadable ones (raised or skipped exactly as ``read_images``
+    does), and the set that comes back holds an ``ImageFiles`` over the readable files.
+    Memory stays at one chunk of pixels whatever the number of files."""
+    _check_read_settings(size, mode, on_size_mismatch, on_error)
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for start in range(0, len(manifest), int(chunk_images)):
+        part = manifest.iloc[start : start + int(chunk_images)]
+        got = read_images(part, size, mode, on_size_mismatch, on_error)
+        skipped += got.skipped
+        bad = {path for path, _ in got.skipped}
+        kept += [start + i for i, p in enumerate(part["path"]) if str(Path(p)) not in bad]
+    paths = [str(Path(manifest["path"].iloc[i])) for i in kept]
+    classes = manifest["class"].tolist() if "class" in manifest else [""] * len(manifest)
+    labels = manifest["label"].to_numpy("int64")[kept] if "label" in manifest else None
+    files = ImageFiles(paths, size, mode, on_size_mismatch)
+    return ImageSet(files, paths, [classes[i] for i in kept], labels, skipped)
 
 
 def _check_read_settings(size, mode: str, on_size_mismatch: str, on_error: str):
@@ -375,7 +490,7 @@ def _in_blocks(fn: Callable, images, block_size: int) -> np.ndarray:
     """fn applied to consecutive blocks of images, rows concatenated (memory ~ one block)."""
     if int(block_size) < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size}")
-    images = np.asarray(images)
+    images = image_rows(images)
     if len(images) == 0:
         raise ValueError("the input has no images")
     step = int(block_size)
@@ -406,7 +521,7 @@ def _decoder_means(det, z: torch.Tensor) -> np.ndarray:
 def reconstructions(det, images, block_size: int = 256) -> np.ndarray:
     """Decoder mean at z = mu(x), in data units (0..255 for uint8), float, shaped as images."""
     _image_shape(det)
-    images = np.asarray(images)
+    images = image_rows(images)
 
     def block(x):
         u = torch.from_numpy(det.preprocessor_.transform(x)).to(det.device)
@@ -559,7 +674,8 @@ def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    maps, recons = anomaly_maps(det, top.images), reconstructions(det, top.images)
+    originals = np.asarray(top.images)  # the top few, decoded once
+    maps, recons = anomaly_maps(det, originals), reconstructions(det, originals)
     map_range = _map_range(maps)  # one scale for all, so the maps compare
     pixel_max = det.preprocessor_.pixel_scale
     paths = []
@@ -569,7 +685,7 @@ def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
         title = f"#{rank}   score {score:.1f} nats   {source}"
         paths.append(
             save_anomaly_map_png(
-                top.images[i],
+                originals[i],
                 recons[i],
                 maps[i],
                 folder / f"rank{rank:03d}_{name}.png",
@@ -592,7 +708,7 @@ def write_review_grids(
     _channels, height, width = _image_shape(det)
     out_dir, pixel_max = Path(out_dir), det.preprocessor_.pixel_scale
     scale = max(1, math.ceil(56 / min(height, width)))
-    originals = np.asarray(images)[: int(n)]
+    originals = np.asarray(image_rows(images)[: int(n)])
     recons = reconstructions(det, originals)
     pairs = []
     for start in range(0, len(originals), ncols):

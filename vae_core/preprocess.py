@@ -350,14 +350,27 @@ class ImagePreprocessor:
         return arr
 
     def fit(self, X) -> ImagePreprocessor:
-        arr = self._as_nchw(X)
-        if len(arr) < MIN_FIT_ROWS:
-            raise ValueError(f"need at least {MIN_FIT_ROWS} images to fit, got {len(arr)}")
-        self.image_shape = tuple(int(s) for s in arr.shape[1:])
-        self.pixel_scale = 255.0 if arr.dtype == np.uint8 else 1.0
+        """Record the image shape and the pixel scale (255 for uint8). Reads only ``shape``
+        and ``dtype``, so X may be images that stay in their files (``images.ImageFiles``)."""
+        if not isinstance(getattr(X, "dtype", None), np.dtype):
+            X = np.asarray(X)
+        shape = tuple(int(s) for s in X.shape)
+        if len(shape) == 3:
+            shape = (shape[0], 1, *shape[1:])
+        if len(shape) != 4:
+            raise ValueError(f"images must be (n, H, W) or (n, C, H, W), got shape {shape}")
+        if shape[0] < MIN_FIT_ROWS:
+            raise ValueError(f"need at least {MIN_FIT_ROWS} images to fit, got {shape[0]}")
+        self.image_shape = tuple(int(s) for s in shape[1:])
+        self.pixel_scale = 255.0 if X.dtype == np.uint8 else 1.0
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X, first_index: int = 0) -> np.ndarray:
+        """Flat float32 model input (n, C*H*W) in [0, 1] for uint8 images.
+
+        first_index : position of X's first image in the caller's data, so that an error
+        names the caller's index when X is one chunk of it.
+        """
         arr = self._as_nchw(X)
         if tuple(arr.shape[1:]) != self.image_shape:
             raise ValueError(f"images must have shape {self.image_shape}, got {arr.shape[1:]}")
@@ -365,7 +378,8 @@ class ImagePreprocessor:
         bad = ~np.isfinite(flat).all(1)
         if bad.any():
             raise ValueError(
-                f"images with NaN or infinite pixels at index {np.flatnonzero(bad)[:5]}"
+                "images with NaN or infinite pixels at index "
+                f"{np.flatnonzero(bad)[:5] + int(first_index)}"
             )
         return flat
 

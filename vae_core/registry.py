@@ -15,6 +15,7 @@ The life of a model, in calls::
         (images: *image_pipeline.held_out_images(data, cfg.split))
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
     log_scoring_run(target, champion.ref, scores, scores_path, threshold)
+        (images: log_image_batch_scoring(target, champion.ref, score_image_batch(...)))
 
 Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest
 version awaiting review), never the deprecated stages. Every promotion decision, including a
@@ -52,7 +53,7 @@ from mlflow.types.schema import Array, ColSpec, Schema
 import vae_core
 from vae_core.config import PipelineConfig, PromotionConfig
 from vae_core.detector import VAEDetector
-from vae_core.image_pipeline import ImageData, image_fingerprint, score_image_input
+from vae_core.image_pipeline import ImageBatch, ImageData, image_fingerprint, score_image_input
 from vae_core.ingest import LabelledTable
 from vae_core.pipeline import Splits, TrainOutcome, score_table
 from vae_core.preprocess import ImagePreprocessor
@@ -384,17 +385,25 @@ def log_image_training_run(
     return info.model_uri
 
 
+def _image_label_source(images) -> str:
+    """Where the labels of an image set came from, for the run's tags."""
+    if images.paths and "::" in images.paths[0]:  # file.npz::key[i]
+        return "npz class array (normal classes = 0)"
+    return "folder name (good = 0)"
+
+
 def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
     fp, images = image_fingerprint(data.images), data.images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_numpy(
-            images.images,
-            source=str(source),
-            targets=images.labels,
-            name=Path(str(source)).name,
-            digest=str(fp["sha256"])[:16],
-        )
+        described = dict(source=str(source), name=Path(str(source)).name)
+        digest = str(fp["sha256"])[:16]
+        if data.streamed:  # too many to hold: the dataset is the list of files
+            dataset = mlflow.data.from_pandas(images.manifest(), digest=digest, **described)
+        else:
+            dataset = mlflow.data.from_numpy(
+                images.images, targets=images.labels, digest=digest, **described
+            )
         mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
     manifest = images.manifest().assign(split="")
     for name in ("train", "calibration", "test"):
@@ -409,7 +418,7 @@ def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
         | {
             "data.kind": "images",
             "data.image_shape": "x".join(str(d) for d in images.images.shape[1:]),
-            "data.label_column": "folder name (good = 0)" if labelled else "",
+            "data.label_column": _image_label_source(images) if labelled else "",
             "data.anomalies": str(int(images.labels.sum())) if labelled else "",
             "data.skipped": str(len(images.skipped)),
         }
@@ -853,6 +862,27 @@ def log_batch_scoring(
         batch.threshold,
         data_source,
         {"batch.id": batch.batch_id},
+    )
+
+
+def log_image_batch_scoring(
+    target: TrackingTarget,
+    model: ModelVersionRef,
+    scored: ImageBatch,
+    data_source: str | None = None,
+) -> str:
+    """``log_scoring_run`` for ``image_pipeline.score_image_batch``'s output: the scores
+    file, the anomaly maps (``anomaly_maps/``) and the list of skipped files (``skipped/``)
+    when there are any. Returns the run id."""
+    artifacts = {"anomaly_maps": scored.maps, "skipped": scored.skipped}
+    return log_scoring_run(
+        target,
+        model,
+        scored.scores,
+        scored.output,
+        scored.threshold,
+        data_source,
+        {k: v for k, v in artifacts.items() if v is not None},
     )
 
 

@@ -79,14 +79,23 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return min(1.0, (epoch + 1) / warmup_epochs)
 
 
+def _rows(x, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (CPU indices) of a tensor or a row source (see ``train_vae``)."""
+    return x[idx.to(x.device)] if isinstance(x, torch.Tensor) else x[idx]
+
+
+def _device(model: VAE) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Generator):
     model.train()
-    order = torch.randperm(len(x), generator=gen, device="cpu").to(x.device)
+    order = torch.randperm(len(x), generator=gen, device="cpu")
     sums, n_seen = np.zeros(3), 0
     for start in range(0, len(x), cfg.batch_size):
-        batch = x[order[start : start + cfg.batch_size]]
+        batch = _rows(x, order[start : start + cfg.batch_size])
         eps = torch.randn(cfg.n_mc_samples, len(batch), model.cfg.latent_dim, generator=gen).to(
-            x.device
+            batch.device
         )
         loss, kl, rec = training_loss(model, batch, eps, beta)
         opt.zero_grad(set_to_none=True)
@@ -105,7 +114,7 @@ def _improves(val: float, best: float, min_delta: float) -> bool:
 
 
 @torch.no_grad()
-def _validation_loss(model: VAE, x_val: torch.Tensor, eps: torch.Tensor, batch: int) -> float:
+def _validation_loss(model: VAE, x_val, eps: torch.Tensor, batch: int) -> float:
     model.eval()
     total = sum(
         negative_elbo(model, x_val[i : i + batch], eps[:, i : i + batch]).sum().item()
@@ -116,8 +125,8 @@ def _validation_loss(model: VAE, x_val: torch.Tensor, eps: torch.Tensor, batch: 
 
 def train_vae(
     model: VAE,
-    x_train: torch.Tensor,
-    x_val: torch.Tensor,
+    x_train,
+    x_val,
     cfg: TrainConfig,
     callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
@@ -125,7 +134,11 @@ def train_vae(
 
     Parameters
     ----------
-    x_train, x_val : (n, d) float tensors in the model's input space.
+    x_train, x_val : (n, d) float tensors in the model's input space, or row sources: objects
+        with ``len`` whose ``[index]`` (a CPU LongTensor of positions, or a slice) returns
+        those rows as such a tensor on the model's device. A source reads rows when asked
+        (images from their files), so memory is bounded by a minibatch, not the data; the
+        same rows in the same order give the same weights as the tensor they stand for.
     callbacks : called after every epoch with its :class:`EpochLog`; may raise StopTraining.
 
     Early stopping watches the validation negative ELBO (always with beta = 1, estimated with
@@ -133,7 +146,7 @@ def train_vae(
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    val_eps = torch.randn(1, len(x_val), model.cfg.latent_dim, generator=gen).to(x_val.device)
+    val_eps = torch.randn(1, len(x_val), model.cfg.latent_dim, generator=gen).to(_device(model))
     result, best_state, stale = TrainResult(), None, 0
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
