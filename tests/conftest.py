@@ -1,5 +1,6 @@
 """Shared fixtures. Telemetry off and all state under tmp folders, set before any import."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -175,3 +176,19 @@ def promote(target, cfg, table, **kwargs):
 
     features, labels = held_out_rows(table, cfg.split)
     return registry.promote_challenger(target, cfg.promotion, features, labels, **kwargs)
+
+
+@contextlib.contextmanager
+def config_store():
+    """Let each config's tracking.uri decide: mlflow.set_tracking_uri exports
+    MLFLOW_TRACKING_URI, which outranks the config, so another module's store would leak in
+    (and ours out); the variable is restored afterwards."""
+    import mlflow
+
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # unsets the variable too
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved

@@ -4,11 +4,8 @@ One tiny conv VAE per module is trained on data/mnist through the CLI, registere
 sqlite MLflow store (a copy of the migrated template) and promoted; the scoring tests use it.
 """
 
-import contextlib
-import os
 import shutil
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +13,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, write_pipeline_config
+from tests.conftest import ROOT, config_store, write_pipeline_config
 from vae_core.cli import app
 
 MNIST = ROOT / "data" / "mnist"
@@ -51,21 +48,9 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@contextlib.contextmanager
-def _config_store():
-    """Let the config's tracking.uri decide (MLFLOW_TRACKING_URI outranks it); restored."""
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-
-
 @pytest.fixture(autouse=True)
 def _own_store():
-    with _config_store():
+    with config_store():
         yield
 
 
@@ -75,7 +60,7 @@ def store(tmp_path_factory, _mlflow_template_db):
     folder = tmp_path_factory.mktemp("cli-images")
     shutil.copy(_mlflow_template_db, folder / "mlflow.db")
     config = _config(folder)
-    with _config_store():
+    with config_store():
         trained = cli("train", "--data", MNIST, "--out", folder / "run", "--config", config)
         assert trained.exit_code == 0, trained.stderr
         promoted = cli("promote", "--config", config)

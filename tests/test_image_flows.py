@@ -4,7 +4,6 @@ One image train flow per module (a tiny conv VAE on data/mnist, under prefect_te
 against a real sqlite MLflow store) registers and promotes a model; the scoring tests use it.
 """
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.conftest import ROOT, write_pipeline_config
+from tests.conftest import ROOT, config_store, write_pipeline_config
 from vae_core import image_pipeline
 from vae_core.config import ImagesConfig, SplitConfig, load_config
 from vae_core.images import ImageSet
@@ -59,25 +58,9 @@ def harness():
             yield
 
 
-@contextlib.contextmanager
-def _config_store():
-    """Let each config's tracking.uri decide: mlflow.set_tracking_uri exports
-    MLFLOW_TRACKING_URI, which outranks the config, so another module's store would leak in
-    (and ours out); the variable is restored afterwards."""
-    import mlflow
-
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)  # unsets the variable too
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-
-
 @pytest.fixture(autouse=True)
 def _own_store():
-    with _config_store():
+    with config_store():
         yield
 
 
@@ -88,7 +71,7 @@ def store(tmp_path_factory, harness):
 
     folder = tmp_path_factory.mktemp("image-flows")
     config = _images(folder)
-    with _config_store():
+    with config_store():
         result = train(config_path=str(config), out_dir=str(folder / "run"))
     return folder, config, result
 
