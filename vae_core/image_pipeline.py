@@ -326,7 +326,8 @@ def score_image_input(det, model_input, on_size_mismatch: str = "reject") -> pd.
     """Scores for the packaged model's input, one row per image, in order.
 
     model_input : a DataFrame with a column ``path`` (image files, read at the detector's
-        size and colour mode; an unreadable file is a ValueError naming it), or a column
+        size and colour mode, 1024 at a time; an unreadable file is a ValueError naming
+        it), or a column
         ``image`` (per row an (H, W) or (C, H, W) array or nested list of 0..255 integers),
         or an array of images (n, H, W) / (n, C, H, W).
     Returns ``path`` (for path input), ``anomaly_score``, ``is_anomaly``,
@@ -336,8 +337,11 @@ def score_image_input(det, model_input, on_size_mismatch: str = "reject") -> pd.
     if isinstance(model_input, pd.DataFrame):
         if "path" in model_input.columns and "image" not in model_input.columns:
             manifest = pd.DataFrame({"path": model_input["path"].astype(str).tolist()})
-            images = read_images(manifest, (height, width), MODES[channels], on_size_mismatch)
-            return image_scores(det, images).drop(columns="class")
+            reading = ImagesConfig(
+                size=(height, width), mode=MODES[channels], on_size_mismatch=on_size_mismatch
+            )
+            scores, _ = _score_in_chunks(det, manifest, reading)  # chunk_images at a time
+            return scores.drop(columns="class")
         if "image" not in model_input.columns:
             raise ValueError(
                 "expected a column 'path' (image files) or 'image' (arrays), got "
