@@ -108,6 +108,18 @@ def test_the_block_by_block_floor_equals_the_whole_array_rule(zeros):
     assert (whole == 0).any() and (whole > 0).any()  # constant corners and varying pixels
 
 
+def test_the_floor_rule_holds_for_colour_images_in_small_blocks(monkeypatch):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
+    rgb[:, 1] //= 4  # a channel on a coarser grid: larger gaps, larger floors
+    rgb[:, 2, :2] = 7  # constant pixels: no gap, no floor
+    det = VAEDetector(**SETTINGS | {"epochs": 1}).fit(rgb)
+    monkeypatch.setattr(vd, "_BLOCK_VALUES", 3 * 8 * 8 * 4)  # blocks of 4 images
+    whole = vd.grid_variance(det.preprocessor_.transform(rgb))
+    np.testing.assert_array_equal(det._image_grid_variance(rgb), whole)
+    assert det._image_block() == 4 and (whole == 0).sum() == 16
+
+
 def test_load_images_streams_above_the_memory_limit_with_the_same_data():
     cfg = ImagesConfig()
     held = image_pipeline.load_images(MNIST, cfg)

@@ -36,8 +36,10 @@ from vae_core.train import EpochCallback, TrainConfig, train_vae
 # that padding makes scores independent of the caller's batch size (see module docstring).
 _CHUNK_BUDGET = 1 << 18  # about 1 MB of float32 per input column
 # Images turned into model input at a time where no minibatch applies (variance floors,
-# fingerprints): memory ~ this many float32 images.
+# fingerprints): at most _IMAGE_BLOCK images and _BLOCK_VALUES pixel values (64 MB of float32),
+# so that memory stays bounded for large colour images too.
 _IMAGE_BLOCK = 1024
+_BLOCK_VALUES = 1 << 24
 
 
 class VAEDetector(OutlierMixin, BaseEstimator):
@@ -196,9 +198,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     def _image_blocks(self, X, block: int | None = None):
         """(first index, model input) for consecutive blocks of images: memory ~ one block."""
-        block = block or _IMAGE_BLOCK
+        block = block or self._image_block()
         for start in range(0, len(X), block):
             yield start, self.preprocessor_.transform(np.asarray(X[start : start + block]), start)
+
+    def _image_block(self) -> int:
+        """Images per block: _IMAGE_BLOCK, fewer for large images (_BLOCK_VALUES)."""
+        return max(1, min(_IMAGE_BLOCK, _BLOCK_VALUES // math.prod(self.preprocessor_.image_shape)))
 
     def _image_grid_variance(self, X) -> np.ndarray:
         """``grid_variance`` of all the images' model input, a block at a time.
@@ -212,9 +218,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             return grid_variance(self.preprocessor_.transform(np.asarray(X)))
         d = math.prod(self.preprocessor_.image_shape)
         present = np.zeros((d, 256), dtype=bool)
-        for start in range(0, len(X), _IMAGE_BLOCK):
-            raw = np.asarray(X[start : start + _IMAGE_BLOCK]).reshape(-1, d)
-            present[np.broadcast_to(np.arange(d), raw.shape), raw] = True
+        flat = present.reshape(-1)  # pixel j, value v -> j * 256 + v
+        offsets = np.arange(d, dtype=np.int64) * 256
+        block = self._image_block()
+        for start in range(0, len(X), block):
+            raw = np.asarray(X[start : start + block]).reshape(-1, d)
+            flat[(offsets + raw).ravel()] = True  # int64 indices: one block's worth
         levels = np.arange(256, dtype="float32") / np.float32(self.preprocessor_.pixel_scale)
         column, value = np.nonzero(present)  # sorted by column, then value
         same = column[1:] == column[:-1]
