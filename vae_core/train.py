@@ -11,6 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -88,12 +89,28 @@ def _device(model: VAE) -> torch.device:
     return next(model.parameters()).device
 
 
+def _minibatches(x, order: torch.Tensor, size: int):
+    """The minibatches of ``x`` in ``order``. From a row source (which reads, e.g. decodes image
+    files), the next batch is read on a second thread while the current one trains, so reading
+    overlaps the network; the batches and their order are the same either way."""
+    picks = [order[i : i + size] for i in range(0, len(order), size)]
+    if isinstance(x, torch.Tensor):
+        yield from (_rows(x, idx) for idx in picks)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-read") as pool:
+        pending = pool.submit(_rows, x, picks[0]) if picks else None
+        for k in range(len(picks)):
+            batch = pending.result()
+            if k + 1 < len(picks):
+                pending = pool.submit(_rows, x, picks[k + 1])
+            yield batch
+
+
 def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Generator):
     model.train()
     order = torch.randperm(len(x), generator=gen, device="cpu")
     sums, n_seen = np.zeros(3), 0
-    for start in range(0, len(x), cfg.batch_size):
-        batch = _rows(x, order[start : start + cfg.batch_size])
+    for batch in _minibatches(x, order, cfg.batch_size):
         eps = torch.randn(cfg.n_mc_samples, len(batch), model.cfg.latent_dim, generator=gen).to(
             batch.device
         )
