@@ -104,7 +104,7 @@ def test_the_block_by_block_floor_equals_the_whole_array_rule(zeros):
     array, files = zeros
     det = VAEDetector(**SETTINGS | {"epochs": 1}).fit(array[:20])
     whole = vd.grid_variance(det.preprocessor_.transform(array))
-    np.testing.assert_array_equal(det._image_grid_variance(files), whole)
+    np.testing.assert_array_equal(det._scan_images(files, floors=True)[0], whole)
     assert (whole == 0).any() and (whole > 0).any()  # constant corners and varying pixels
 
 
@@ -116,7 +116,7 @@ def test_the_floor_rule_holds_for_colour_images_in_small_blocks(monkeypatch):
     det = VAEDetector(**SETTINGS | {"epochs": 1}).fit(rgb)
     monkeypatch.setattr(vd, "_BLOCK_VALUES", 3 * 8 * 8 * 4)  # blocks of 4 images
     whole = vd.grid_variance(det.preprocessor_.transform(rgb))
-    np.testing.assert_array_equal(det._image_grid_variance(rgb), whole)
+    np.testing.assert_array_equal(det._scan_images(rgb, floors=True)[0], whole)
     assert det._image_block() == 4 and (whole == 0).sum() == 16
 
 

@@ -163,12 +163,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             torch.manual_seed(int(self.random_state))
             model = VAE(cfg)
         self.preprocessor_ = pre
-        if self.quantization_floor and cfg.layout.n_gaussian:
-            floor = (
-                self._image_grid_variance(X)
-                if images
-                else grid_variance(u[:, : cfg.layout.n_gaussian])
-            )
+        floored = self.quantization_floor and cfg.layout.n_gaussian > 0
+        if images:  # one pass over the images for both
+            floor, self.training_fingerprint_ = self._scan_images(X, floored)
+        else:
+            floor = grid_variance(u[:, : cfg.layout.n_gaussian]) if floored else None
+            self.training_fingerprint_ = fingerprint(u)
+        if floored:
             model.set_variance_floor(torch.from_numpy(floor[: cfg.layout.n_gaussian]))
         model = model.to(self.device)
         rng = np.random.default_rng(int(self.random_state))
@@ -190,57 +191,59 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.n_features_in_ = d if images else len(pre.feature_names)
         if isinstance(X, pd.DataFrame):
             self.feature_names_in_ = np.asarray(pre.feature_names, dtype=object)
-        self.training_fingerprint_ = self._fingerprint(X)
         self.score_kind_, self.iwae_samples_ = "negative_elbo", 64
         self.calibration_, self.probability_ = None, None
         self.set_threshold(float(np.quantile(self.anomaly_score(X), 1.0 - self.contamination)))
         return self
 
-    def _image_blocks(self, X, block: int | None = None):
-        """(first index, model input) for consecutive blocks of images: memory ~ one block."""
-        block = block or self._image_block()
+    def _image_blocks(self, X, block: int):
+        """Model input for consecutive blocks of ``block`` images: memory ~ one block."""
         for start in range(0, len(X), block):
-            yield start, self.preprocessor_.transform(np.asarray(X[start : start + block]), start)
+            yield self.preprocessor_.transform(np.asarray(X[start : start + block]), start)
 
     def _image_block(self) -> int:
         """Images per block: _IMAGE_BLOCK, fewer for large images (_BLOCK_VALUES)."""
         return max(1, min(_IMAGE_BLOCK, _BLOCK_VALUES // math.prod(self.preprocessor_.image_shape)))
 
-    def _image_grid_variance(self, X) -> np.ndarray:
-        """``grid_variance`` of all the images' model input, a block at a time.
+    def _scan_images(self, X, floors: bool) -> tuple[np.ndarray | None, str]:
+        """(``grid_variance`` of the images' model input or None, its ``fingerprint``), from
+        one pass over the images, a block at a time.
 
         uint8 pixels take at most 256 values: the values present per pixel are collected
         block by block, and the smallest gap between them gives the same floors as
         ``grid_variance`` on the whole array (same float32 arithmetic). Images already in
         float are in memory: the whole-array rule applies.
         """
-        if X.dtype != np.uint8:
-            return grid_variance(self.preprocessor_.transform(np.asarray(X)))
         d = math.prod(self.preprocessor_.image_shape)
-        present = np.zeros((d, 256), dtype=bool)
+        h = hashlib.sha256(str((len(X), d)).encode())  # as fingerprint() of the whole input
+        grid = floors and X.dtype == np.uint8
+        present = np.zeros((d, 256) if grid else (0, 256), dtype=bool)
         flat = present.reshape(-1)  # pixel j, value v -> j * 256 + v
         offsets = np.arange(d, dtype=np.int64) * 256
         block = self._image_block()
         for start in range(0, len(X), block):
-            raw = np.asarray(X[start : start + block]).reshape(-1, d)
-            flat[(offsets + raw).ravel()] = True  # int64 indices: one block's worth
+            raw = np.asarray(X[start : start + block])
+            h.update(np.ascontiguousarray(self.preprocessor_.transform(raw, start)).tobytes())
+            if grid:
+                flat[(offsets + raw.reshape(-1, d)).ravel()] = True  # one block of indices
+        if not floors:
+            return None, h.hexdigest()
+        if not grid:
+            return grid_variance(self.preprocessor_.transform(np.asarray(X))), h.hexdigest()
         levels = np.arange(256, dtype="float32") / np.float32(self.preprocessor_.pixel_scale)
         column, value = np.nonzero(present)  # sorted by column, then value
         same = column[1:] == column[:-1]
         gaps = levels[value[1:][same]] - levels[value[:-1][same]]
         smallest = np.full(d, np.inf, dtype="float32")
         np.minimum.at(smallest, column[1:][same], gaps)
-        floors = np.where(np.isfinite(smallest), smallest**2 / np.float32(12.0), 0.0)
-        return floors.astype("float32")
+        floor = np.where(np.isfinite(smallest), smallest**2 / np.float32(12.0), 0.0)
+        return floor.astype("float32"), h.hexdigest()
 
     def _fingerprint(self, X) -> str:
         """``fingerprint`` of X's model input; images are hashed a block at a time."""
-        if not isinstance(self.preprocessor_, ImagePreprocessor):
-            return fingerprint(self.preprocessor_.transform(X))
-        h = hashlib.sha256(str((len(X), math.prod(self.preprocessor_.image_shape))).encode())
-        for _, u in self._image_blocks(X):
-            h.update(np.ascontiguousarray(u).tobytes())
-        return h.hexdigest()
+        if isinstance(self.preprocessor_, ImagePreprocessor):
+            return self._scan_images(image_rows(X), floors=False)[1]
+        return fingerprint(self.preprocessor_.transform(X))
 
     def _noise(self, n_samples: int, salt: int) -> torch.Tensor:
         """Fixed N(0, I) noise (n_samples, 1, latent_dim) shared by every row.
@@ -319,10 +322,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
                 raise ValueError("the input has no images")
             parts = self._image_blocks(X, chunk)
         else:
-            parts = [(0, self.preprocessor_.transform(X))]
+            parts = [self.preprocessor_.transform(X)]
         outputs = []
         with torch.no_grad():
-            for _, u in parts:
+            for u in parts:
                 for start in range(0, len(u), chunk):
                     part = u[start : start + chunk]
                     padded = np.zeros((chunk, u.shape[1]), dtype="float32")

@@ -38,6 +38,7 @@ from vae_core.images import (
     index_images,
     read_image_npz,
     read_images,
+    require_readable,
     score_images,
     write_review_grids,
     write_top_maps,
@@ -100,11 +101,7 @@ def load_images(path: str | Path, cfg: ImagesConfig) -> ImageData:
     def read(manifest: pd.DataFrame) -> ImageSet:
         args = (manifest, cfg.size, cfg.mode, cfg.on_size_mismatch, cfg.on_error)
         got = index_images(*args, cfg.chunk_images) if stream else read_images(*args)
-        if not len(got):
-            first = f"; first: {got.skipped[0][0]}: {got.skipped[0][1]}" if got.skipped else ""
-            raise ValueError(
-                f"{root}: none of its {len(manifest)} image files could be read{first}"
-            )
+        require_readable(len(got), len(manifest), got.skipped, root)
         return got
 
     if mvtec:
@@ -260,9 +257,7 @@ def score_image_batch(
             scores.iloc[rows], cfg.size, cfg.mode, cfg.on_size_mismatch, "raise"
         )
     ident = checked_batch_id(batch_id) if batch_id else files_identity(files)
-    if scores.empty:
-        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise ValueError(f"{source}: none of its {len(files)} image files could be read{first}")
+    require_readable(len(scores), len(files), skipped, source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = _write_batch_maps(det, scores, reread, cfg.top_maps, out_dir / f"{ident}.maps")

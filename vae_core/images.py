@@ -215,10 +215,16 @@ def read_image_folder(
     _check_read_settings(size, mode, on_size_mismatch, on_error)  # before touching the folder
     manifest = image_manifest(path, split)
     got = read_images(manifest, size, mode, on_size_mismatch, on_error)
-    if not len(got):
-        first = f"; first: {got.skipped[0][0]}: {got.skipped[0][1]}" if got.skipped else ""
-        raise ValueError(f"{path}: none of its {len(manifest)} image files could be read{first}")
+    require_readable(len(got), len(manifest), got.skipped, path)
     return got
+
+
+def require_readable(n_read: int, n_files: int, skipped: list[tuple[str, str]], source) -> None:
+    """ValueError naming ``source`` (and the first skipped file) when none of its ``n_files``
+    image files could be read."""
+    if not n_read:
+        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ValueError(f"{source}: none of its {n_files} image files could be read{first}")
 
 
 def image_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:
@@ -279,19 +285,21 @@ def index_images(
     does), and the set that comes back holds an ``ImageFiles`` over the readable files.
     Memory stays at one chunk of pixels whatever the number of files."""
     _check_read_settings(size, mode, on_size_mismatch, on_error)
-    kept: list[int] = []
+    paths: list[str] = []
+    classes: list[str] = []
+    labels: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     for start in range(0, len(manifest), int(chunk_images)):
         part = manifest.iloc[start : start + int(chunk_images)]
-        got = read_images(part, size, mode, on_size_mismatch, on_error)
+        got = read_images(part, size, mode, on_size_mismatch, on_error)  # pixels dropped
+        paths += got.paths
+        classes += got.classes
         skipped += got.skipped
-        bad = {path for path, _ in got.skipped}
-        kept += [start + i for i, p in enumerate(part["path"]) if str(Path(p)) not in bad]
-    paths = [str(Path(manifest["path"].iloc[i])) for i in kept]
-    classes = manifest["class"].tolist() if "class" in manifest else [""] * len(manifest)
-    labels = manifest["label"].to_numpy("int64")[kept] if "label" in manifest else None
+        if got.labels is not None:
+            labels.append(got.labels)
+    labelled = np.concatenate(labels) if "label" in manifest else None
     files = ImageFiles(paths, size, mode, on_size_mismatch)
-    return ImageSet(files, paths, [classes[i] for i in kept], labels, skipped)
+    return ImageSet(files, paths, classes, labelled, skipped)
 
 
 def _check_read_settings(size, mode: str, on_size_mismatch: str, on_error: str):

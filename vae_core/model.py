@@ -96,7 +96,19 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
+class _GaussianEncoder(nn.Module):
+    """q(z|x) = N(mu, diag sigma^2): ``head(body(x))`` split into mu and log sigma^2 (clamped
+    for stability). Subclasses build ``body`` (features) and ``head`` (a linear layer)."""
+
+    body: nn.Module
+    head: nn.Linear
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_var = self.head(self.body(x)).chunk(2, dim=-1)
+        return mu, log_var.clamp(_LOG_VAR_MIN, _LOG_VAR_MAX)
+
+
+class MLPEncoder(_GaussianEncoder):
     """x (n, d) -> (mu, log sigma^2), each (n, latent_dim): eq. (12) of the paper, deeper."""
 
     def __init__(self, cfg: VAEConfig):
@@ -104,10 +116,6 @@ class MLPEncoder(nn.Module):
         sizes = [cfg.layout.input_dim, *cfg.hidden_dims]
         self.body = _mlp(sizes)
         self.head = nn.Linear(sizes[-1], 2 * cfg.latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_var = self.head(self.body(x)).chunk(2, dim=-1)
-        return mu, log_var.clamp(_LOG_VAR_MIN, _LOG_VAR_MAX)
 
 
 class MLPDecoder(nn.Module):
@@ -132,7 +140,7 @@ def _conv_sizes(height: int, width: int, n_layers: int) -> list[tuple[int, int]]
     return sizes
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(_GaussianEncoder):
     """Images (n, C, H, W) -> (mu, log sigma^2): stride-2 convolutions, then a linear head."""
 
     def __init__(self, cfg: VAEConfig):
@@ -148,10 +156,6 @@ class ConvEncoder(nn.Module):
         self.body = nn.Sequential(*layers, nn.Flatten())
         h, w = sizes[-1]
         self.head = nn.Linear(widths[-1] * h * w, 2 * cfg.latent_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_var = self.head(self.body(x)).chunk(2, dim=-1)
-        return mu, log_var.clamp(_LOG_VAR_MIN, _LOG_VAR_MAX)
 
 
 class ConvDecoder(nn.Module):

@@ -361,7 +361,7 @@ class ImagePreprocessor:
             raise ValueError(f"images must be (n, H, W) or (n, C, H, W), got shape {shape}")
         if shape[0] < MIN_FIT_ROWS:
             raise ValueError(f"need at least {MIN_FIT_ROWS} images to fit, got {shape[0]}")
-        self.image_shape = tuple(int(s) for s in shape[1:])
+        self.image_shape = shape[1:]
         self.pixel_scale = 255.0 if X.dtype == np.uint8 else 1.0
         return self
 
