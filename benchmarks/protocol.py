@@ -76,6 +76,17 @@ def load_tabular(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
     return X.astype("float32"), y.astype("int64")
 
 
+def load_dataset(path: Path) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """``load_tabular`` with the data set's description (rows, features, anomaly %), or None
+    (said on stderr) when the file is not a tabular set."""
+    loaded = load_tabular(path)
+    if isinstance(loaded, str):
+        print(f"skipped {path.name}: {loaded}", file=sys.stderr)
+        return None
+    X, y = loaded
+    return X, y, {"rows": len(X), "features": X.shape[1], "anomaly_pct": 100 * float(y.mean())}
+
+
 def adbench_split(X: np.ndarray, y: np.ndarray, seed: int) -> Split:
     """The ADBench protocol for one seed: subsample to 10,000 rows (uniformly, as ADBench's
     data generator does), stratified 70/30 split, min-max scaling fitted on the 70%."""

@@ -87,12 +87,10 @@ def run_method(method: str, split: protocol.Split, seed: int, vae_params: dict) 
 
 def run_dataset(path: Path, args: argparse.Namespace, vae_params: dict) -> tuple[list, dict]:
     """All seeds and methods on one data set: (result rows, the data set's description)."""
-    loaded = protocol.load_tabular(path)
-    if isinstance(loaded, str):
-        print(f"skipped {path.name}: {loaded}", file=sys.stderr)
+    loaded = protocol.load_dataset(path)
+    if loaded is None:
         return [], {}
-    X, y = loaded
-    info = {"rows": len(X), "features": X.shape[1], "anomaly_pct": 100 * float(y.mean())}
+    X, y, info = loaded
     rows = []
     for seed in range(args.seeds):
         split = protocol.adbench_split(X, y, seed)

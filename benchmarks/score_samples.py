@@ -199,12 +199,10 @@ def _brief(rows: list[dict]) -> str:
 
 def run_dataset(path: Path, args) -> tuple[list[dict], dict]:
     """All seeds of one data set: (result rows, the data set's description)."""
-    loaded = protocol.load_tabular(path)
-    if isinstance(loaded, str):
-        print(f"skipped {path.name}: {loaded}", file=sys.stderr)
+    loaded = protocol.load_dataset(path)
+    if loaded is None:
         return [], {}
-    X, y = loaded
-    info = {"rows": len(X), "features": X.shape[1], "anomaly_pct": 100 * float(y.mean())}
+    X, y, info = loaded
     results = []
     for seed in range(args.seeds):
         results += run_split(path.stem, protocol.adbench_split(X, y, seed), seed, args)
