@@ -80,6 +80,8 @@ def test_a_streamed_fit_is_the_in_memory_fit_and_reads_a_batch_at_a_time(zeros, 
     for name, value in in_memory.model_.state_dict().items():
         torch.testing.assert_close(streamed.model_.state_dict()[name], value, rtol=0, atol=0)
     assert streamed.training_fingerprint_ == in_memory.training_fingerprint_
+    whole = in_memory.preprocessor_.transform(array)
+    assert in_memory.training_fingerprint_ == vd.fingerprint(whole)  # the whole-array rule
     assert streamed.history_[-1]["val_loss"] == in_memory.history_[-1]["val_loss"]
     assert streamed.threshold_ == in_memory.threshold_
     np.testing.assert_array_equal(

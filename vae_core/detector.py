@@ -223,7 +223,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         block = self._image_block()
         for start in range(0, len(X), block):
             raw = np.asarray(X[start : start + block])
-            h.update(np.ascontiguousarray(self.preprocessor_.transform(raw, start)).tobytes())
+            h.update(np.ascontiguousarray(self.preprocessor_.transform(raw, start)))  # no copy
             if grid:
                 flat[(offsets + raw.reshape(-1, d)).ravel()] = True  # one block of indices
         if not floors:
