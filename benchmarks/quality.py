@@ -93,7 +93,11 @@ def run_dataset(path: Path, args: argparse.Namespace, vae_params: dict) -> tuple
     X, y, info = loaded
     rows = []
     for seed in range(args.seeds):
-        split = protocol.adbench_split(X, y, seed)
+        try:
+            split = protocol.adbench_split(X, y, seed)
+        except protocol.SkipDataset as exc:
+            print(f"skipped {path.stem}: {exc}", file=sys.stderr)
+            return [], {**info, "skipped": str(exc)}
         for method in args.methods:
             result = run_method(method, split, seed, vae_params)
             rows.append({"dataset": path.stem, "seed": seed, "method": method, **result})
@@ -182,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "ADBench: <=10k rows, stratified 70/30, "
         "min-max scaling fitted on the 70%, contaminated fit",
     }
-    results, infos = [], {}
+    results, infos, skipped = [], {}, {}
     for path in dataset_files(args.data_dir, args.datasets):
         rows, info = run_dataset(path, args, vae_params)
+        if "skipped" in info:
+            skipped[path.stem] = info["skipped"]
         if rows:
             results += rows
             infos[path.stem] = info
@@ -193,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                     {"meta": meta, "datasets": infos, "results": results}, args.json
                 )
     if not results:
-        print("no tabular data sets found", file=sys.stderr)
+        print("no tabular data sets could be run", file=sys.stderr)
         return 1
     print(markdown_table(results, infos, args.methods, vae_params))
+    for name, reason in skipped.items():
+        print(f"\nSkipped {name}: {reason}.")
     return 0
 
 

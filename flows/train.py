@@ -64,9 +64,14 @@ def calibrate(det, data: Data, rows, cfg: PipelineConfig):
 
 
 @task(**STEP)
-def evaluate(det, data: Data, rows, cfg: PipelineConfig):
+def evaluate(det, data: Data, rows, train_rows, cfg: PipelineConfig):
     return pipeline.evaluate_detector(
-        det, data.features_at(rows), data.labels_at(rows), cfg.calibration, cfg.split.seed
+        det,
+        data.features_at(rows),
+        data.labels_at(rows),
+        cfg.calibration,
+        cfg.split.seed,
+        train_features=data.features_at(train_rows),
     )
 
 
@@ -135,7 +140,7 @@ def train(
     try:
         det = fit(data, splits.train, cfg, run_id)
         det = calibrate(det, data, splits.calibration, cfg)
-        report, scores = evaluate(det, data, splits.test, cfg)
+        report, scores = evaluate(det, data, splits.test, splits.train, cfg)
         paths = save(det, report, scores, data, splits.test, str(out))
         review_files = (
             review(det, data, splits.test, str(out / "review"), cfg) if _images(cfg) else None

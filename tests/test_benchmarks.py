@@ -24,7 +24,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("script", ["quality.py", "speed.py", "images.py", "score_parquet.py"])
+@pytest.mark.parametrize(
+    "script", ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py"]
+)
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
     assert done.returncode == 0, done.stderr
@@ -71,3 +73,34 @@ def test_quality_runs_on_a_folder_and_writes_json(tmp_path):
     for r in results:
         assert r["dataset"] == "tiny" and r["seed"] == 0
         assert r["roc_auc"] > 0.9 and 0 < r["average_precision"] <= 1 and r["fit_seconds"] > 0
+
+
+def test_a_set_with_few_anomalies_keeps_them_in_the_subsample_or_is_skipped():
+    # 30 anomalies in 95,000 rows (as a real ADBench set): a uniform 10,000-row subsample
+    # can leave one, and the stratified 70/30 split then fails inside scikit-learn.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(95_000, 2)).astype("float32")
+    y = np.zeros(95_000, dtype=int)
+    y[rng.choice(95_000, 30, replace=False)] = 1
+    for seed in range(3):
+        split = protocol.adbench_split(X, y, seed)
+        assert split.y_train.sum() >= 1 and split.y_test.sum() >= 1
+    y_one = np.zeros(95_000, dtype=int)
+    y_one[:5] = 1  # 5 * 10,000 / 95,000 < 1 left: the set is skipped, saying why
+    with pytest.raises(protocol.SkipDataset, match="fewer than 2"):
+        protocol.adbench_split(X, y_one, 0)
+
+
+def test_quality_skips_a_set_it_cannot_split_and_goes_on(tmp_path):
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(12_000, 2)).astype("float32")
+    y_big = np.zeros(12_000, dtype=int)
+    y_big[0] = 1
+    np.savez(tmp_path / "a_rare.npz", X=big, y=y_big)
+    X = rng.normal(size=(200, 3)).astype("float32")
+    y = (np.arange(200) < 10).astype(int)
+    X[:10] += 6.0
+    np.savez(tmp_path / "b_fine.npz", X=X, y=y)
+    done = _run(str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1", "--methods", "iforest")
+    assert done.returncode == 0, done.stderr
+    assert "| b_fine |" in done.stdout and "Skipped a_rare" in done.stdout

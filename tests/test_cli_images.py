@@ -91,7 +91,16 @@ def test_train_registers_the_image_model_with_report_and_review(store):
     tags = client.get_run(version.run_id).data.tags
     assert tags["data.kind"] == "images" and tags["split.test_rows"] == "70"
     logged = [a.path for a in client.list_artifacts(version.run_id, "review")]
-    assert logged == ["review/prior_samples.png", "review/reconstructions.png"]
+    assert logged == [
+        "review/prior_samples.png",
+        "review/reconstructions.png",
+        "review/review.json",
+    ]
+    run = client.get_run(version.run_id).data
+    assert 0.0 <= run.metrics["review_reconstruction_retrieval"] <= 1.0
+    assert 0.0 <= run.metrics["baseline_iforest_roc_auc"] <= 1.0
+    description = client.get_model_version("digits", version.version).description
+    assert "Against the simple thing" in description and "IsolationForest" in description
 
 
 def test_score_a_folder_with_the_saved_model(store, tmp_path):

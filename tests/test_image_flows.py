@@ -97,7 +97,11 @@ def test_image_train_flow_registers_and_promotes_with_grids_and_maps(store):
     assert str(champion.version) == "1" and champion.tags["promotion.held_out_rows"] == "70"
     run_id = result["run_id"]
     review = _artifacts(client, run_id, "review")
-    assert review == ["review/prior_samples.png", "review/reconstructions.png"]
+    assert review == [
+        "review/prior_samples.png",
+        "review/reconstructions.png",
+        "review/review.json",
+    ]
     maps = _artifacts(client, run_id, "anomaly_maps")
     assert len(maps) == 3 and all(p.endswith(".png") for p in maps)
     assert "evaluation/image_scores.csv" in _artifacts(client, run_id, "evaluation")

@@ -27,7 +27,12 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vae_core.images import image_rows
-from vae_core.likelihood import elbo_terms, importance_weighted_log_likelihood
+from vae_core.likelihood import (
+    elbo_terms,
+    importance_weighted_log_likelihood,
+    observed_gaussians,
+    observed_terms,
+)
 from vae_core.model import VAE, VAEConfig
 from vae_core.preprocess import ImagePreprocessor, TabularPreprocessor
 from vae_core.train import EpochCallback, TrainConfig, train_vae
@@ -84,6 +89,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         weight_decay: float = 0.0,
         clip_grad_norm: float | None = 10.0,
         quantization_floor: bool = True,
+        decoder_variance: str | None = None,
+        max_variance: float | None = None,
+        trim_fraction: float = 0.0,
+        scaling: str = "standard",
+        trim_validation: bool = True,
+        point_mass_share: float | None = None,
     ):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
@@ -103,6 +114,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.clip_grad_norm = clip_grad_norm
         self.quantization_floor = quantization_floor
+        self.decoder_variance = decoder_variance
+        self.max_variance = max_variance
+        self.trim_fraction = trim_fraction
+        self.scaling = scaling
+        self.trim_validation = trim_validation
+        self.point_mass_share = point_mass_share
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -120,6 +137,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
+    def _decoder_variance(self) -> str:
+        """The decoder variance in use: as given, else "shared" for images and "sample" for
+        tables (see the class docstring)."""
+        if self.decoder_variance is not None:
+            return self.decoder_variance
+        return "shared" if self.architecture == "conv" else "sample"
+
     def _train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=int(self.epochs),
@@ -131,6 +155,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             clip_grad_norm=self.clip_grad_norm,
             seed=int(self.random_state),
             device=self.device,
+            trim_fraction=float(self.trim_fraction),
+            trim_validation=bool(self.trim_validation),
         )
 
     def fit(self, X, y=None, callbacks: Sequence[EpochCallback] = ()) -> VAEDetector:
@@ -148,7 +174,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             pre = ImagePreprocessor(self.likelihood).fit(X)
             n, d = len(X), math.prod(pre.image_shape)
         else:
-            pre = TabularPreprocessor(self.likelihood)
+            pre = TabularPreprocessor(self.likelihood, self.scaling, self.point_mass_share)
             u = pre.fit(X).transform(X)
             n, d = u.shape
         cfg = VAEConfig(
@@ -158,6 +184,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             architecture=self.architecture,
             image_shape=pre.image_shape if images else None,
             min_variance=float(self.min_variance),
+            decoder_variance=self._decoder_variance(),
+            max_variance=None if self.max_variance is None else float(self.max_variance),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
@@ -167,7 +195,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         if images:  # one pass over the images for both
             floor, self.training_fingerprint_ = self._scan_images(X, floored)
         else:
-            floor = grid_variance(u[:, : cfg.layout.n_gaussian]) if floored else None
+            observed = observed_gaussians(torch.from_numpy(u), cfg.layout).numpy() > 0.5
+            floor = grid_variance(u[:, : cfg.layout.n_gaussian], observed) if floored else None
             self.training_fingerprint_ = fingerprint(u)
         if floored:
             model.set_variance_floor(torch.from_numpy(floor[: cfg.layout.n_gaussian]))
@@ -195,6 +224,25 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.calibration_, self.probability_ = None, None
         self.set_threshold(float(np.quantile(self.anomaly_score(X), 1.0 - self.contamination)))
         return self
+
+    def model_input(self, X, rows=None) -> np.ndarray:
+        """The rows ``rows`` (positions; default all) of X as the model sees them, float32
+        (n, input_dim): standardised numbers, indicators and one-hot blocks, or pixels."""
+        check_is_fitted(self, "preprocessor_")
+        if isinstance(self.preprocessor_, ImagePreprocessor):
+            X = image_rows(X)
+            return self.preprocessor_.transform(np.asarray(X if rows is None else X[rows]))
+        if rows is not None:
+            X = X.iloc[rows] if isinstance(X, pd.DataFrame) else np.asarray(X)[rows]
+        return self.preprocessor_.transform(X)
+
+    def model_input_blocks(self, X):
+        """``model_input`` of all of X in consecutive blocks (images: memory ~ one block)."""
+        check_is_fitted(self, "preprocessor_")
+        if isinstance(self.preprocessor_, ImagePreprocessor):
+            yield from self._image_blocks(image_rows(X), self._image_block())
+        else:
+            yield self.preprocessor_.transform(X)
 
     def _image_blocks(self, X, block: int):
         """Model input for consecutive blocks of ``block`` images: memory ~ one block."""
@@ -334,8 +382,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):
                     outputs.append(out[: len(part)].double().cpu().numpy())
         return np.concatenate(outputs)
 
-    def _log_jacobian(self) -> float:
-        return float(self.preprocessor_.term_log_scale.sum())
+    def _log_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """log |dx/du| per row and likelihood term (n, t), float64: the preprocessing's
+        log-Jacobian where a term is a density of an observed value, 0 where it is a
+        probability (indicators, categories, a value on its point mass or missing)."""
+        scale = torch.as_tensor(
+            self.preprocessor_.term_log_scale, dtype=torch.float64, device=x.device
+        )
+        if not self.config_.layout.gates:
+            return scale.expand(len(x), -1)
+        return observed_terms(x, self.config_.layout).double() * scale
 
     def _score_noise(self, n_samples: int | None) -> torch.Tensor:
         check_is_fitted(self, "model_")
@@ -351,10 +407,11 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         n_samples : Monte Carlo samples of z per row; default ``n_score_samples``.
         """
         eps = self._score_noise(n_samples)
-        nelbo = self._chunked(
-            X, lambda x: _negative_elbo64(elbo_terms(self.model_, x, eps)), len(eps)
-        )
-        return nelbo + self._log_jacobian()
+        return self._chunked(X, lambda x: self._negative_elbo(x, eps), len(eps))
+
+    def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO per row in nats of the data, float64 (one arithmetic for all)."""
+        return _negative_elbo64(elbo_terms(self.model_, x, eps)) + self._log_jacobian(x).sum(1)
 
     def score_with_contributions(self, X) -> tuple[np.ndarray, pd.DataFrame]:
         """``anomaly_score`` and ``feature_contributions`` from one pass over the data.
@@ -365,12 +422,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         eps = self._score_noise(None)
 
         def both(x):
-            t = elbo_terms(self.model_, x, eps)
-            return torch.cat([_negative_elbo64(t)[:, None], t.reconstruction_terms.double()], 1)
+            t, jacobian = elbo_terms(self.model_, x, eps), self._log_jacobian(x)
+            nelbo = _negative_elbo64(t) + jacobian.sum(1)
+            return torch.cat([nelbo[:, None], t.reconstruction_terms.double() + jacobian], 1)
 
         out = self._chunked(X, both, len(eps))
-        terms = out[:, 1:] + self.preprocessor_.term_log_scale
-        return out[:, 0] + self._log_jacobian(), self._by_column(terms, X)
+        return out[:, 0], self._by_column(out[:, 1:], X)
 
     def log_likelihood(self, X, k: int = 64) -> np.ndarray:
         """Importance-weighted estimate of log p(x) with k samples (IWAE); higher = more normal.
@@ -381,10 +438,14 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         if int(k) < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         eps = self._noise(int(k), salt=2 + int(k)).to(self.device)
-        ll = self._chunked(
-            X, lambda x: importance_weighted_log_likelihood(self.model_, x, eps), len(eps)
+        return self._chunked(
+            X,
+            lambda x: (
+                importance_weighted_log_likelihood(self.model_, x, eps).double()
+                - self._log_jacobian(x).sum(1)
+            ),
+            len(eps),
         )
-        return ll - self._log_jacobian()
 
     def reconstruction_terms(self, X) -> np.ndarray:
         """E_q[-log p(x_t|z)] per likelihood term, in nats of the data as given. (n, t)
@@ -394,10 +455,14 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         ``anomaly_score - kl_divergence``. Higher = that term made the row more anomalous.
         """
         eps = self._score_noise(None)
-        terms = self._chunked(
-            X, lambda x: elbo_terms(self.model_, x, eps).reconstruction_terms, len(eps)
+        return self._chunked(
+            X,
+            lambda x: (
+                elbo_terms(self.model_, x, eps).reconstruction_terms.double()
+                + self._log_jacobian(x)
+            ),
+            len(eps),
         )
-        return terms + self.preprocessor_.term_log_scale
 
     def feature_contributions(self, X) -> pd.DataFrame:
         """Each input column's term of the reconstruction NLL E_q[-log p(x|z)], in nats. (n, d)
@@ -511,7 +576,7 @@ def _negative_elbo64(t) -> torch.Tensor:
     return t.kl.double() + t.reconstruction_terms.double().sum(-1)
 
 
-def grid_variance(u: np.ndarray) -> np.ndarray:
+def grid_variance(u: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
     """Per column, the variance of uniform noise over the spacing of its values: delta^2 / 12.
 
     A column whose values sit on a grid of step delta (counts, rounded readings, a few levels)
@@ -519,11 +584,14 @@ def grid_variance(u: np.ndarray) -> np.ndarray:
     spike on each grid value and rewards rows for landing on it (the density diverges as the
     variance shrinks). Flooring the variance at the uniform-dequantization variance (Theis et
     al., 2016) keeps the likelihood finite and meaningful. For a continuous column delta is the
-    smallest gap between distinct values and the floor is negligible. (d,) float32.
+    smallest gap between distinct values and the floor is negligible. Only the ``observed``
+    entries (n, d) count where given: values on a point mass or imputed are not the density's.
+    (d,) float32.
     """
     floors = np.zeros(u.shape[1], dtype="float32")
     for j in range(u.shape[1]):
-        gaps = np.diff(np.unique(u[:, j]))
+        column = u[:, j] if observed is None else u[observed[:, j], j]
+        gaps = np.diff(np.unique(column))
         if gaps.size:
             floors[j] = gaps.min() ** 2 / 12.0
     return floors

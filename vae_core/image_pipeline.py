@@ -16,6 +16,7 @@ rule). Nothing here knows about Prefect or MLflow.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from vae_core import pipeline
-from vae_core.atomic import atomic_write_frame
+from vae_core.atomic import atomic_write, atomic_write_frame
 from vae_core.batch import checked_batch_id, files_identity
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.images import (
@@ -38,6 +39,7 @@ from vae_core.images import (
     index_images,
     read_image_npz,
     read_images,
+    reconstruction_retrieval,
     require_readable,
     score_images,
     write_review_grids,
@@ -173,14 +175,29 @@ def image_fingerprint(images: ImageSet, chunk: int = 1024) -> dict[str, str | in
 def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int) -> dict:
     """What a reviewer looks at, from the images at ``rows`` (the test split), in ``out_dir``:
     ``prior_samples.png`` and ``reconstructions.png`` grids, ``maps/`` (anomaly maps of the
-    ``top_maps`` highest scores, beside the original and its reconstruction) and
-    ``image_scores.csv``. Returns {name: path}."""
+    ``top_maps`` highest scores, beside the original and its reconstruction),
+    ``image_scores.csv`` and ``review.json`` (the reconstruction retrieval of the normal test
+    images, ``images.reconstruction_retrieval``). Returns {name: path}, and the retrieval
+    under ``reconstruction_retrieval`` (None with fewer than 2 normal test images)."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir / "maps", ignore_errors=True)  # an earlier run's maps
     test = data.images.take(rows)
     paths = write_review_grids(det, test.images, out_dir)
     score_images(det, test, out_dir, top_k=top_maps)
-    return paths | {"maps": out_dir / "maps", "test_scores": out_dir / "image_scores.csv"}
+    normal = np.arange(len(test)) if test.labels is None else np.flatnonzero(test.labels == 0)
+    retrieval = (
+        reconstruction_retrieval(det, test.take(normal).images) if len(normal) >= 2 else None
+    )
+    summary = {"reconstruction_retrieval": retrieval, "normal_test_images": len(normal)}
+    summary_path = atomic_write(
+        out_dir / "review.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
+    )
+    return paths | {
+        "maps": out_dir / "maps",
+        "test_scores": out_dir / "image_scores.csv",
+        "summary": summary_path,
+        "reconstruction_retrieval": retrieval,
+    }
 
 
 def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
@@ -379,7 +396,12 @@ def train_and_evaluate_images(
     cal, test = splits.calibration, splits.test
     pipeline.calibrate_detector(det, data.features_at(cal), data.labels_at(cal), cfg.calibration)
     report, scores = pipeline.evaluate_detector(
-        det, data.features_at(test), data.labels_at(test), cfg.calibration, cfg.split.seed
+        det,
+        data.features_at(test),
+        data.labels_at(test),
+        cfg.calibration,
+        cfg.split.seed,
+        train_features=data.features_at(splits.train),
     )
     paths = pipeline.save_outcome(det, report, scores, data.labels_at(test), out_dir)
     review = write_review(det, data, test, out_dir / "review", cfg.images.top_maps)

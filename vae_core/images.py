@@ -541,6 +541,25 @@ def reconstructions(det, images, block_size: int = 256) -> np.ndarray:
     return out[:, 0] if images.ndim == 3 else out
 
 
+def reconstruction_retrieval(det, images, max_images: int = 1000) -> float:
+    """Share of the images whose reconstruction (``reconstructions``) is nearer, in Euclidean
+    distance in the model's input space, to its own image than to every other image of the
+    set; the first ``max_images`` images are used. Chance is 1 / n; a decoder that ignores
+    its input (every reconstruction the same blur) scores about that.
+
+    Meant for normal images: it asks whether a reconstruction follows its input, which an
+    anomaly map ("original | reconstruction | map") needs in order to point at a defect.
+    """
+    originals = np.asarray(image_rows(images)[: int(max_images)])
+    if len(originals) < 2:
+        raise ValueError("reconstruction retrieval needs at least 2 images")
+    x = det.model_input(originals).astype("float64")
+    r = reconstructions(det, originals).reshape(len(x), -1) / det.preprocessor_.pixel_scale
+    # |r_i - x_j|^2 = |r_i|^2 - 2 r_i.x_j + |x_j|^2; the |r_i|^2 term does not change argmin_j.
+    distances = (x**2).sum(1)[None, :] - 2.0 * r @ x.T
+    return float(np.mean(distances.argmin(1) == np.arange(len(x))))
+
+
 def prior_means(det, n: int, random_state: int = 0) -> np.ndarray:
     """Decoder means at n draws z ~ N(0, I), in data units: (n, C, H, W).
 

@@ -43,6 +43,27 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (LOG_2PI + z**2).sum(-1)
 
 
+def observed_gaussians(x: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
+    """1 where a Gaussian column's value is modelled by its density, 0 where a gating
+    indicator (``layout.gates``) says the value is missing or on the point mass. (n, n_gaussian)
+    """
+    n_g = layout.n_gaussian
+    observed = torch.ones_like(x[:, :n_g])
+    gated = [(b, g) for b, g in enumerate(layout.gates) if g >= 0]
+    if gated:
+        bern, gauss = (torch.tensor(i, device=x.device) for i in zip(*gated, strict=True))
+        active = torch.zeros_like(observed).index_add_(1, gauss, x[:, n_g + bern])
+        observed = 1.0 - active.clamp(max=1.0)
+    return observed
+
+
+def observed_terms(x: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
+    """Per likelihood term, 1 where it is a density of an observed value (so the
+    preprocessing's log-Jacobian applies), else the indicator's 1. (n, t)"""
+    rest = layout.n_bernoulli + len(layout.categorical_sizes)
+    return torch.cat([observed_gaussians(x, layout), torch.ones_like(x[:, :rest])], dim=1)
+
+
 def reconstruction_nll_terms(
     x: torch.Tensor, out: DecoderOutput, layout: FeatureLayout
 ) -> torch.Tensor:
@@ -50,9 +71,15 @@ def reconstruction_nll_terms(
 
     Terms are ordered as the layout: one per Gaussian column, one per Bernoulli column, one
     per categorical column (its one-hot block). ``t = n_gaussian + n_bernoulli + n_categorical``.
+    A Gaussian column whose gate is on (``observed_gaussians``) contributes 0 nats: the value
+    is missing (its density is marginalised out, exactly, for a diagonal decoder) or sits on a
+    point mass, whose probability is the gating Bernoulli term.
     """
     n_g, n_b = layout.n_gaussian, layout.n_bernoulli
-    terms = [gaussian_nll(x[:, :n_g], out.mean, out.log_var)]
+    gaussian = gaussian_nll(x[:, :n_g], out.mean, out.log_var)
+    if layout.gates:
+        gaussian = gaussian * observed_gaussians(x, layout)
+    terms = [gaussian]
     x_disc, logits = x[:, n_g:], out.logits
     if n_b:
         bern_logits = logits[..., :n_b]
@@ -95,15 +122,28 @@ def negative_elbo(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tenso
     return elbo_terms(model, x, eps).negative_elbo
 
 
-def training_loss(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0):
+def trimmed_mean(per_row: torch.Tensor, trim_fraction: float) -> torch.Tensor:
+    """Mean of the (1 - trim_fraction) smallest values: the rows a contaminated minibatch
+    explains worst are left out of the gradient (a trimmed likelihood, as in least trimmed
+    squares). ``trim_fraction = 0`` is the plain mean."""
+    if trim_fraction <= 0.0:
+        return per_row.mean()
+    keep = max(1, math.ceil((1.0 - trim_fraction) * per_row.shape[0]))
+    return torch.topk(per_row, keep, largest=False, sorted=False).values.mean()
+
+
+def training_loss(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0, trim_fraction: float = 0.0
+):
     """Batch mean of KL * beta + reconstruction NLL (beta < 1 only during KL warm-up).
 
-    Returns (loss, mean KL, mean reconstruction NLL); with beta = 1 the loss is the mean
-    negative ELBO.
+    With ``trim_fraction`` > 0 the mean runs over the rows with the smallest loss only
+    (``trimmed_mean``). Returns (loss, mean KL, mean reconstruction NLL) over the whole batch;
+    with beta = 1 and no trimming the loss is the mean negative ELBO.
     """
     t = elbo_terms(model, x, eps)
-    kl, rec = t.kl.mean(), t.reconstruction.mean()
-    return beta * kl + rec, kl, rec
+    loss = trimmed_mean(beta * t.kl + t.reconstruction, trim_fraction)
+    return loss, t.kl.mean(), t.reconstruction.mean()
 
 
 def importance_weighted_log_likelihood(

@@ -37,6 +37,10 @@ class FeatureLayout:
     n_gaussian: int = 0
     n_bernoulli: int = 0
     categorical_sizes: tuple[int, ...] = ()
+    # For each Bernoulli column, the Gaussian column it gates, or -1: where the indicator is 1
+    # (the value is missing, or sits on the column's point mass) that Gaussian column is left
+    # out of p(x|z), which is then the indicator's probability alone. Empty: no gates.
+    gates: tuple[int, ...] = ()
 
     @property
     def input_dim(self) -> int:
@@ -58,6 +62,16 @@ class VAEConfig:
     architecture: str = "mlp"  # "mlp" for tables, "conv" for images
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for "conv"
     min_variance: float = 1e-3  # floor on the decoder variance, in model-input units
+    # How the decoder variance of the Gaussian columns is parameterised:
+    # "sample": a function of z, per row and column (AEVB appendix C.2);
+    # "feature": one learned variance per column, shared by every row;
+    # "shared": one learned variance per channel (images) or for the whole row (tables), as in
+    #   the calibrated decoders of Rybkin et al. (2021), so no pixel can buy likelihood by
+    #   declaring its own error large.
+    decoder_variance: str = "sample"
+    # Optional ceiling on the decoder variance (model-input units): a conditional variance
+    # above the marginal one (1 for standardised columns) lets p(x|z) explain anything away.
+    max_variance: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +81,7 @@ class VAEConfig:
         d = dict(d)
         layout = d.pop("layout")
         layout["categorical_sizes"] = tuple(layout.get("categorical_sizes", ()))
+        layout["gates"] = tuple(layout.get("gates", ()))
         image_shape = d.pop("image_shape", None)
         return cls(
             layout=FeatureLayout(**layout),
@@ -205,6 +220,31 @@ class VAE(nn.Module):
         # Per-column floor on the decoder variance (model-input units); see set_variance_floor.
         floor = torch.full((cfg.layout.n_gaussian,), float(cfg.min_variance))
         self.register_buffer("variance_floor", floor)
+        if cfg.decoder_variance not in ("sample", "feature", "shared"):
+            raise ValueError(
+                "decoder_variance must be 'sample', 'feature' or 'shared', "
+                f"got {cfg.decoder_variance!r}"
+            )
+        if cfg.decoder_variance != "sample":
+            # softplus(log(e - 1)) = 1: unit variance at the start, in standardised units.
+            start = math.log(math.expm1(1.0))
+            self.raw_variance = nn.Parameter(torch.full((self._n_variances(),), start))
+
+    def _n_variances(self) -> int:
+        """Learned variances for decoder_variance "feature" (per column) or "shared"."""
+        if self.cfg.decoder_variance == "feature":
+            return self.cfg.layout.n_gaussian
+        return self.cfg.image_shape[0] if self.cfg.architecture == "conv" else 1
+
+    def _raw_variance(self, raw_from_z: torch.Tensor) -> torch.Tensor:
+        """Unconstrained variance parameters (n, n_gaussian) for the configured kind."""
+        if self.cfg.decoder_variance == "sample":
+            return raw_from_z
+        raw = self.raw_variance
+        if self.cfg.decoder_variance == "shared" and self.cfg.architecture == "conv":
+            pixels = self.cfg.layout.n_gaussian // len(raw)
+            raw = raw.repeat_interleave(pixels)  # (C,) -> (C * H * W,) in (C, H, W) order
+        return raw.expand_as(raw_from_z)
 
     def set_variance_floor(self, floor: torch.Tensor) -> None:
         """Raise the floor per Gaussian column (it never goes below ``cfg.min_variance``)."""
@@ -230,7 +270,12 @@ class VAE(nn.Module):
         mean, raw_var, logits = flat[:, :n_g], flat[:, n_g : 2 * n_g], flat[:, 2 * n_g :]
         # Learned variance with a floor (appendix C.2 learns log sigma^2 freely; the floor stops
         # the likelihood from diverging on near-duplicate or near-constant columns).
-        var = self.variance_floor + F.softplus(raw_var)
+        raw_var = self._raw_variance(raw_var)
+        if self.cfg.max_variance is None:
+            var = self.variance_floor + F.softplus(raw_var)
+        else:
+            span = (float(self.cfg.max_variance) - self.variance_floor).clamp(min=0.0)
+            var = self.variance_floor + span * torch.sigmoid(raw_var)
         return DecoderOutput(
             mean=mean.reshape(*lead, n_g),
             log_var=torch.log(var).reshape(*lead, n_g),

@@ -101,6 +101,7 @@ class ColumnSpec:
     missing_indicator: bool = False
     categories: list[str] = field(default_factory=list)
     constant_value: float | str | None = None
+    point_mass: float | None = None  # a value held by many rows, modelled as its own outcome
 
 
 class TabularPreprocessor:
@@ -110,10 +111,31 @@ class TabularPreprocessor:
     ----------
     likelihood : "gaussian" (numeric columns standardised, Gaussian in the model) or
         "bernoulli" (numeric columns must lie in [0, 1] and are used as given).
+    scaling : "standard" (mean and standard deviation) or "robust" (median and the
+        interquartile range / 1.349, the standard deviation of a normal with that IQR; the
+        standard deviation where the IQR is 0). Robust statistics are not inflated by the
+        anomalies in the training data. Either is affine, so its log-Jacobian is exact.
+    point_mass_share : a numeric column whose most frequent value is held by at least this
+        share of the training rows (zeros of a count or an amount, a reading stuck at a
+        bound) gets a point mass there: an indicator "the value is v" (Bernoulli in the
+        model) gates the Gaussian, which then models only the other values. A Gaussian
+        alone would put a spike of unbounded density on v and reward every row that sits on
+        it, anomalies included. None: no point masses.
     """
 
-    def __init__(self, likelihood: str = "gaussian"):
+    def __init__(
+        self,
+        likelihood: str = "gaussian",
+        scaling: str = "standard",
+        point_mass_share: float | None = None,
+    ):
+        if scaling not in ("standard", "robust"):
+            raise ValueError(f"scaling must be 'standard' or 'robust', got {scaling!r}")
+        if point_mass_share is not None and not 0.0 < point_mass_share <= 1.0:
+            raise ValueError(f"point_mass_share must be in (0, 1] or None, got {point_mass_share}")
         self.likelihood = likelihood
+        self.scaling = scaling
+        self.point_mass_share = point_mass_share
         self.columns: list[ColumnSpec] = []
 
     # ---- fit ---------------------------------------------------------------------------
@@ -134,8 +156,25 @@ class TabularPreprocessor:
         )
         fitted = self._column_transformer(numeric, categorical).fit(data)
         self._read_statistics(fitted, specs, numeric, categorical)
+        if self.scaling == "robust" and numeric and self.likelihood == "gaussian":
+            imputed = fitted.named_transformers_["numeric"][0].transform(data[numeric])
+            self._robust_statistics([s for s in specs if s.kind == "numeric"], imputed)
+        if self.point_mass_share is not None and self.likelihood == "gaussian":
+            for spec in specs:
+                if spec.kind == "numeric":
+                    spec.point_mass = _point_mass(data[spec.name], self.point_mass_share)
         self.columns = specs
         return self
+
+    @staticmethod
+    def _robust_statistics(numeric: list[ColumnSpec], imputed: np.ndarray) -> None:
+        """Centre at the median, scale by IQR / 1.349 (the standard deviation where IQR = 0)."""
+        q25, q50, q75 = np.percentile(imputed, [25, 50, 75], axis=0)
+        iqr_sigma = (q75 - q25) / 1.349
+        for j, spec in enumerate(numeric):
+            spec.mean = float(q50[j])
+            if iqr_sigma[j] > 0:
+                spec.scale = float(iqr_sigma[j])
 
     def _inspect(self, s: pd.Series, name: str) -> ColumnSpec:
         dtype = str(s.dtype)
@@ -215,16 +254,31 @@ class TabularPreprocessor:
         # Each categorical block has one slot more than the categories seen at fit: unseen
         # categories at scoring land there, and the model has learnt they are improbable.
         sizes = tuple(len(c.categories) + 1 for c in self._of_kind("categorical"))
-        if self.likelihood == "gaussian":
+        if self.likelihood != "gaussian":
+            return FeatureLayout(0, len(numeric) + n_missing, sizes)
+        if not self._gated:  # a model fitted before gates existed keeps its layout
             return FeatureLayout(len(numeric), n_missing, sizes)
-        return FeatureLayout(0, len(numeric) + n_missing, sizes)
+        gates = [j for j, c in enumerate(numeric) if c.missing_indicator]
+        gates += [j for j, c in enumerate(numeric) if c.point_mass is not None]
+        return FeatureLayout(len(numeric), len(gates), sizes, tuple(gates))
+
+    @property
+    def _gated(self) -> bool:
+        """Indicators gate their Gaussian column (missing values left out of the likelihood,
+        point masses): every model fitted with ``point_mass_share`` set."""
+        return self.likelihood == "gaussian" and self.point_mass_share is not None
+
+    @property
+    def _point_masses(self) -> list[ColumnSpec]:
+        return [c for c in self._of_kind("numeric") if c.point_mass is not None]
 
     @property
     def term_columns(self) -> list[str]:
         """The original column behind each likelihood term, in the layout's term order."""
         numeric = [c.name for c in self._of_kind("numeric")]
         missing = [c.name for c in self._of_kind("numeric") if c.missing_indicator]
-        return numeric + missing + [c.name for c in self._of_kind("categorical")]
+        masses = [c.name for c in self._point_masses]
+        return numeric + missing + masses + [c.name for c in self._of_kind("categorical")]
 
     @property
     def term_log_scale(self) -> np.ndarray:
@@ -243,7 +297,7 @@ class TabularPreprocessor:
         """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows."""
         frame = self.check(X)
         numeric = self._of_kind("numeric")
-        blocks, indicators = [], []
+        blocks, indicators, masses = [], [], []
         for c in numeric:
             values = _to_numeric(frame[c.name], c.name)
             missing = np.isnan(values)
@@ -255,7 +309,10 @@ class TabularPreprocessor:
             blocks.append((np.where(missing, c.median, values) - c.mean) / c.scale)
             if c.missing_indicator:
                 indicators.append(missing.astype("float64"))
-        out = blocks + indicators + [self._one_hot(frame[c.name], c) for c in self._categorical]
+            if c.point_mass is not None:
+                masses.append((values == c.point_mass).astype("float64"))
+        out = blocks + indicators + masses
+        out += [self._one_hot(frame[c.name], c) for c in self._categorical]
         matrix = [b[:, None] if b.ndim == 1 else b for b in out]
         if not matrix:
             return np.zeros((len(frame), 0), dtype="float32")
@@ -298,6 +355,9 @@ class TabularPreprocessor:
             if c.missing_indicator:
                 out[c.name] = np.where(u[:, pos] > 0.5, np.nan, out[c.name])
                 pos += 1
+        for c in self._point_masses:
+            out[c.name] = np.where(u[:, pos] > 0.5, c.point_mass, out[c.name])
+            pos += 1
         for c in self._categorical:
             probs = u[:, pos : pos + len(c.categories) + 1][:, :-1]  # never emit "unseen"
             probs = probs / probs.sum(1, keepdims=True)
@@ -313,14 +373,25 @@ class TabularPreprocessor:
         return {
             "kind": "tabular",
             "likelihood": self.likelihood,
+            "scaling": self.scaling,
+            "point_mass_share": self.point_mass_share,
             "columns": [asdict(c) for c in self.columns],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> TabularPreprocessor:
-        pre = cls(d["likelihood"])
+        pre = cls(d["likelihood"], d.get("scaling", "standard"), d.get("point_mass_share"))
         pre.columns = [ColumnSpec(**c) for c in d["columns"]]
         return pre
+
+
+def _point_mass(values: pd.Series, share: float) -> float | None:
+    """The most frequent value of a numeric column when at least ``share`` of the rows hold
+    it and other values exist beside it; else None. NaN never counts."""
+    counts = values.dropna().value_counts()
+    if len(counts) < 2 or counts.iloc[0] < share * len(values):
+        return None
+    return float(counts.index[0])
 
 
 def _numeric_strings(s: pd.Series) -> bool:

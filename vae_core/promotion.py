@@ -263,7 +263,22 @@ def _metrics_section(run: RunRecord) -> str:
         if f"test_{key}" in m:
             low, high = m.get(f"test_{key}_ci_low"), m.get(f"test_{key}_ci_high")
             lines.append(f"| {label} | {_fmt(m[f'test_{key}'])} | {_fmt(low)} - {_fmt(high)} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + _baseline_lines(m)
+
+
+def _baseline_lines(m: dict) -> str:
+    """The VAE beside IsolationForest on the same split, when the run logged the baseline."""
+    if "baseline_iforest_roc_auc" not in m or "test_roc_auc" not in m:
+        return ""
+    rows = [
+        f"| {METRIC_LABELS[k]} | {_fmt(m.get(f'test_{k}'))} | {_fmt(m.get(f'baseline_iforest_{k}'))} |"
+        for k in ("roc_auc", "average_precision")
+    ]
+    return (
+        "\n\n**Against the simple thing**: IsolationForest (scikit-learn defaults) fitted on "
+        "the same training split, scored on the same test rows:\n\n"
+        "| metric | VAE | IsolationForest |\n|---|---|---|\n" + "\n".join(rows)
+    )
 
 
 _COMPARED_METRICS = ("test_roc_auc", "test_average_precision", "test_flagged_share", "threshold")

@@ -425,9 +425,12 @@ def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
     )
 
 
-def _log_review(review: dict[str, Path]) -> None:
-    for name in ("prior_samples", "reconstructions"):
-        mlflow.log_artifact(str(review[name]), "review")
+def _log_review(review: dict) -> None:
+    for name in ("prior_samples", "reconstructions", "summary"):
+        if review.get(name) is not None:
+            mlflow.log_artifact(str(review[name]), "review")
+    if review.get("reconstruction_retrieval") is not None:
+        mlflow.log_metric("review_reconstruction_retrieval", review["reconstruction_retrieval"])
     if Path(review["maps"]).is_dir():
         mlflow.log_artifacts(str(review["maps"]), "anomaly_maps")
     mlflow.log_artifact(str(review["test_scores"]), "evaluation")
@@ -463,6 +466,9 @@ def _log_evaluation(outcome: TrainOutcome) -> None:
     for name, est in report.metrics.items():
         metrics |= {f"test_{name}": est.value, f"test_{name}_ci_low": est.low}
         metrics[f"test_{name}_ci_high"] = est.high
+    if report.baseline:  # IsolationForest on the same split: "better than the simple thing?"
+        for key in ("roc_auc", "average_precision"):
+            metrics[f"baseline_iforest_{key}"] = report.baseline[key]
     mlflow.log_metrics(metrics)
     cal = det.calibration_ or {}
     tags = {f"split.{k}_rows": str(v) for k, v in outcome.splits.sizes().items()}

@@ -77,6 +77,9 @@ class EvaluationReport:
     n_bootstrap: int
     confidence: float
     random_state: int
+    # "Is it better than the simple thing?": IsolationForest on the same split (see
+    # ``pipeline.isolation_forest_baseline``): method, settings, roc_auc, average_precision.
+    baseline: dict[str, Any] | None = None
 
     @property
     def flagged_count(self) -> int:
@@ -97,6 +100,7 @@ class EvaluationReport:
                 "random_state": self.random_state,
                 "scheme": "percentile, resampled within each class",
             },
+            "baseline": self.baseline,
         }
 
     def to_markdown(self, calibration: Calibration | None = None) -> str:
@@ -104,6 +108,7 @@ class EvaluationReport:
         lines = ["# Anomaly detection: evaluation on the test split", ""]
         lines += _threshold_lines(self, calibration)
         lines += _metric_table(self)
+        lines += baseline_lines(self)
         if self.n_anomalies is not None:
             lines += _confusion_table(self)
         return "\n".join(lines) + "\n"
@@ -313,6 +318,26 @@ def _metric_table(report: EvaluationReport) -> list[str]:
         f"Intervals: percentile bootstrap, {report.n_bootstrap} resamples within each class "
         f"(seed {report.random_state})."
     )
+    return [*lines, ""]
+
+
+def baseline_lines(report: EvaluationReport) -> list[str]:
+    """The VAE beside the baseline on the same test rows (threshold-free metrics)."""
+    b = report.baseline
+    if not b or "roc_auc" not in report.metrics:
+        return []
+    lines = [
+        "## Against the simple thing",
+        "",
+        f"{b['method']} ({b['settings']}), fitted on the same training split and scored on",
+        "the same test rows:",
+        "",
+        f"| metric | VAE | {b['method']} |",
+        "|---|---|---|",
+    ]
+    for key in ("roc_auc", "average_precision"):
+        ours = report.metrics[key].value
+        lines.append(f"| {METRIC_LABELS[key]} | {_fmt(ours)} | {_fmt(b[key])} |")
     return [*lines, ""]
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from vae_core.likelihood import negative_elbo, training_loss
+from vae_core.likelihood import negative_elbo, training_loss, trimmed_mean
 from vae_core.model import VAE
 
 
@@ -38,6 +38,12 @@ class TrainConfig:
     min_delta: float = 1e-4  # relative improvement that counts, of |best validation loss|
     clip_grad_norm: float | None = 10.0
     n_mc_samples: int = 1  # L in eq. (7); the paper uses L = 1 with minibatches of 100
+    # Share of each minibatch (the rows with the highest loss) left out of the gradient and of
+    # the validation loss, from epoch ``trim_warmup_epochs`` on: training data that holds
+    # anomalies then shapes the model less (0 = the plain negative ELBO).
+    trim_fraction: float = 0.0
+    trim_warmup_epochs: int = 2
+    trim_validation: bool = True  # trim the early-stopping loss as well
     seed: int = 0
     device: str = "cpu"
 
@@ -106,7 +112,7 @@ def _minibatches(x, order: torch.Tensor, size: int):
             yield batch
 
 
-def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Generator):
+def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, trim: float, gen):
     model.train()
     order = torch.randperm(len(x), generator=gen, device="cpu")
     sums, n_seen = np.zeros(3), 0
@@ -114,7 +120,7 @@ def _train_epoch(model, opt, x, cfg: TrainConfig, beta: float, gen: torch.Genera
         eps = torch.randn(cfg.n_mc_samples, len(batch), model.cfg.latent_dim, generator=gen).to(
             batch.device
         )
-        loss, kl, rec = training_loss(model, batch, eps, beta)
+        loss, kl, rec = training_loss(model, batch, eps, beta, trim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad_norm:
@@ -131,13 +137,16 @@ def _improves(val: float, best: float, min_delta: float) -> bool:
 
 
 @torch.no_grad()
-def _validation_loss(model: VAE, x_val, eps: torch.Tensor, batch: int) -> float:
+def _validation_loss(model: VAE, x_val, eps: torch.Tensor, batch: int, trim: float) -> float:
+    """Mean negative ELBO of the validation rows (trimmed as the training loss is)."""
     model.eval()
-    total = sum(
-        negative_elbo(model, x_val[i : i + batch], eps[:, i : i + batch]).sum().item()
-        for i in range(0, len(x_val), batch)
+    per_row = torch.cat(
+        [
+            negative_elbo(model, x_val[i : i + batch], eps[:, i : i + batch])
+            for i in range(0, len(x_val), batch)
+        ]
     )
-    return total / len(x_val)
+    return trimmed_mean(per_row.double(), trim).item()
 
 
 def train_vae(
@@ -168,8 +177,11 @@ def train_vae(
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
         beta = kl_weight(epoch, cfg.kl_warmup_epochs)
-        loss, kl, rec = _train_epoch(model, opt, x_train, cfg, beta, gen)
-        val = _validation_loss(model, x_val, val_eps, 4 * cfg.batch_size)
+        trim = cfg.trim_fraction if epoch >= cfg.trim_warmup_epochs else 0.0
+        loss, kl, rec = _train_epoch(model, opt, x_train, cfg, beta, trim, gen)
+        val = _validation_loss(
+            model, x_val, val_eps, 4 * cfg.batch_size, trim if cfg.trim_validation else 0.0
+        )
         if not math.isfinite(val) or not math.isfinite(loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss}, val {val})")
         log = EpochLog(epoch, loss, kl, rec, val, beta, time.perf_counter() - started)
