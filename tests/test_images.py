@@ -24,13 +24,16 @@ from vae_core.config import load_config
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
-# The test split holds 140 images (50 zeros), so the ROC-AUC moves a lot with the weights: one
-# machine measured 0.924 for seed 0 where another measured 0.956. Measured here with these
-# settings, 1 torch thread, seeds 0-4: 0.954, 0.910, 0.918, 0.974, 0.899. The floor sits 0.05
-# under the lowest of them, so a machine whose last bits differ still passes; it still fails
-# a model that ignores its input (IsolationForest on these pixels: about 0.95).
-AUC_FLOOR = 0.85
-RETRIEVAL_FLOOR = 0.5
+# The test split holds 140 images (50 zeros), so the ROC-AUC moves with the weights. Measured
+# with the settings of configs/mnist.yml, seeds 0-4 on 1 torch thread: 0.983, 0.976, 0.981,
+# 0.984, 0.975 (seed 0 on 2 threads: 0.983 again). The floor sits 0.05 under the lowest, so a
+# machine whose last bits differ still passes (the model this replaced measured 0.924 on one
+# machine and 0.956 on another for the same seed).
+AUC_FLOOR = 0.92
+# Reconstruction retrieval of the 50 normal test zeros (chance 0.02), same runs: 0.84, 0.80,
+# 0.80, 0.78, 0.86. The model this replaced, whose reconstructions ignored their input, is
+# at about chance.
+RETRIEVAL_FLOOR = 0.6
 SQUARE = (slice(11, 17), slice(11, 17))  # 6x6, over the hole in the middle of a zero
 
 
@@ -249,9 +252,9 @@ def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
     inside = np.zeros(SIZE, bool)
     inside[SQUARE] = True
     share = added[:, inside].sum(1) / np.abs(added).sum(axis=(1, 2))
-    # Measured (seed 0): the square holds at least 0.87 of what the defect adds, median 0.95;
-    # it covers 36 of 784 pixels (0.05).
-    assert (share > 0.6).all(), np.round(share, 2)
+    # The square covers 36 of 784 pixels (0.046). Measured, seeds 0-4: it holds a median
+    # 0.60-0.76 of what the defect adds to the map, at least 0.29 on every image.
+    assert np.median(share) > 0.45 and (share > 0.15).all(), np.round(share, 2)
     assert (digit0.anomaly_score(defect) > digit0.anomaly_score(good)).all()
 
 

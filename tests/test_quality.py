@@ -1,7 +1,13 @@
 """Quality floors on real data (ADBench protocol: unsupervised fit on a stratified 70%,
-ROC-AUC on the 30%), with the detector's defaults. The floors sit a little under what the
-model measured when they were set (cardio 0.71, thyroid 0.98, seed 0); IsolationForest reaches
-about 0.93 and 0.98 on the same sets (ADBench). See docs/benchmarks.md for the full table."""
+ROC-AUC on the 30%), with the detector's defaults.
+
+Measured with the defaults (trimmed objective, robust scaling), detector seeds 0-4 on 1 torch
+thread, this test's split: cardio 0.754-0.777 (IWAE 0.744-0.767), thyroid 0.986-0.991 (IWAE
+0.987-0.990). Training is chaotic in the last bits: the same data min-max scaled first (an
+affine map the model is invariant to in exact arithmetic) gave cardio 0.800 for seed 0. The
+floors sit about 0.06 under the lowest value measured, so another machine or thread count
+passes; IsolationForest reaches about 0.93 and 0.98 on these sets (ADBench). See
+docs/benchmarks.md for the full table."""
 
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -13,7 +19,7 @@ from vae_core import VAEDetector
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(("name", "floor"), [("adbench_cardio", 0.65), ("adbench_thyroid", 0.95)])
+@pytest.mark.parametrize(("name", "floor"), [("adbench_cardio", 0.68), ("adbench_thyroid", 0.93)])
 def test_roc_auc_floor_with_default_settings(name, floor):
     X, y = shared_dataset(name)
     X_train, X_test, _, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)

@@ -103,7 +103,7 @@ class ModelConfig(_Section):
     min_variance: float = Field(1e-3, gt=0)
     # null: "shared" for conv (images), "sample" for mlp (tables); see VAEDetector
     decoder_variance: Literal["sample", "feature", "shared"] | None = None
-    scaling: Literal["standard", "robust"] = "standard"
+    scaling: Literal["standard", "robust"] = "robust"
     point_mass_share: float | None = Field(None, gt=0, le=1)
 
     @field_validator("hidden_dims")
@@ -125,7 +125,7 @@ class TrainingConfig(_Section):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     weight_decay: float = Field(0.0, ge=0)
     clip_grad_norm: float | None = 10.0
-    trim_fraction: float = Field(0.0, ge=0, lt=1)
+    trim_fraction: float = Field(0.3, ge=0, lt=1)
     random_state: int = 0
     device: str = "cpu"
 

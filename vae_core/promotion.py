@@ -271,7 +271,8 @@ def _baseline_lines(m: dict) -> str:
     if "baseline_iforest_roc_auc" not in m or "test_roc_auc" not in m:
         return ""
     rows = [
-        f"| {METRIC_LABELS[k]} | {_fmt(m.get(f'test_{k}'))} | {_fmt(m.get(f'baseline_iforest_{k}'))} |"
+        f"| {METRIC_LABELS[k]} | {_fmt(m.get(f'test_{k}'))} "
+        f"| {_fmt(m.get(f'baseline_iforest_{k}'))} |"
         for k in ("roc_auc", "average_precision")
     ]
     return (
