@@ -12,6 +12,7 @@ the config; a second run trains version N+1 and puts it through the gate.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from flows.score import score
@@ -38,6 +39,13 @@ def main(config_path: str = "mlflow.yml") -> None:
         f"flagged) by {name} v{scored['model_version']}",
     ]
     if images:
+        review = json.loads((out / "review" / "review.json").read_text())
+        if review["reconstruction_retrieval"] is not None:
+            lines.append(
+                f"reconstructions: nearer to their own image than to any other for "
+                f"{review['reconstruction_retrieval']:.0%} of the "
+                f"{review['normal_test_images']} normal test images (review/review.json)"
+            )
         lines += [
             f"anomaly maps:   {_here(scored['maps'])}/ (top {cfg.images.top_maps} of the batch; "
             "path per image in the scores' map_path)",
