@@ -115,6 +115,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         scaling: str = "robust",
         trim_validation: bool = True,
         point_mass_share: float | None = None,
+        encoder_clip: float | None = None,
     ):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
@@ -140,6 +141,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.scaling = scaling
         self.trim_validation = trim_validation
         self.point_mass_share = point_mass_share
+        self.encoder_clip = encoder_clip
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -206,6 +208,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             min_variance=float(self.min_variance),
             decoder_variance=self._decoder_variance(),
             max_variance=None if self.max_variance is None else float(self.max_variance),
+            encoder_clip=None if self.encoder_clip is None else float(self.encoder_clip),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))

@@ -72,6 +72,10 @@ class VAEConfig:
     # Optional ceiling on the decoder variance (model-input units): a conditional variance
     # above the marginal one (1 for standardised columns) lets p(x|z) explain anything away.
     max_variance: float | None = None
+    # Optional bound on what the encoder sees of the Gaussian columns (model-input units):
+    # q(z|x) may be any function of x, and clipping its input keeps the network inside the
+    # range it was trained on; the likelihood still scores the value itself.
+    encoder_clip: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -254,6 +258,9 @@ class VAE(nn.Module):
         """Mean and log-variance of q(z|x), each (n, latent_dim)."""
         if self.cfg.architecture == "conv":
             x = x.view(-1, *self.cfg.image_shape)
+        elif self.cfg.encoder_clip is not None:
+            n_g, c = self.cfg.layout.n_gaussian, float(self.cfg.encoder_clip)
+            x = torch.cat([x[:, :n_g].clamp(-c, c), x[:, n_g:]], dim=1)
         return self.encoder(x)
 
     @staticmethod

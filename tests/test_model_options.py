@@ -1,5 +1,6 @@
-"""Point masses and gated Gaussians (issue 16), the trimmed objective and the decoder variance
-options, against torch.distributions and by hand on tiny data."""
+"""The model options of issue 16: point masses and gated Gaussians, the trimmed objective, the
+decoder variance kinds, robust scaling and the encoder clip, against torch.distributions and by
+hand on tiny data."""
 
 import math
 
@@ -133,3 +134,17 @@ def test_robust_scaling_uses_the_median_and_iqr():
     assert 1.5 < spec.scale < 2.5  # the standard deviation would be about 315
     with pytest.raises(ValueError, match="scaling"):
         TabularPreprocessor(scaling="minmax")
+
+
+def test_encoder_clip_bounds_what_the_encoder_sees_not_what_is_scored():
+    layout = FeatureLayout(n_gaussian=2, n_bernoulli=1)
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(layout, latent_dim=2, hidden_dims=(8,), encoder_clip=3.0)).eval()
+    far = torch.tensor([[50.0, -40.0, 1.0]])
+    at_bound = torch.tensor([[3.0, -3.0, 1.0]])
+    for a, b in zip(model.encode(far), model.encode(at_bound), strict=True):
+        torch.testing.assert_close(a, b)
+    eps = torch.zeros(1, 1, 2)
+    from vae_core.likelihood import negative_elbo
+
+    assert negative_elbo(model, far, eps) > negative_elbo(model, at_bound, eps) + 100
