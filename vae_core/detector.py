@@ -84,6 +84,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         value, when held by at least that share of the rows, gets a point mass of its own
         (``TabularPreprocessor``). With it set, missing values are left out of the Gaussian
         likelihood (marginalised) instead of scored at the imputed median.
+    encoder_clip : None (default) or c > 0: the encoder sees the Gaussian columns clipped to
+        [-c, c] (model-input units); the likelihood still scores the values themselves.
 
     The defaults for tables were chosen on half of the shared benchmark sets and confirmed on
     the other half (docs/benchmarks.md, "What moved the numbers").
