@@ -150,3 +150,25 @@ def test_commit_to_csv_equals_parquet(calibrated, mixed_data, tmp_path):
     a, b = pd.read_parquet(as_parquet), pd.read_csv(as_csv)
     assert len(b) == len(a) and list(b.columns) == list(a.columns)
     np.testing.assert_allclose(b["anomaly_score"], a["anomaly_score"], rtol=1e-12)
+
+
+def test_a_header_that_names_a_column_twice_is_refused_naming_it(calibrated, mixed_data, tmp_path):
+    good = with_ids(mixed_data)
+    good.to_csv(tmp_path / "in.csv", index=False)
+    dest, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    before = dest.read_bytes()
+    text = (tmp_path / "in.csv").read_text().splitlines()
+    text[0] = text[0].replace("pressure", "temperature")  # two 'temperature' columns
+    (tmp_path / "in.csv").write_text("\n".join(text) + "\n")
+    message = r"in\.csv: the header names a column more than once \('temperature' at columns 1, 2\)"
+    with pytest.raises(ValueError, match=message):
+        score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    assert dest.read_bytes() == before
+    from vae_core.ingest import read_table
+
+    with pytest.raises(ValueError, match=message):
+        read_table(tmp_path / "in.csv")
+    table = pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0]}).rename_columns(["x", "x"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(ValueError, match=r"dup\.parquet: .*'x' at columns 1, 2"):
+        list_partitions(tmp_path / "dup.parquet")

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vae_core.ingest import TABLE_SUFFIXES
+from vae_core.ingest import TABLE_SUFFIXES, check_column_names, csv_header
 
 _EXAMPLES = 5
 
@@ -76,11 +76,14 @@ def list_partitions(source: str | Path) -> list[Partition]:
 
 def _file_partitions(path: Path) -> list[Partition]:
     if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
+        check_column_names(csv_header(path), path)
         return [Partition(str(path))]
     try:
-        n_groups = pq.ParquetFile(path).num_row_groups
+        pf = pq.ParquetFile(path)
+        n_groups = pf.num_row_groups
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"{path}: cannot be read as parquet ({exc})") from exc
+    check_column_names(pf.schema_arrow.names, path)
     if n_groups <= 1:
         return [Partition(str(path))]
     return [Partition(str(path), g) for g in range(n_groups)]

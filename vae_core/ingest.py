@@ -5,6 +5,7 @@ Errors name the file, the column and example rows; nothing is written here.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,30 @@ import numpy as np
 import pandas as pd
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def check_column_names(names, source) -> None:
+    """ValueError naming every column name that appears more than once, with its positions
+    (1-based). A CSV reader would otherwise rename the second ``f0`` to ``f0.1`` and the model
+    would silently score one ``f0`` and ignore the other."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        positions.setdefault(str(name), []).append(i)
+    repeated = {name: at for name, at in positions.items() if len(at) > 1}
+    if repeated:
+        shown = "; ".join(
+            f"{name!r} at columns {', '.join(map(str, at))}" for name, at in repeated.items()
+        )
+        raise ValueError(
+            f"{source}: the header names a column more than once ({shown}); "
+            "give each column its own name"
+        )
+
+
+def csv_header(path: str | Path) -> list[str]:
+    """The names in a CSV file's first line (empty for an empty file)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        return next(csv.reader(fh), [])
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -33,10 +58,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ValueError(
             f"{path}: unsupported file type {path.suffix!r} (expected .csv or .parquet)"
         )
+    if kind == "csv":
+        check_column_names(csv_header(path), path)
     try:
         frame = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot be read as {kind} ({exc})") from exc
+    check_column_names(frame.columns, path)
     if frame.empty:
         raise ValueError(f"{path}: the file has no data rows")
     return frame
