@@ -65,9 +65,11 @@ def score_partition(
     id_columns: list[str],
     chunk_rows: int,
     top_features: int,
+    missing: str = "marginalise",
 ) -> batch.StagedPart:
+    det = _detector(model_dir).set_params(missing=missing)
     return batch.score_partition(
-        _detector(model_dir), part, Path(staging), index, id_columns, chunk_rows, top_features
+        det, part, Path(staging), index, id_columns, chunk_rows, top_features
     )
 
 
@@ -144,6 +146,7 @@ def score_partitions(
         unmapped(cfg.data.id_columns),
         unmapped(cfg.scoring.chunk_rows),
         unmapped(cfg.scoring.top_features),
+        unmapped(cfg.scoring.missing),
     )
     return [f.result() for f in futures]
 

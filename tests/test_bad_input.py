@@ -1,5 +1,7 @@
 """Every user mistake gets a ValueError whose message names the problem, never a torch trace."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,11 +81,13 @@ def test_numbers_as_strings_are_accepted(tiny, mixed_data):
     )
 
 
-def test_nan_where_none_was_seen_at_fit(tiny, mixed_data):
+def test_nan_where_none_was_seen_at_fit_is_refused_when_asked(tiny, mixed_data):
     bad = mixed_data.head(6).copy()
     bad.loc[bad.index[2], "pressure"] = np.nan
+    refusing = copy.deepcopy(tiny).set_params(missing="refuse")
     with pytest.raises(ValueError, match=r"'pressure' had no missing values at fit.*row\(s\) 2"):
-        tiny.anomaly_score(bad)
+        refusing.anomaly_score(bad)
+    assert np.isfinite(tiny.anomaly_score(bad)).all()  # the default: marginalised
 
 
 def test_empty_frame_at_scoring(tiny, mixed_data):

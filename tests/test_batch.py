@@ -86,7 +86,7 @@ def test_rerunning_a_batch_replaces_its_output(calibrated, mixed_data, tmp_path)
             r"column 'pressure': not a number at row\(s\) 250 \(values: 'abc'\)",
         ),
         (lambda d: _set(d, "temperature", np.inf), r"column 'temperature': infinite value"),
-        (lambda d: _set(d, "pressure", np.nan), r"'pressure': missing value \(NaN\)"),
+        (lambda d: d.drop(columns=["pressure"]), r"column 'pressure': column is missing"),
         (lambda d: d.drop(columns=["site"]), r"column 'site': column is missing"),
     ],
 )
@@ -172,3 +172,19 @@ def test_a_header_that_names_a_column_twice_is_refused_naming_it(calibrated, mix
     pq.write_table(table, tmp_path / "dup.parquet")
     with pytest.raises(ValueError, match=r"dup\.parquet: .*'x' at columns 1, 2"):
         list_partitions(tmp_path / "dup.parquet")
+
+
+def test_a_few_empty_cells_do_not_stop_the_batch(calibrated, mixed_data, tmp_path):
+    frame = with_ids(mixed_data)
+    frame.loc[[5, 250], "temperature"] = np.nan  # no missing temperature at fit
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    dest, _ = score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    out = pd.read_parquet(dest)
+    assert len(out) == len(frame) and np.isfinite(out["anomaly_score"]).all()
+    assert out.loc[[5, 250], "missing_columns"].tolist() == ["temperature", "temperature"]
+    assert (out["missing_columns"].drop(index=[5, 250]) == "").all()
+    refusing = copy.deepcopy(calibrated).set_params(missing="refuse")
+    message = r"column 'temperature': missing value \(NaN\) where the training data had none"
+    with pytest.raises(ValueError, match=message + r" at row\(s\) 5 "):
+        score_source(refusing, tmp_path / "in.csv", tmp_path / "other.parquet")
+    assert not (tmp_path / "other.parquet").exists()

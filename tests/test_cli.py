@@ -68,13 +68,15 @@ def test_score_writes_ids_scores_and_flags(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     scores = pd.read_parquet(dest)
     assert len(scores) == 1831
-    assert list(scores.columns[:4]) == [
+    assert list(scores.columns[:5]) == [
         "record_id",
         "anomaly_score",
         "is_anomaly",
+        "missing_columns",
         "anomaly_probability",
     ]
     assert scores["record_id"].is_unique and scores["top_feature_1"].notna().all()
+    assert (scores["missing_columns"] == "").all()  # cardio.csv has no empty cells
 
 
 @pytest.mark.parametrize(

@@ -148,3 +148,36 @@ def test_encoder_clip_bounds_what_the_encoder_sees_not_what_is_scored():
     from vae_core.likelihood import negative_elbo
 
     assert negative_elbo(model, far, eps) > negative_elbo(model, at_bound, eps) + 100
+
+
+def test_an_observed_mask_leaves_gaussian_cells_out_like_a_gate():
+    layout = FeatureLayout(n_gaussian=3)
+    n, L = 12, 2
+    x = torch.randn(n, 3)
+    out = DecoderOutput(torch.randn(L, n, 3), torch.randn(L, n, 3), torch.zeros(L, n, 0))
+    observed = torch.ones(n, 3)
+    observed[::3, 1] = 0.0
+    terms = reconstruction_nll_terms(x, out, layout, observed)
+    expected = -Normal(out.mean, torch.exp(0.5 * out.log_var)).log_prob(x) * observed
+    torch.testing.assert_close(terms, expected)
+
+
+def test_a_cell_missing_at_scoring_is_marginalised_and_named(fitted_mixed, mixed_data):
+    # 'temperature' had no missing values at fit; 'load' had some (its own indicator).
+    rows = mixed_data.iloc[:6].copy()
+    rows.loc[rows.index[2], "temperature"] = np.nan
+    complete = fitted_mixed.anomaly_score(mixed_data.iloc[:6])
+    scores, contrib = fitted_mixed.score_with_contributions(rows)
+    unchanged = np.arange(6) != 2
+    np.testing.assert_array_equal(scores[unchanged], complete[unchanged])
+    assert np.isfinite(scores[2]) and contrib.loc[rows.index[2], "temperature"] == 0.0
+    total = contrib.sum(axis=1).to_numpy() + fitted_mixed.kl_divergence(rows)
+    np.testing.assert_allclose(total, scores, rtol=1e-9, atol=1e-9)
+    assert fitted_mixed.missing_columns(rows).tolist() == ["", "", "temperature", "", "", ""]
+    assert np.isfinite(fitted_mixed.log_likelihood(rows, k=8)).all()
+    refusing = fitted_mixed.set_params(missing="refuse")
+    try:
+        with pytest.raises(ValueError, match=r"column 'temperature' had no missing values"):
+            refusing.anomaly_score(rows)
+    finally:
+        fitted_mixed.set_params(missing="marginalise")

@@ -154,12 +154,17 @@ def input_schema(det, id_columns: list[str] | tuple[str, ...] = ()):
     """A pandera schema for raw input rows, built from the schema recorded at fit.
 
     Numeric columns must parse as numbers, be finite, and may be missing only where training
-    had missing values; categorical columns may hold anything (unseen values are scored as
+    had missing values or the detector marginalises missing values (``missing``); categorical
+    columns may hold anything (unseen values are scored as
     improbable); id columns must be present. Extra columns are allowed and ignored.
     """
     import pandera.pandas as pda
 
     finite = pda.Check(lambda s: ~np.isinf(s), name="finite", error="infinite value")
+    marginalise = (
+        getattr(det, "missing", "marginalise") == "marginalise"
+        and det.preprocessor_.likelihood == "gaussian"
+    )
     columns = {}
     for spec in det.preprocessor_.columns:
         if spec.kind == "categorical":
@@ -169,7 +174,7 @@ def input_schema(det, id_columns: list[str] | tuple[str, ...] = ()):
                 float,
                 coerce=True,
                 checks=[finite],
-                nullable=spec.kind == "constant" or spec.missing_indicator,
+                nullable=spec.kind == "constant" or spec.missing_indicator or marginalise,
             )
     for name in id_columns:
         columns[name] = pda.Column(nullable=True)

@@ -332,10 +332,10 @@ def _scoring_model(model: str, cfg):
         from vae_core import registry
 
         registered = registry.load_registered(registry.TrackingTarget.from_config(cfg), model)
-        return registered.detector, registered
+        return registered.detector.set_params(missing=cfg.scoring.missing), registered
     from vae_core.detector import VAEDetector
 
-    return VAEDetector.load(Path(model)), None
+    return VAEDetector.load(Path(model)).set_params(missing=cfg.scoring.missing), None
 
 
 def _score_table(det, data: Path, out: Path, id_columns, chunk_rows: int, top_features: int):

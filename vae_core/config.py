@@ -146,6 +146,10 @@ class ScoringConfig(_Section):
     chunk_rows: int = Field(100_000, ge=1)
     top_features: int = Field(3, ge=0)
     drift_psi_warning: float = Field(0.2, gt=0)
+    # a missing value in a numeric column that had none in training: left out of the
+    # likelihood (the row is scored on its other columns; see the missing_columns output
+    # column), or the batch is refused naming the cells
+    missing: Literal["marginalise", "refuse"] = "marginalise"
     task_runner: Literal["threads", "dask"] = "threads"  # how partitions are scored
     max_workers: int = Field(2, ge=1)  # threads, or local Dask workers
     dask_address: str | None = None  # an existing Dask scheduler (tcp://host:8786)

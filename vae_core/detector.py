@@ -86,6 +86,11 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         likelihood (marginalised) instead of scored at the imputed median.
     encoder_clip : None (default) or c > 0: the encoder sees the Gaussian columns clipped to
         [-c, c] (model-input units); the likelihood still scores the values themselves.
+    missing : what scoring does with a missing value in a numeric column that had none at
+        fit: "marginalise" (default; the encoder gets the training median and the column is
+        left out of p(x|z), exact for the diagonal Gaussian decoder: the row is scored on its
+        observed columns, and ``missing_columns`` names what was left out) or "refuse"
+        (ValueError naming the column and rows). Gaussian likelihood only.
 
     The defaults for tables were chosen on half of the shared benchmark sets and confirmed on
     the other half (docs/benchmarks.md, "What moved the numbers").
@@ -118,6 +123,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         trim_validation: bool = True,
         point_mass_share: float | None = None,
         encoder_clip: float | None = None,
+        missing: str = "marginalise",
     ):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
@@ -144,6 +150,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.trim_validation = trim_validation
         self.point_mass_share = point_mass_share
         self.encoder_clip = encoder_clip
+        self.missing = missing
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -385,7 +392,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     # ---- scoring ---------------------------------------------------------------------------
     def _chunked(self, X, fn, n_samples: int) -> np.ndarray:
-        """Apply fn to the model input in fixed-size zero-padded chunks; concatenate rows."""
+        """Apply ``fn(x, observed)`` to the model input in fixed-size zero-padded chunks;
+        concatenate rows. ``observed`` is None, or (chunk, n_gaussian) 1/0 where cells missing
+        at scoring time are left out of the likelihood (``missing="marginalise"``)."""
         check_is_fitted(self, "model_")
         chunk = max(1, _CHUNK_BUDGET // (n_samples * max(1, self.config_.layout.param_dim)))
         chunk = 1 << (chunk.bit_length() - 1)  # a power of two, fixed for this model
@@ -393,30 +402,58 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             X = image_rows(X)  # pixels become model input a chunk at a time
             if len(X) == 0:
                 raise ValueError("the input has no images")
-            parts = self._image_blocks(X, chunk)
+            parts = ((u, None) for u in self._image_blocks(X, chunk))
         else:
-            parts = [self.preprocessor_.transform(X)]
+            parts = [self._table_input(X)]
         outputs = []
         with torch.no_grad():
-            for u in parts:
+            for u, observed in parts:
                 for start in range(0, len(u), chunk):
-                    part = u[start : start + chunk]
-                    padded = np.zeros((chunk, u.shape[1]), dtype="float32")
-                    padded[: len(part)] = part
-                    out = fn(torch.from_numpy(padded).to(self.device))
-                    outputs.append(out[: len(part)].double().cpu().numpy())
+                    x = _padded(u[start : start + chunk], chunk, 0.0)
+                    obs = (
+                        None
+                        if observed is None
+                        else _padded(observed[start : start + chunk], chunk, 1.0)
+                    )
+                    out = fn(
+                        _tensor(x, self.device), None if obs is None else _tensor(obs, self.device)
+                    )
+                    outputs.append(out[: min(chunk, len(u) - start)].double().cpu().numpy())
         return np.concatenate(outputs)
 
-    def _log_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+    def _table_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
+        """(model input, observed mask or None) of a table, as ``missing`` says."""
+        if getattr(self, "missing", "marginalise") != "marginalise":
+            return self.preprocessor_.transform(X), None
+        out = self.preprocessor_.transform(X, gaps=True)
+        if not isinstance(out, tuple) or not out[1].any():
+            return (out[0] if isinstance(out, tuple) else out), None
+        return out[0], (~out[1]).astype("float32")
+
+    def missing_columns(self, X) -> pd.Series:
+        """Per row, the numeric columns whose missing value was left out of the likelihood
+        (``missing="marginalise"``; the column had no missing values at fit), joined by ";"
+        ("" for a complete row)."""
+        check_is_fitted(self, "preprocessor_")
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        if isinstance(self.preprocessor_, ImagePreprocessor):
+            return pd.Series("", index=index if index is not None else range(len(X)))
+        out = self.preprocessor_.transform(X, gaps=True)
+        gaps = out[1] if isinstance(out, tuple) else np.zeros((len(out), 0), bool)
+        names = np.asarray([c.name for c in self.preprocessor_.columns if c.kind == "numeric"])
+        rows = [";".join(names[np.flatnonzero(g)]) if g.any() else "" for g in gaps]
+        return pd.Series(rows, index=index, dtype=object)
+
+    def _log_jacobian(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         """log |dx/du| per row and likelihood term (n, t), float64: the preprocessing's
         log-Jacobian where a term is a density of an observed value, 0 where it is a
-        probability (indicators, categories, a value on its point mass or missing)."""
+        probability (indicators, categories, a value on its point mass) or left out."""
         scale = torch.as_tensor(
             self.preprocessor_.term_log_scale, dtype=torch.float64, device=x.device
         )
-        if not self.config_.layout.gates:
+        if not self.config_.layout.gates and observed is None:
             return scale.expand(len(x), -1)
-        return observed_terms(x, self.config_.layout).double() * scale
+        return observed_terms(x, self.config_.layout, observed).double() * scale
 
     def _score_noise(self, n_samples: int | None) -> torch.Tensor:
         check_is_fitted(self, "model_")
@@ -432,11 +469,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         n_samples : Monte Carlo samples of z per row; default ``n_score_samples``.
         """
         eps = self._score_noise(n_samples)
-        return self._chunked(X, lambda x: self._negative_elbo(x, eps), len(eps))
+        return self._chunked(X, lambda x, obs: self._negative_elbo(x, eps, obs), len(eps))
 
-    def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor, obs=None) -> torch.Tensor:
         """Negative ELBO per row in nats of the data, float64 (one arithmetic for all)."""
-        return _negative_elbo64(elbo_terms(self.model_, x, eps)) + self._log_jacobian(x).sum(1)
+        t = elbo_terms(self.model_, x, eps, obs)
+        return _negative_elbo64(t) + self._log_jacobian(x, obs).sum(1)
 
     def score_with_contributions(self, X) -> tuple[np.ndarray, pd.DataFrame]:
         """``anomaly_score`` and ``feature_contributions`` from one pass over the data.
@@ -446,8 +484,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         """
         eps = self._score_noise(None)
 
-        def both(x):
-            t, jacobian = elbo_terms(self.model_, x, eps), self._log_jacobian(x)
+        def both(x, obs):
+            t, jacobian = elbo_terms(self.model_, x, eps, obs), self._log_jacobian(x, obs)
             nelbo = _negative_elbo64(t) + jacobian.sum(1)
             return torch.cat([nelbo[:, None], t.reconstruction_terms.double() + jacobian], 1)
 
@@ -465,9 +503,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         eps = self._noise(int(k), salt=2 + int(k)).to(self.device)
         return self._chunked(
             X,
-            lambda x: (
-                importance_weighted_log_likelihood(self.model_, x, eps).double()
-                - self._log_jacobian(x).sum(1)
+            lambda x, obs: (
+                importance_weighted_log_likelihood(self.model_, x, eps, obs).double()
+                - self._log_jacobian(x, obs).sum(1)
             ),
             len(eps),
         )
@@ -482,9 +520,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         eps = self._score_noise(None)
         return self._chunked(
             X,
-            lambda x: (
-                elbo_terms(self.model_, x, eps).reconstruction_terms.double()
-                + self._log_jacobian(x)
+            lambda x, obs: (
+                elbo_terms(self.model_, x, eps, obs).reconstruction_terms.double()
+                + self._log_jacobian(x, obs)
             ),
             len(eps),
         )
@@ -510,7 +548,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
     def kl_divergence(self, X) -> np.ndarray:
         """KL(q(z|x) || N(0, I)) per row, in nats. (n,)"""
         eps = self._score_noise(None)
-        return self._chunked(X, lambda x: elbo_terms(self.model_, x, eps).kl, len(eps))
+        return self._chunked(X, lambda x, obs: elbo_terms(self.model_, x, eps, obs).kl, len(eps))
 
     def sample(self, n: int, random_state: int | None = None):
         """n new rows drawn from the model: z ~ N(0, I), x ~ p(x|z), in the original space.
@@ -594,6 +632,17 @@ class _PixelRows:
             index = index.numpy()
         pixels = np.asarray(self.X[self.rows[index]])
         return torch.from_numpy(self.pre.transform(pixels)).to(self.device)
+
+
+def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``rows`` (m <= size, ...) as float32 (size, ...), the rest filled with ``fill``."""
+    out = np.full((size, *rows.shape[1:]), fill, dtype="float32")
+    out[: len(rows)] = rows
+    return out
+
+
+def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(array).to(device)
 
 
 def _negative_elbo64(t) -> torch.Tensor:

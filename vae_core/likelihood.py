@@ -57,15 +57,24 @@ def observed_gaussians(x: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
     return observed
 
 
-def observed_terms(x: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
+def observed_terms(
+    x: torch.Tensor, layout: FeatureLayout, observed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per likelihood term, 1 where it is a density of an observed value (so the
-    preprocessing's log-Jacobian applies), else the indicator's 1. (n, t)"""
+    preprocessing's log-Jacobian applies), 0 for a Gaussian cell left out (gated, or 0 in
+    ``observed``); 1 for the discrete terms. (n, t)"""
     rest = layout.n_bernoulli + len(layout.categorical_sizes)
-    return torch.cat([observed_gaussians(x, layout), torch.ones_like(x[:, :rest])], dim=1)
+    gaussian = observed_gaussians(x, layout)
+    if observed is not None:
+        gaussian = gaussian * observed
+    return torch.cat([gaussian, torch.ones_like(x[:, :rest])], dim=1)
 
 
 def reconstruction_nll_terms(
-    x: torch.Tensor, out: DecoderOutput, layout: FeatureLayout
+    x: torch.Tensor,
+    out: DecoderOutput,
+    layout: FeatureLayout,
+    observed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-log p(x|z), one term per modelled column: x (n, d) and out (..., n, .) -> (..., n, t).
 
@@ -73,12 +82,16 @@ def reconstruction_nll_terms(
     per categorical column (its one-hot block). ``t = n_gaussian + n_bernoulli + n_categorical``.
     A Gaussian column whose gate is on (``observed_gaussians``) contributes 0 nats: the value
     is missing (its density is marginalised out, exactly, for a diagonal decoder) or sits on a
-    point mass, whose probability is the gating Bernoulli term.
+    point mass, whose probability is the gating Bernoulli term. ``observed`` (n, n_gaussian),
+    1 or 0, leaves out more Gaussian cells the same way: values missing at scoring time in a
+    column that had none at fit (the encoder was given the training median).
     """
     n_g, n_b = layout.n_gaussian, layout.n_bernoulli
     gaussian = gaussian_nll(x[:, :n_g], out.mean, out.log_var)
     if layout.gates:
         gaussian = gaussian * observed_gaussians(x, layout)
+    if observed is not None:
+        gaussian = gaussian * observed
     terms = [gaussian]
     x_disc, logits = x[:, n_g:], out.logits
     if n_b:
@@ -110,10 +123,13 @@ class ElboTerms:
         return self.kl + self.reconstruction
 
 
-def elbo_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> ElboTerms:
-    """KL and the Monte Carlo reconstruction terms for x (n, d), with noise eps (L, n|1, k)."""
+def elbo_terms(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, observed: torch.Tensor | None = None
+) -> ElboTerms:
+    """KL and the Monte Carlo reconstruction terms for x (n, d), with noise eps (L, n|1, k);
+    ``observed`` as in ``reconstruction_nll_terms``."""
     mu, log_var, _, out = model(x, eps)
-    terms = reconstruction_nll_terms(x, out, model.cfg.layout)  # (L, n, t)
+    terms = reconstruction_nll_terms(x, out, model.cfg.layout, observed)  # (L, n, t)
     return ElboTerms(kl=kl_to_standard_normal(mu, log_var), reconstruction_terms=terms.mean(0))
 
 
@@ -147,7 +163,7 @@ def training_loss(
 
 
 def importance_weighted_log_likelihood(
-    model: VAE, x: torch.Tensor, eps: torch.Tensor
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, observed: torch.Tensor | None = None
 ) -> torch.Tensor:
     """IWAE estimate of log p(x) with K = eps.shape[0] samples: (n, d) -> (n,), higher = likelier.
 
@@ -155,7 +171,7 @@ def importance_weighted_log_likelihood(
     eq. 8). K = 1 gives the ELBO with one sample; the bound tightens as K grows.
     """
     _mu, log_var, z, out = model(x, eps)
-    log_px_z = -reconstruction_nll_terms(x, out, model.cfg.layout).sum(-1)  # (K, n)
+    log_px_z = -reconstruction_nll_terms(x, out, model.cfg.layout, observed).sum(-1)  # (K, n)
     log_pz = log_standard_normal(z)
     # log q(z|x) with z = mu + sigma * eps: the standardised residual is eps itself.
     log_qz = -0.5 * (LOG_2PI + log_var + eps**2).sum(-1)

@@ -207,8 +207,10 @@ def score_table(
     top_features: int = 3,
 ) -> pd.DataFrame:
     """Scores for a batch: ids, then ``anomaly_score`` (threshold units, higher = more
-    anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` (when calibrated)
-    and the ``top_features`` columns that contributed most to each row's score.
+    anomalous), ``is_anomaly`` (score > threshold), ``missing_columns`` (the columns whose
+    missing value was left out of the row's likelihood, ";"-joined, "" for complete rows),
+    ``anomaly_probability`` (when calibrated) and the ``top_features`` columns that
+    contributed most to each row's score.
     """
     contrib = None
     if top_features > 0 and det.score_kind_ == "negative_elbo":
@@ -220,6 +222,7 @@ def score_table(
     out = pd.DataFrame(index=features.index) if ids is None else ids.copy()
     out["anomaly_score"] = scores
     out["is_anomaly"] = scores > det.threshold_
+    out["missing_columns"] = det.missing_columns(features).to_numpy()
     if det.probability_ is not None:
         out["anomaly_probability"] = det.probability_.probability(scores)
     if contrib is not None:

@@ -293,26 +293,39 @@ class TabularPreprocessor:
             out[: len(scales)] = np.log(scales)
         return out
 
-    def transform(self, X) -> np.ndarray:
-        """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows."""
+    def transform(self, X, gaps: bool = False):
+        """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows.
+
+        A numeric column that had no missing values at fit cannot score one: ValueError, or
+        with ``gaps=True`` (Gaussian likelihood) the cell is imputed with the training median
+        for the encoder and reported, and the method returns ``(u, unobserved)`` where
+        ``unobserved`` (n, n_gaussian) bool marks those cells: the likelihood leaves them out.
+        """
         frame = self.check(X)
         numeric = self._of_kind("numeric")
-        blocks, indicators, masses = [], [], []
+        gaps = gaps and self.likelihood == "gaussian"
+        blocks, indicators, masses, unobserved = [], [], [], []
         for c in numeric:
             values = _to_numeric(frame[c.name], c.name)
             missing = np.isnan(values)
-            if missing.any() and not c.missing_indicator:
+            if missing.any() and not c.missing_indicator and not gaps:
                 raise ValueError(
                     f"column {c.name!r} had no missing values at fit, so the model cannot score "
                     f"missing values; NaN at {_rows(frame.index, missing)}"
                 )
+            unobserved.append(missing & (not c.missing_indicator))
             blocks.append((np.where(missing, c.median, values) - c.mean) / c.scale)
             if c.missing_indicator:
                 indicators.append(missing.astype("float64"))
             if c.point_mass is not None:
                 masses.append((values == c.point_mass).astype("float64"))
-        out = blocks + indicators + masses
-        out += [self._one_hot(frame[c.name], c) for c in self._categorical]
+        u = self._assemble(frame, blocks + indicators + masses)
+        if not gaps:
+            return u
+        return u, (np.stack(unobserved, 1) if unobserved else np.zeros((len(u), 0), bool))
+
+    def _assemble(self, frame: pd.DataFrame, out: list[np.ndarray]) -> np.ndarray:
+        out = out + [self._one_hot(frame[c.name], c) for c in self._categorical]
         matrix = [b[:, None] if b.ndim == 1 else b for b in out]
         if not matrix:
             return np.zeros((len(frame), 0), dtype="float32")
