@@ -132,9 +132,19 @@ def batch_identity(source: str | Path, batch_id: str | None = None) -> str:
 
 
 def checked_batch_id(batch_id: str) -> str:
-    """``batch_id`` if it is safe in a file name, else ValueError."""
-    if not all(ch.isalnum() or ch in "-_." for ch in batch_id):
-        raise ValueError(f"batch id {batch_id!r} may hold only letters, digits, '-', '_', '.'")
+    """``batch_id`` if it is safe as a file name inside the output folder, else ValueError:
+    letters, digits, '-', '_' and '.', not empty, not starting with '.' (no hidden files, no
+    '..'), at most 200 characters; so no path separator, NUL byte or absolute path."""
+    ok = (
+        0 < len(batch_id) <= 200
+        and not batch_id.startswith(".")
+        and all((ch.isascii() and ch.isalnum()) or ch in "-_." for ch in batch_id)
+    )
+    if not ok:
+        raise ValueError(
+            f"batch id {batch_id!r} may hold only letters, digits, '-', '_' and '.', must not "
+            "start with '.', and has 1 to 200 characters"
+        )
     return batch_id
 
 

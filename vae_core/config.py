@@ -18,6 +18,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vae_core.calibrate import CalibrationPolicy, TargetFPR
 
 DEFAULT_CONFIG = "mlflow.yml"
+# Limits on network sizes (the config and model.json): far above any model this project trains,
+# low enough that a typo cannot ask for terabytes.
+MAX_WIDTH, MAX_LAYERS = 65_536, 64
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, not data
+
+
+def safe_yaml(text: str, source) -> object:
+    """``yaml.safe_load`` that refuses anchors and aliases: a few lines of aliases can expand
+    to billions of nodes (a "billion laughs" file) and stall whatever walks the result."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise ValueError(
+                    f"invalid config {source}: YAML anchors and aliases (&name, *name) are not "
+                    f"allowed (line {event.start_mark.line + 1}); write the values out"
+                )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid config {source}: not valid YAML ({exc})") from exc
 
 
 class _Section(BaseModel):
@@ -95,11 +114,12 @@ class SplitConfig(_Section):
 class ModelConfig(_Section):
     """VAEDetector architecture parameters."""
 
-    latent_dim: int = Field(8, ge=1)
+    # Upper limits: a typo such as 1e9 is refused naming the key, before anything is allocated.
+    latent_dim: int = Field(8, ge=1, le=MAX_WIDTH)
     hidden_dims: tuple[int, ...] = (128, 64)
     likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
     architecture: Literal["mlp", "conv"] = "mlp"
-    n_score_samples: int = Field(32, ge=1)
+    n_score_samples: int = Field(32, ge=1, le=100_000)
     min_variance: float = Field(1e-3, gt=0)
     # null: "shared" for conv (images), "sample" for mlp (tables); see VAEDetector
     decoder_variance: Literal["sample", "feature", "shared"] | None = None
@@ -111,14 +131,18 @@ class ModelConfig(_Section):
     def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or min(v) < 1:
             raise ValueError("hidden_dims must be a non-empty list of positive widths")
+        if max(v) > MAX_WIDTH or len(v) > MAX_LAYERS:
+            raise ValueError(
+                f"hidden_dims: at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units"
+            )
         return v
 
 
 class TrainingConfig(_Section):
     """Optimisation parameters of VAEDetector."""
 
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
     lr: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)
     kl_warmup_epochs: int = Field(0, ge=0)
@@ -134,9 +158,10 @@ class CalibrationConfig(_Section):
     """How the threshold is set on the calibration split."""
 
     score: Literal["negative_elbo", "iwae"] = "negative_elbo"
-    iwae_samples: int = Field(64, ge=1)
+    iwae_samples: int = Field(64, ge=1, le=100_000)
     policy: CalibrationPolicy = Field(default_factory=lambda: TargetFPR(fpr=0.01))
-    bootstrap: int = Field(1000, ge=0)  # resamples for the evaluation report's intervals
+    # resamples for the evaluation report's intervals
+    bootstrap: int = Field(1000, ge=0, le=1_000_000)
 
 
 class ScoringConfig(_Section):
@@ -233,10 +258,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     source = Path(path) if path is not None else Path(DEFAULT_CONFIG)
     raw: dict = {}
     if source.exists():
-        try:
-            raw = yaml.safe_load(source.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"invalid config {source}: not valid YAML ({exc})") from exc
+        if source.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"invalid config {source}: {source.stat().st_size} bytes, more than a config "
+                f"file holds ({MAX_CONFIG_BYTES} at most)"
+            )
+        raw = safe_yaml(source.read_text(), source) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"invalid config {source}: the top level must be a mapping")
     elif path is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vae_core.atomic import atomic_write_bytes
+from vae_core.config import MAX_LAYERS, MAX_WIDTH
 from vae_core.model import VAE, VAEConfig
 from vae_core.preprocess import preprocessor_from_dict
 
@@ -74,6 +75,40 @@ def save_detector(det, path) -> Path:
     return path
 
 
+def _read_weights(path: Path) -> dict:
+    """The tensors of ``weights.pt``. ``weights_only=True``: a file that holds pickled objects
+    (code to run) is refused, never executed."""
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (corrupt zip), EOFError, ...
+        raise ValueError(f"{path}: not a weights file this project wrote ({exc!r:.300})") from exc
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise ValueError(f"{path}: expected a mapping of names to tensors")
+    return tensors
+
+
+def _checked_model(cfg: VAEConfig, tensors: dict, path: Path) -> VAE:
+    """The VAE of ``cfg``, built only after its shapes are checked against the weights on the
+    meta device (no memory): a model.json asking for an absurd network is refused before
+    anything is allocated, and so is one that does not describe these weights."""
+    widths = [cfg.latent_dim, cfg.layout.input_dim, *cfg.hidden_dims]
+    if min(widths) < 1 or max(widths) > 10 * MAX_WIDTH or len(cfg.hidden_dims) > MAX_LAYERS:
+        raise ValueError(f"{path / META}: network sizes out of range ({widths[:8]})")
+    try:
+        with torch.device("meta"):
+            skeleton = VAE(cfg)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path / META}: not a model description ({exc})") from exc
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k[6:]: tuple(v.shape) for k, v in tensors.items() if k.startswith("model.")}
+    if expected != stored:
+        wrong = sorted(set(expected.items()) ^ set(stored.items()))[:3]
+        raise ValueError(f"{path / META} does not describe {path / WEIGHTS} (e.g. {wrong})")
+    return VAE(cfg)
+
+
 def load_detector(path):
     from vae_core.detector import VAEDetector
 
@@ -81,17 +116,26 @@ def load_detector(path):
     for name in (META, WEIGHTS):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a saved model: {name} is missing")
-    meta = json.loads((path / META).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path / META}: unsupported format_version {meta.get('format_version')}")
-    params = dict(meta["params"], hidden_dims=tuple(meta["params"]["hidden_dims"]))
-    det = VAEDetector(**params)
-    cfg = VAEConfig.from_dict(meta["model_config"])
-    tensors = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    model = VAE(cfg)
+    try:
+        meta = json.loads((path / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path / META}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{path / META}: unsupported format_version {version}")
+    try:
+        params = dict(meta["params"], hidden_dims=tuple(meta["params"]["hidden_dims"]))
+        det = VAEDetector(**params)
+        cfg = VAEConfig.from_dict(meta["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path / META}: not a model description ({exc!r})") from exc
+    tensors = _read_weights(path / WEIGHTS)
+    model = _checked_model(cfg, tensors, path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     det.model_ = model.to(det.device).eval()
     det.config_ = cfg
+    if "score_eps" not in tensors:
+        raise ValueError(f"{path / WEIGHTS}: the scoring noise (score_eps) is missing")
     det.score_eps_ = tensors["score_eps"]
     det.preprocessor_ = preprocessor_from_dict(meta["preprocessing"])
     for key, value in meta["state"].items():
