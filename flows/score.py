@@ -127,7 +127,7 @@ def task_runner(cfg: PipelineConfig):
             "n_workers": cfg.scoring.max_workers,
             "threads_per_worker": 1,
             "processes": False,
-            "dashboard_address": ":0",
+            "dashboard_address": "127.0.0.1:0",  # loopback only; ":0" is every interface
             "silence_logs": logging.ERROR,
         }
     )

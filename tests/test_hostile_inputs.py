@@ -142,3 +142,24 @@ def test_ordinary_batch_ids_pass():
 
     for batch_id in ("nightly", "2026-11-30", "run_7.b"):
         assert checked_batch_id(batch_id) == batch_id
+
+
+def test_every_server_the_project_starts_or_prints_binds_loopback():
+    """The MLflow UI command the CLI and the demo print, the local Dask cluster's dashboard,
+    and the server commands in the README all name 127.0.0.1 (issue 15)."""
+    import re
+
+    from flows.score import task_runner
+    from tests.conftest import ROOT
+    from vae_core.registry import TrackingTarget
+
+    cfg = load_config(None, {"tracking": {"uri": "sqlite:///x.db"}})
+    assert "--host 127.0.0.1" in TrackingTarget.from_config(cfg).ui_command()
+    dask_cfg = load_config(None, {"scoring": {"task_runner": "dask"}})
+    dashboard = task_runner(dask_cfg).cluster_kwargs["dashboard_address"]
+    assert dashboard.startswith("127.0.0.1:")
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(
+        r"(?:mlflow (?:ui|server)|prefect server start|dask scheduler)[^\n]*", readme
+    )
+    assert commands and all("127.0.0.1" in c for c in commands), commands

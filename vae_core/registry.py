@@ -125,7 +125,7 @@ class TrackingTarget:
         """How to open the MLflow UI on this store."""
         if self.uri.startswith(_REMOTE_SCHEMES):
             return f"open {self.uri} in a browser"
-        return f"mlflow ui --backend-store-uri {self.uri} --port 5000"
+        return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
 
 
 def check_reachable(target: TrackingTarget) -> None:
