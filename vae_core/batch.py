@@ -171,10 +171,7 @@ def input_schema(det, id_columns: list[str] | tuple[str, ...] = ()):
     import pandera.pandas as pda
 
     finite = pda.Check(lambda s: ~np.isinf(s), name="finite", error="infinite value")
-    marginalise = (
-        getattr(det, "missing", "marginalise") == "marginalise"
-        and det.preprocessor_.likelihood == "gaussian"
-    )
+    marginalise = det.missing == "marginalise" and det.preprocessor_.likelihood == "gaussian"
     columns = {}
     for spec in det.preprocessor_.columns:
         if spec.kind == "categorical":

@@ -423,12 +423,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     def _table_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
         """(model input, observed mask or None) of a table, as ``missing`` says."""
-        if getattr(self, "missing", "marginalise") != "marginalise":
+        if self.missing != "marginalise":
             return self.preprocessor_.transform(X), None
-        out = self.preprocessor_.transform(X, gaps=True)
-        if not isinstance(out, tuple) or not out[1].any():
-            return (out[0] if isinstance(out, tuple) else out), None
-        return out[0], (~out[1]).astype("float32")
+        u, unobserved = self.preprocessor_.transform_with_gaps(X)
+        return u, ((~unobserved).astype("float32") if unobserved.any() else None)
 
     def missing_columns(self, X) -> pd.Series:
         """Per row, the numeric columns whose missing value was left out of the likelihood
@@ -438,9 +436,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         index = X.index if isinstance(X, pd.DataFrame) else None
         if isinstance(self.preprocessor_, ImagePreprocessor):
             return pd.Series("", index=index if index is not None else range(len(X)))
-        out = self.preprocessor_.transform(X, gaps=True)
-        gaps = out[1] if isinstance(out, tuple) else np.zeros((len(out), 0), bool)
-        names = np.asarray([c.name for c in self.preprocessor_.columns if c.kind == "numeric"])
+        names, gaps = self.preprocessor_.unobserved_cells(X)
+        names = np.asarray(names, dtype=object)
         rows = [";".join(names[np.flatnonzero(g)]) if g.any() else "" for g in gaps]
         return pd.Series(rows, index=index, dtype=object)
 

@@ -293,17 +293,32 @@ class TabularPreprocessor:
             out[: len(scales)] = np.log(scales)
         return out
 
-    def transform(self, X, gaps: bool = False):
-        """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows.
+    def transform(self, X) -> np.ndarray:
+        """Model input (n, layout.input_dim) float32; raises ValueError naming column and rows,
+        among them a NaN in a numeric column that had no missing values at fit."""
+        return self._transform(X, gaps=False)[0]
 
-        A numeric column that had no missing values at fit cannot score one: ValueError, or
-        with ``gaps=True`` (Gaussian likelihood) the cell is imputed with the training median
-        for the encoder and reported, and the method returns ``(u, unobserved)`` where
-        ``unobserved`` (n, n_gaussian) bool marks those cells: the likelihood leaves them out.
-        """
+    def transform_with_gaps(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(u, unobserved)``: the model input, and (n, n_gaussian) bool marking NaN cells of
+        numeric columns that had no missing values at fit. Those cells get the training median
+        for the encoder, and the likelihood leaves them out. Gaussian likelihood only:
+        otherwise such a NaN raises as in ``transform`` and ``unobserved`` is all False."""
+        return self._transform(X, gaps=self.likelihood == "gaussian")
+
+    def unobserved_cells(self, X) -> tuple[list[str], np.ndarray]:
+        """(names, (n, len(names)) bool) of the numeric columns without a missing-value
+        indicator and where they are NaN: the cells ``transform_with_gaps`` leaves out, without
+        building the rest of the model input."""
+        frame = self.check(X)
+        specs = [c for c in self._of_kind("numeric") if not c.missing_indicator]
+        if self.likelihood != "gaussian" or not specs:
+            return [], np.zeros((len(frame), 0), bool)
+        mask = np.stack([np.isnan(_to_numeric(frame[c.name], c.name)) for c in specs], 1)
+        return [c.name for c in specs], mask
+
+    def _transform(self, X, gaps: bool) -> tuple[np.ndarray, np.ndarray]:
         frame = self.check(X)
         numeric = self._of_kind("numeric")
-        gaps = gaps and self.likelihood == "gaussian"
         blocks, indicators, masses, unobserved = [], [], [], []
         for c in numeric:
             values = _to_numeric(frame[c.name], c.name)
@@ -320,9 +335,9 @@ class TabularPreprocessor:
             if c.point_mass is not None:
                 masses.append((values == c.point_mass).astype("float64"))
         u = self._assemble(frame, blocks + indicators + masses)
-        if not gaps:
-            return u
-        return u, (np.stack(unobserved, 1) if unobserved else np.zeros((len(u), 0), bool))
+        if not gaps or not unobserved:
+            return u, np.zeros((len(u), len(numeric) if gaps else 0), bool)
+        return u, np.stack(unobserved, 1)
 
     def _assemble(self, frame: pd.DataFrame, out: list[np.ndarray]) -> np.ndarray:
         out = out + [self._one_hot(frame[c.name], c) for c in self._categorical]
