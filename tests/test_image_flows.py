@@ -6,6 +6,7 @@ against a real sqlite MLflow store) registers and promotes a model; the scoring 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,48 @@ def test_a_corrupt_png_fails_the_score_flow_naming_it_or_is_skipped_and_listed(
     assert len(_artifacts(client, run_id, "anomaly_maps")) == 2
 
 
+def test_the_hostile_image_corpus_through_the_score_flow_and_the_packaged_model(store, tmp_path):
+    """tests/image_corpus.py: each case fails the score flow and the registered pyfunc with a
+    ValueError naming the file (no output written); under on_error: skip the flow scores the
+    good images and lists every case with its reason."""
+    import mlflow
+
+    from flows.score import score
+    from tests import image_corpus as corpus
+
+    folder, config, _ = store
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    packaged = mlflow.pyfunc.load_model("models:/digits@champion")
+    cases = [
+        n for n in corpus.CASES if n != "unreadable file" or not corpus.root_reads_everything()
+    ]
+    for i, name in enumerate(cases):
+        batch = tmp_path / f"case{i}"
+        good = corpus.good_folder(batch / "good")
+        path, words = corpus.write_case(name, batch / "good")
+        named = re.escape(f"{path}: ") + ".*" + re.escape(words)
+        with pytest.raises(ValueError, match=named):
+            score(data_path=str(batch), batch_id=f"case{i}", config_path=str(config))
+        assert not list((folder / "scores").glob(f"case{i}*")), name
+        with pytest.raises(ValueError, match=named):
+            packaged.predict(pd.DataFrame({"path": [str(p) for p in [*good, path]]}))
+    batch = tmp_path / "all"
+    good = corpus.good_folder(batch / "good", n=4)
+    written = corpus.write_all(batch / "good")
+    (folder / "skip-all").mkdir()
+    overrides = {"images": {"on_error": "skip", "top_maps": 1}}
+    overrides["tracking"] = {"uri": f"sqlite:///{folder / 'mlflow.db'}"}
+    overrides["scoring"] = {"output_dir": str(folder / "scores")}
+    skipping = _images(folder / "skip-all", overrides)
+    result = score(data_path=str(batch), batch_id="all", config_path=str(skipping))
+    assert result["rows"] == len(good)
+    listed = pd.read_csv(result["skipped"])
+    reasons = dict(zip(listed["path"], listed["reason"], strict=True))
+    assert len(reasons) == len(written)
+    for name, (path, words) in written.items():
+        assert words in reasons[str(path)], name
+
+
 # ---- the nodes, without the orchestrator ---------------------------------------------------
 def test_mvtec_layout_trains_on_train_and_splits_test_into_calibration_and_test():
     data = image_pipeline.load_images(MNIST, ImagesConfig())
@@ -264,7 +307,7 @@ def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
     from vae_core import VAEDetector
 
     det = VAEDetector.load(store[0] / "run" / "model")
-    with pytest.raises(ValueError, match=r"nowhere\.png: cannot be read"):
+    with pytest.raises(ValueError, match=r"nowhere\.png: no such file"):
         image_pipeline.score_image_input(det, pd.DataFrame({"path": ["nowhere.png"]}))
     with pytest.raises(ValueError, match=r"expected a column 'path' .* got \['pixels'\]"):
         image_pipeline.score_image_input(det, pd.DataFrame({"pixels": [1]}))

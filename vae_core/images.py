@@ -12,7 +12,11 @@ An unreadable, corrupt, wrong-size or non-image file raises ``ValueError`` namin
 with ``on_error="skip"``, is left out, logged (logger ``vae_core.images``) and listed in
 ``ImageSet.skipped`` for the run's artifact: never dropped silently. Hidden files (names that
 start with ".", such as ``.DS_Store`` or an unfinished atomic write) are not images and are
-ignored. ``read_image_npz`` reads uint8 arrays from an ``.npz`` file.
+ignored. Before any pixel is decoded a file must be a regular file (not a pipe, a broken link
+or a link loop), hold one frame and declare at most ``MAX_PIXELS`` pixels (and, under
+``on_size_mismatch="reject"``, the expected size), so a hostile file can neither block the
+reader nor make it allocate without bound (tests/image_corpus.py is the corpus of such files).
+``read_image_npz`` reads uint8 arrays from an ``.npz`` file.
 
 Anomaly maps. For a detector fitted on images, the anomaly score (negative ELBO, nats of the
 data as given) splits exactly into the KL term and one reconstruction term per pixel and
@@ -34,6 +38,7 @@ import io
 import logging
 import math
 import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -54,6 +59,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GOOD = "good"  # the MVTec-AD name of the normal class; every other folder is a defect
 CHANNELS = {"L": 1, "RGB": 3}
 SPLITS = ("train", "test")
+# The largest image a file may declare: 64 megapixels (an 8192 x 8192 photograph), far above
+# any size a VAE is trained at. Decoding is refused above it, before any pixel is allocated
+# (PIL's own guard only warns below 179 megapixels); resizing still bounds what is kept.
+MAX_PIXELS = 8192 * 8192
 
 
 @dataclass
@@ -370,24 +379,56 @@ def _class_folders(root: Path, folders: list[Path], split: str | None):
 
 
 def _read_image(path: Path, size: tuple[int, int], mode: str, on_size_mismatch: str):
-    """One file as uint8 (H, W) or (3, H, W); raises _Unreadable with the reason."""
+    """One file as uint8 (H, W) or (3, H, W); raises _Unreadable with the reason.
+
+    Checked before any pixel is decoded, so a hostile file costs no memory: the path is a
+    regular file (not a FIFO that would block, a device, a broken link or a link loop), its
+    header is a PNG or JPEG one, it holds one frame (not an animation), its declared size is
+    at most ``MAX_PIXELS`` and, under ``on_size_mismatch="reject"``, the expected size.
+    """
     from PIL import Image
 
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise _Unreadable(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+    _check_regular_file(path)
+    height, width = size
     try:
         with Image.open(path, formats=["PNG", "JPEG"]) as img:
+            _check_header(img, (height, width), on_size_mismatch)
             img.load()  # decode now: a truncated or corrupt file fails here, not later
             img = _convert(img, mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise _Unreadable(f"cannot be read as a PNG or JPEG image ({exc})") from exc
-    height, width = size
-    if img.size != (width, height):
-        if on_size_mismatch == "reject":
-            raise _Unreadable(f"size {img.height}x{img.width}, expected {height}x{width}")
+    if img.size != (width, height):  # only under "resize": "reject" failed on the header
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr if mode == "L" else arr.transpose(2, 0, 1)
+
+
+def _check_regular_file(path: Path) -> None:
+    try:
+        info = path.stat()  # follows links: a loop or a dangling link fails here
+    except FileNotFoundError as exc:
+        raise _Unreadable("no such file (or a link to a file that does not exist)") from exc
+    except OSError as exc:  # ELOOP, EACCES, ...
+        raise _Unreadable(f"cannot be opened ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise _Unreadable("not a regular file (a pipe, device or folder named like an image)")
+
+
+def _check_header(img, size: tuple[int, int], on_size_mismatch: str) -> None:
+    """Refuse, from the header alone, what would be decoded to no use or without bound."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise _Unreadable(f"an animated image ({frames} frames), expected a still image")
+    height, width = size
+    if img.width * img.height > MAX_PIXELS:
+        raise _Unreadable(
+            f"declared size {img.height}x{img.width} exceeds {MAX_PIXELS:,} pixels "
+            "(refused before decoding)"
+        )
+    if img.size != (width, height) and on_size_mismatch == "reject":
+        raise _Unreadable(f"size {img.height}x{img.width}, expected {height}x{width}")
 
 
 def _convert(img, mode: str):
