@@ -177,7 +177,10 @@ CalibrationPolicy = Annotated[
 
 def check_scores(scores: Any, what: str = "scores") -> np.ndarray:
     """Return ``scores`` as a finite float64 array of shape (n,), n >= 1, or raise ValueError."""
-    arr = np.asarray(scores, dtype=np.float64)
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # text, None-like objects, complex, ragged lists
+        raise ValueError(f"{what} must be real numbers, shape (n,) ({exc})") from exc
     if arr.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, shape (n,); got shape {arr.shape}")
     if arr.size == 0:
@@ -192,12 +195,33 @@ def check_labels(y: Any, n_rows: int) -> np.ndarray | None:
     """Return ``y`` as an int8 array of shape (n_rows,) in {0, 1} (1 = anomaly), or None."""
     if y is None:
         return None
-    arr = np.asarray(y)
+    try:
+        arr = np.asarray(y)
+    except ValueError as exc:  # a ragged list
+        raise ValueError(
+            f"y must be a flat sequence of 0 and 1, shape ({n_rows},) ({exc})"
+        ) from exc
     if arr.shape != (n_rows,):
         raise ValueError(f"y has shape {arr.shape}; the scores need shape ({n_rows},)")
-    if not np.isin(arr, (0, 1)).all():
-        raise ValueError(f"y must hold only 0 (normal) and 1 (anomaly); found {np.unique(arr)}")
+    values = arr.tolist()
+    if arr.dtype.kind in "biuf":
+        binary = (arr == 0) | (arr == 1)
+    else:  # object (None, pd.NA, mixed types) or text: judged value by value
+        binary = np.array([_is_binary(v) for v in values], dtype=bool)
+    bad = np.flatnonzero(~binary)
+    if bad.size:
+        shown = ", ".join(f"{values[i]!r} at index {i}" for i in bad[:5])
+        raise ValueError(
+            f"y must hold only 0 (normal) and 1 (anomaly); found {shown}"
+            f"{f' and {bad.size - 5} more' if bad.size > 5 else ''}"
+        )
     return arr.astype(np.int8)
+
+
+def _is_binary(value: Any) -> bool:
+    return isinstance(
+        value, bool | int | float | np.bool_ | np.integer | np.floating
+    ) and value in (0, 1)
 
 
 def _require_count(count: int, minimum: int, what: str, hint: str = "") -> None:
@@ -209,8 +233,21 @@ def _require_count(count: int, minimum: int, what: str, hint: str = "") -> None:
 
 
 def flag_anomalies(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Boolean flags of shape (n,): True iff ``score > threshold`` (a tie stays normal)."""
-    return np.asarray(scores) > threshold
+    """Boolean flags of shape (n,): True iff ``score > threshold`` (a tie stays normal).
+
+    A NaN threshold or score is neither above nor below: ValueError, rather than calling every
+    such row normal.
+    """
+    if math.isnan(threshold):
+        raise ValueError("the threshold is NaN: no score is above or below it")
+    scores = np.asarray(scores, dtype=np.float64)
+    nan = np.flatnonzero(np.isnan(scores))
+    if nan.size:
+        raise ValueError(
+            f"{nan.size} NaN score(s) (first at index {nan[0]}): a NaN is neither above nor "
+            "below the threshold"
+        )
+    return scores > threshold
 
 
 def _threshold_flagging_at_least(scores: np.ndarray, t: float) -> float:
@@ -218,7 +255,15 @@ def _threshold_flagging_at_least(scores: np.ndarray, t: float) -> float:
     if not np.isfinite(t):
         return float(scores.max())
     below = scores[scores < t]
-    return float(below.max()) if below.size else float(np.nextafter(t, -np.inf))
+    if below.size:
+        return float(below.max())
+    threshold = float(np.nextafter(t, -np.inf))
+    if not math.isfinite(threshold):
+        raise ValueError(
+            f"the policy flags every row, but the lowest score is {t!r}, the lowest float: no "
+            "finite threshold lies below it"
+        )
+    return threshold
 
 
 # --------------------------------------------------------------------------- metrics
@@ -331,9 +376,17 @@ def _upper_tail_threshold(
 
 
 def _f_beta(precision: np.ndarray, recall: np.ndarray, beta: float) -> np.ndarray:
-    denom = beta**2 * precision + recall
+    """F-beta, with numerator and denominator divided by beta**2 when beta > 1, so no beta the
+    policy accepts overflows (beta**2 does beyond 1.3e154); an underflowed weight gives the
+    limits, precision (beta -> 0) or recall (beta -> inf)."""
+    if beta > 1.0:
+        w = 1.0 / beta / beta
+        num, denom = (1.0 + w) * precision * recall, precision + w * recall
+    else:
+        b2 = beta * beta
+        num, denom = (1.0 + b2) * precision * recall, b2 * precision + recall
     safe = np.where(denom > 0, denom, 1.0)
-    return np.where(denom > 0, (1 + beta**2) * precision * recall / safe, 0.0)
+    return np.where(denom > 0, num / safe, 0.0)
 
 
 def _max_f_beta(scores: np.ndarray, y: np.ndarray, policy: MaxFBeta) -> tuple[float, str, dict]:
@@ -369,9 +422,12 @@ def _min_cost(scores: np.ndarray, y: np.ndarray, policy: MinCost) -> tuple:
     """Expected cost on ``roc_curve``; ties go to the highest threshold (fewest flags)."""
     fpr, tpr, thresholds = roc_curve(y, scores, drop_intermediate=False)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    cost = policy.cost_fp * fpr * n_neg + policy.cost_fn * (1.0 - tpr) * n_pos
+    fp, fn = np.rint(fpr * n_neg), np.rint((1.0 - tpr) * n_pos)
+    # Only the ratio of the costs matters: weights in (0, 1] keep any finite costs finite.
+    unit = max(policy.cost_fp, policy.cost_fn)
+    cost = (policy.cost_fp / unit) * fp + (policy.cost_fn / unit) * fn
     best = int(np.argmin(cost))  # thresholds decrease: the first minimum flags fewest
-    details = {"cost_per_row": float(cost[best] / y.size)}
+    details = {"cost_per_row": float(cost[best] / y.size * unit)}
     return _threshold_flagging_at_least(scores, thresholds[best]), "roc_curve_min_cost", details
 
 

@@ -28,6 +28,7 @@ from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from vae_core.ingest import check_column_names
 from vae_core.model import FeatureLayout
 
 MISSING_CATEGORY = "<missing>"
@@ -43,9 +44,13 @@ def _rows(index: pd.Index, mask: np.ndarray) -> str:
 
 
 def as_frame(X, columns: list[str] | None = None) -> pd.DataFrame:
-    """A DataFrame view of X; arrays get the fitted names, or ``x0 .. x{d-1}`` at fit."""
+    """A DataFrame view of X; arrays get the fitted names, or ``x0 .. x{d-1}`` at fit. Column
+    labels are used as their text (``pd.DataFrame(array)`` labels its columns 0, 1, ...), as
+    the fitted schema records them."""
     if isinstance(X, pd.DataFrame):
-        return X
+        if all(isinstance(c, str) for c in X.columns):
+            return X
+        return X.set_axis([str(c) for c in X.columns], axis=1)
     arr = np.asarray(X)
     if arr.ndim != 2:
         raise ValueError(
@@ -141,6 +146,7 @@ class TabularPreprocessor:
     # ---- fit ---------------------------------------------------------------------------
     def fit(self, X) -> TabularPreprocessor:
         frame = as_frame(X)
+        check_column_names(frame.columns, "the training data")
         if len(frame) < MIN_FIT_ROWS:
             raise ValueError(f"need at least {MIN_FIT_ROWS} rows to fit, got {len(frame)}")
         if frame.shape[1] == 0:
@@ -163,6 +169,9 @@ class TabularPreprocessor:
             for spec in specs:
                 if spec.kind == "numeric":
                     spec.point_mass = _point_mass(data[spec.name], self.point_mass_share)
+        for spec in specs:
+            if spec.kind == "numeric":
+                _check_scaled(spec, data[spec.name].to_numpy(), frame.index)
         self.columns = specs
         return self
 
@@ -367,6 +376,12 @@ class TabularPreprocessor:
                 f"missing column(s) {', '.join(repr(m) for m in missing)} "
                 f"(the model was fitted on {len(self.feature_names)} columns)"
             )
+        repeated = [n for n in self.feature_names if (frame.columns == n).sum() > 1]
+        if repeated:
+            raise ValueError(
+                f"column(s) {', '.join(repr(n) for n in repeated)} appear more than once in "
+                "the input; give each column its own name"
+            )
         return frame[self.feature_names]
 
     def inverse_transform(self, u: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
@@ -411,6 +426,24 @@ class TabularPreprocessor:
         pre = cls(d["likelihood"], d.get("scaling", "standard"), d.get("point_mass_share"))
         pre.columns = [ColumnSpec(**c) for c in d["columns"]]
         return pre
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_scaled(spec: ColumnSpec, values: np.ndarray, index: pd.Index) -> None:
+    """ValueError naming the column and rows when its training values, scaled by the fitted
+    statistics, overflow the model's float32 input (or the statistics themselves overflowed:
+    scikit-learn's variance is inf beyond |x| ~ 1e154 and its scale silently falls back to 1)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = (np.where(np.isnan(values), spec.median, values) - spec.mean) / spec.scale
+    bad = ~(np.abs(u) < _FLOAT32_MAX)
+    if bad.any() or not (math.isfinite(spec.mean) and math.isfinite(spec.scale)):
+        raise ValueError(
+            f"column {spec.name!r} cannot be scaled for the model: (value - {spec.mean:.3g}) / "
+            f"{spec.scale:.3g} overflows the float32 model input at {_rows(index, bad)}; "
+            "rescale the column (other units) before training"
+        )
 
 
 def _point_mass(values: pd.Series, share: float) -> float | None:
