@@ -1,4 +1,5 @@
-"""The ``vae-anomaly`` command: train (and register), promote, score.
+"""The ``vae-anomaly`` command: train (and register), promote, score; embed, sample and
+interpolate (the latent space, ``vae_core.cli_latent``).
 
 Tables or images, as ``data.kind`` in the config says (``score`` goes by the model: an image
 model scores a folder or an .npz into a folder of Parquet scores and anomaly maps).
@@ -402,6 +403,10 @@ def _score_images(det, data: Path, out: Path, batch_id: str | None, cfg):
     if scored.skipped is not None:
         typer.echo(f"skipped {len(scored.skipped_files)} files, listed in {scored.skipped}")
     return scored
+
+
+# embed, sample and interpolate (the latent space) live in their own module and register here.
+from vae_core import cli_latent  # noqa: E402, F401
 
 
 def main() -> None:  # pragma: no cover - console-script entry

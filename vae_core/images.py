@@ -559,27 +559,11 @@ def anomaly_maps(det, images, block_size: int = 1024) -> np.ndarray:
     return terms.reshape(len(terms), channels, height, width).sum(axis=1)
 
 
-def _decoder_means(det, z: torch.Tensor) -> np.ndarray:
-    """Mean of p(x|z) in data units (n, C, H, W): the Gaussian mean, or Bernoulli sigmoid."""
-    with torch.no_grad():
-        out = det.model_.decode(z.to(det.device))
-        mean = out.mean if out.mean.shape[-1] else torch.sigmoid(out.logits)
-    return det.preprocessor_.inverse_transform(mean.double().cpu().numpy(), None)
-
-
 def reconstructions(det, images, block_size: int = 256) -> np.ndarray:
-    """Decoder mean at z = mu(x), in data units (0..255 for uint8), float, shaped as images."""
+    """``det.reconstruct``, a block of images at a time: the decoder mean at z = mu(x) as
+    uint8 pixels, shaped as ``images``."""
     _image_shape(det)
-    images = image_rows(images)
-
-    def block(x):
-        u = torch.from_numpy(det.preprocessor_.transform(x)).to(det.device)
-        with torch.no_grad():
-            mu, _ = det.model_.encode(u)
-        return _decoder_means(det, mu)
-
-    out = _in_blocks(block, images, block_size)
-    return out[:, 0] if images.ndim == 3 else out
+    return _in_blocks(det.reconstruct, images, block_size)
 
 
 def reconstruction_retrieval(det, images, max_images: int = 1000) -> float:
@@ -602,14 +586,13 @@ def reconstruction_retrieval(det, images, max_images: int = 1000) -> float:
 
 
 def prior_means(det, n: int, random_state: int = 0) -> np.ndarray:
-    """Decoder means at n draws z ~ N(0, I), in data units: (n, C, H, W).
+    """Decoder means at n draws z ~ N(0, I), uint8 (n, C, H, W): ``det.sample(mean=True)``.
 
-    What the model has learnt, for review. ``det.sample`` also draws the per-pixel noise of
+    What the model has learnt, for review. A draw (``mean=False``) adds the per-pixel noise of
     p(x|z), which with a Gaussian decoder buries the structure under speckle.
     """
     _image_shape(det)
-    gen = torch.Generator().manual_seed(int(random_state))
-    return _decoder_means(det, torch.randn(int(n), int(det.config_.latent_dim), generator=gen))
+    return det.sample(int(n), random_state=int(random_state), mean=True)
 
 
 # ---- pictures -------------------------------------------------------------------------------

@@ -384,10 +384,13 @@ class TabularPreprocessor:
             )
         return frame[self.feature_names]
 
-    def inverse_transform(self, u: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
-        """Rows in the original feature space from model-space draws u (n, input_dim).
+    def inverse_transform(
+        self, u: np.ndarray, rng: np.random.Generator | None, most_probable: bool = False
+    ) -> pd.DataFrame:
+        """Rows in the original feature space from model-space values u (n, input_dim).
 
-        Categorical blocks hold probabilities and are sampled; a missing indicator above 0.5
+        Categorical blocks hold probabilities and are sampled with ``rng``, or, with
+        ``most_probable=True``, give their most probable label; a missing indicator above 0.5
         blanks its value; constant columns get their constant.
         """
         numeric, out, pos = self._of_kind("numeric"), {}, 0
@@ -404,7 +407,10 @@ class TabularPreprocessor:
         for c in self._categorical:
             probs = u[:, pos : pos + len(c.categories) + 1][:, :-1]  # never emit "unseen"
             probs = probs / probs.sum(1, keepdims=True)
-            picks = (probs.cumsum(1) > rng.random((len(u), 1))).argmax(1)
+            if most_probable:
+                picks = probs.argmax(1)
+            else:
+                picks = (probs.cumsum(1) > rng.random((len(u), 1))).argmax(1)
             out[c.name] = np.array(c.categories, dtype=object)[picks]
             pos += len(c.categories) + 1
         for c in self._of_kind("constant"):
