@@ -81,8 +81,12 @@ def save(det, report, scores, data: Data, rows, out_dir: str):
 
 
 @task(**IO_RETRIES)
-def review(det, data: ImageData, rows, out_dir: str, cfg: PipelineConfig) -> dict:
-    return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
+def review(det, data: Data, rows, scores, out_dir: str, cfg: PipelineConfig) -> dict:
+    if isinstance(data, ImageData):
+        return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
+    return pipeline.write_table_review(
+        det, data.features_at(rows), data.labels_at(rows), scores, Path(out_dir), cfg
+    )
 
 
 @task(**IO_RETRIES)
@@ -142,10 +146,8 @@ def train(
         det = calibrate(det, data, splits.calibration, cfg)
         report, scores = evaluate(det, data, splits.test, splits.train, cfg)
         paths = save(det, report, scores, data, splits.test, str(out))
-        review_files = (
-            review(det, data, splits.test, str(out / "review"), cfg) if _images(cfg) else None
-        )
-        outcome = pipeline.TrainOutcome(det, splits, report, scores, paths)
+        review_files = review(det, data, splits.test, scores, str(out / "review"), cfg)
+        outcome = pipeline.TrainOutcome(det, splits, report, scores, paths, review_files)
         log_run(cfg, run_id, data, outcome, source, review_files)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error

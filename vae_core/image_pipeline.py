@@ -45,6 +45,7 @@ from vae_core.images import (
     write_review_grids,
     write_top_maps,
 )
+from vae_core.latent import write_latent_review
 from vae_core.pipeline import Splits, split_held_out, split_rows
 
 MODES = {1: "L", 3: "RGB"}  # channels of a fitted detector -> the colour mode its files are read in
@@ -176,14 +177,17 @@ def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int)
     """What a reviewer looks at, from the images at ``rows`` (the test split), in ``out_dir``:
     ``prior_samples.png`` and ``reconstructions.png`` grids, ``maps/`` (anomaly maps of the
     ``top_maps`` highest scores, beside the original and its reconstruction),
-    ``image_scores.csv`` and ``review.json`` (the reconstruction retrieval of the normal test
-    images, ``images.reconstruction_retrieval``). Returns {name: path}, and the retrieval
-    under ``reconstruction_retrieval`` (None with fewer than 2 normal test images)."""
+    ``image_scores.csv``, ``review.json`` (the reconstruction retrieval of the normal test
+    images, ``images.reconstruction_retrieval``) and the latent space
+    (``latent.write_latent_review``: ``latent_map.png``, ``interpolations.png``). Returns
+    {name: path}, and the retrieval under ``reconstruction_retrieval`` (None with fewer than
+    2 normal test images)."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir / "maps", ignore_errors=True)  # an earlier run's maps
     test = data.images.take(rows)
     paths = write_review_grids(det, test.images, out_dir)
-    score_images(det, test, out_dir, top_k=top_maps)
+    scored = score_images(det, test, out_dir, top_k=top_maps)
+    latent = write_latent_review(det, test.images, scored["score"].to_numpy(), test.labels, out_dir)
     normal = np.arange(len(test)) if test.labels is None else np.flatnonzero(test.labels == 0)
     retrieval = (
         reconstruction_retrieval(det, test.take(normal).images) if len(normal) >= 2 else None
@@ -192,12 +196,16 @@ def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int)
     summary_path = atomic_write(
         out_dir / "review.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
     )
-    return paths | {
-        "maps": out_dir / "maps",
-        "test_scores": out_dir / "image_scores.csv",
-        "summary": summary_path,
-        "reconstruction_retrieval": retrieval,
-    }
+    return (
+        paths
+        | latent
+        | {
+            "maps": out_dir / "maps",
+            "test_scores": out_dir / "image_scores.csv",
+            "summary": summary_path,
+            "reconstruction_retrieval": retrieval,
+        }
+    )
 
 
 def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
@@ -377,9 +385,7 @@ def _stack(column: pd.Series) -> np.ndarray:
 
 @dataclass
 class ImageTrainOutcome(pipeline.TrainOutcome):
-    """``pipeline.TrainOutcome`` and ``review``: the files of ``write_review`` {name: path}."""
-
-    review: dict[str, Path]
+    """``pipeline.TrainOutcome`` whose ``review`` holds the files of ``write_review``."""
 
 
 def train_and_evaluate_images(

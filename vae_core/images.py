@@ -775,6 +775,15 @@ def write_review_grids(
     }
 
 
+def interpolation_grid_png(det, pairs, path, steps: int = 8) -> Path:
+    """One row per (a, b) pair of images: the decoded path from a to b (``det.interpolate``,
+    linear, ends included), upsampled like the review grids."""
+    _channels, height, width = _image_shape(det)
+    scale = max(1, math.ceil(56 / min(height, width)))
+    rows = [det.interpolate(a[None], b[None], steps=steps) for a, b in pairs]
+    return image_grid_png(np.concatenate(rows), path, steps, det.preprocessor_.pixel_scale, scale)
+
+
 def _pad_rows(rows: list[np.ndarray], ncols: int) -> np.ndarray:
     """Stack rows of images, filling a short last row with black so pairs stay aligned."""
     full = [

@@ -81,6 +81,38 @@ def find_table_rows(det, source, id_columns, values, chunk_rows: int = 100_000) 
     return [hits[v][0] for v in wanted]
 
 
+def latent_input(det, model_input, on_size_mismatch: str = "reject") -> pd.DataFrame:
+    """The packaged model's ``output="latent"``: z0 .. z{k-1} (posterior means) per input row,
+    in order, for the inputs ``predict`` takes (a table's columns; for images a ``path``
+    column, kept in the output, an ``image`` column or an array)."""
+    names = list(det.get_feature_names_out())
+    if not is_image_model(det):
+        return pd.DataFrame(det.transform(pd.DataFrame(model_input)), columns=names)
+    from vae_core.image_pipeline import MODES, _stack
+    from vae_core.images import as_image_array, read_images
+
+    channels, height, width = det.preprocessor_.image_shape
+    frame = model_input if isinstance(model_input, pd.DataFrame) else None
+    if frame is not None and "path" in frame.columns and "image" not in frame.columns:
+        manifest = pd.DataFrame({"path": frame["path"].astype(str).tolist()})
+        parts = []
+        for start in range(0, len(manifest), 1024):  # bounded memory: 1024 images at a time
+            got = read_images(
+                manifest.iloc[start : start + 1024], (height, width), MODES[channels],
+                on_size_mismatch,
+            )  # fmt: skip
+            parts.append(det.transform(got.images))
+        z = pd.DataFrame(np.concatenate(parts), columns=names)
+        return pd.concat([manifest, z], axis=1)
+    if frame is not None:
+        if "image" not in frame.columns:
+            raise ValueError(
+                f"expected a column 'path' (image files) or 'image' (arrays), got {list(frame)}"
+            )
+        model_input = _stack(frame["image"])
+    return pd.DataFrame(det.transform(as_image_array(model_input, "model input")), columns=names)
+
+
 def read_images_as_model(det, source, images_cfg):
     """The ImageSet of a folder or an .npz, read at the model's size and colour mode (the rest
     of ``images_cfg``, such as ``on_error``, applies)."""
@@ -164,3 +196,58 @@ def top_variance_directions(z: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.n
     total = var.sum() or 1.0
     k = min(n, len(vt))
     return vt[:k], var[:k] / total
+
+
+def write_latent_review(det, X, scores, y, out_dir, random_state: int = 0) -> dict:
+    """The latent space for the reviewer, from the test split ``X`` (its ``scores`` and known
+    labels ``y`` or None), in ``out_dir``:
+
+    * ``latent_map.png``: the posterior means projected on their two directions of most
+      variance, coloured by score, known anomalies circled (``report.plot_latent_map``);
+    * for images, ``interpolations.png``: decoded paths between two normal test images and
+      between a normal image and the top-scoring one;
+    * for tables, the realism of samples (``sample_realism``: a classifier two-sample test on
+      the test rows; needs 10 rows);
+    * ``latent.json`` with the numbers.
+
+    Returns {name: path} and the numbers under ``variance_shares`` and ``sample_realism_auc``
+    (None where not measured)."""
+    import json
+
+    from vae_core.atomic import atomic_write
+    from vae_core.report import plot_latent_map
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores = np.asarray(scores, dtype="float64")
+    z = det.transform(X)
+    directions, shares = top_variance_directions(z)
+    coords = (z - z.mean(0)) @ directions.T
+    paths: dict = {
+        "latent_map": plot_latent_map(coords, scores, y, shares, out_dir / "latent_map.png")
+    }
+    realism = None
+    if is_image_model(det):
+        from vae_core.images import image_rows, interpolation_grid_png
+
+        images = image_rows(X)
+        normal = np.arange(len(scores)) if y is None else np.flatnonzero(np.asarray(y) == 0)
+        if len(normal) >= 2:
+            order = normal[np.argsort(scores[normal], kind="stable")]  # most normal first
+            top = int(np.argmax(scores))
+            pairs = [(order[0], order[1]), (order[0], top)]
+            pairs = [(np.asarray(images[[i]])[0], np.asarray(images[[j]])[0]) for i, j in pairs]
+            paths["interpolations"] = interpolation_grid_png(
+                det, pairs, out_dir / "interpolations.png"
+            )
+    elif len(X) >= 10:
+        realism = sample_realism(det, X, random_state=random_state)
+    summary = {
+        "variance_shares": [float(v) for v in shares],
+        "sample_realism_auc": realism,
+        "rows": len(scores),
+    }
+    paths["latent_summary"] = atomic_write(
+        out_dir / "latent.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
+    )
+    return paths | {"variance_shares": summary["variance_shares"], "sample_realism_auc": realism}

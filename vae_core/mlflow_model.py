@@ -18,12 +18,20 @@ the training size and colour mode; ``on_size_mismatch`` as configured at trainin
 ``image`` column (per row an (H, W) or (C, H, W) array of 0..255 integers) and returns
 ``path`` (for path input), ``anomaly_score``, ``is_anomaly`` and ``anomaly_probability``
 (see ``image_pipeline.score_image_input``).
+
+``predict(df, params={"output": "latent"})`` returns instead the latent coordinates
+``z0`` .. ``z{k-1}`` (the posterior means of q(z|x), ``VAEDetector.transform``) per input row,
+with ``path`` for path input; ``params={"output": "scores"}`` is the default. The parameter is
+declared in the model's signature (MLflow predict params), so ``mlflow models serve`` takes
+it in the request's ``params``.
 """
 
 from __future__ import annotations
 
 import mlflow
 import pandas as pd
+
+OUTPUTS = ("scores", "latent")  # predict's params["output"]; the first is the default
 
 
 class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
@@ -40,6 +48,14 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from vae_core.pipeline import score_table
         from vae_core.preprocess import ImagePreprocessor
+
+        output = (params or {}).get("output", "scores")
+        if output not in OUTPUTS:
+            raise ValueError(f"params output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if output == "latent":
+            from vae_core.latent import latent_input
+
+            return latent_input(self.detector, model_input, self.on_size_mismatch)
 
         if isinstance(self.detector.preprocessor_, ImagePreprocessor):
             from vae_core.image_pipeline import score_image_input

@@ -10,7 +10,7 @@ about Prefect or MLflow.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +145,16 @@ def isolation_forest_baseline(det: VAEDetector, train_features, features, labels
 
 @dataclass
 class TrainOutcome:
+    """What training leaves for the tracking layer to log and a caller to print. ``review``:
+    the reviewer's files and numbers ({name: path or value}; ``write_table_review`` for a
+    table, ``image_pipeline.write_review`` for images)."""
+
     detector: VAEDetector
     splits: Splits
     report: EvaluationReport
     test_scores: np.ndarray
     report_paths: dict[str, Path]
+    review: dict = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -174,7 +179,18 @@ def train_and_evaluate(
         train_features=part(splits.train),
     )
     paths = save_outcome(det, report, scores, _at(y, splits.test), out_dir)
-    return TrainOutcome(det, splits, report, scores, paths)
+    review = write_table_review(
+        det, part(splits.test), _at(y, splits.test), scores, Path(out_dir) / "review", cfg
+    )
+    return TrainOutcome(det, splits, report, scores, paths, review)
+
+
+def write_table_review(det, features, labels, scores, out_dir: Path, cfg: PipelineConfig) -> dict:
+    """The reviewer's view of a table model's latent space from the test split, in
+    ``out_dir``: ``latent.write_latent_review`` (the latent map, sample realism)."""
+    from vae_core.latent import write_latent_review
+
+    return write_latent_review(det, features, scores, labels, out_dir, cfg.split.seed)
 
 
 def save_outcome(

@@ -433,6 +433,34 @@ def plot_score_histogram(
     return _save_figure(fig, path)
 
 
+def plot_latent_map(
+    coords: np.ndarray,
+    scores: np.ndarray,
+    y: np.ndarray | None,
+    shares: Sequence[float],
+    path: Path,
+) -> Path:
+    """The latent space seen from its two directions of most variance: one point per test row
+    (its posterior mean projected, (n, 2) ``coords``), coloured by anomaly score (colour scale
+    clipped at the 1st and 99th percentiles, so one extreme row does not wash it out), known
+    anomalies circled in red. ``shares`` : the variance share of each direction."""
+    fig, ax = _new_axes(
+        "Latent space of the test split (posterior means)",
+        f"direction 1 ({shares[0]:.0%} of the variance)",
+        f"direction 2 ({shares[1]:.0%} of the variance)" if len(shares) > 1 else "",
+    )
+    lo, hi = np.quantile(scores, [0.01, 0.99])
+    y2 = coords[:, 1] if coords.shape[1] > 1 else np.zeros(len(coords))
+    points = ax.scatter(coords[:, 0], y2, c=scores, cmap="viridis", vmin=lo, vmax=hi, s=12)
+    fig.colorbar(points, ax=ax, label="anomaly score (nats)")
+    if y is not None and (y == 1).any():
+        known = y == 1
+        ax.scatter(coords[known, 0], y2[known], s=40, facecolors="none", edgecolors="C3",
+                   linewidths=1.0, label=f"known anomaly (n={int(known.sum())})")  # fmt: skip
+        ax.legend(loc="best")
+    return _save_figure(fig, path)
+
+
 def _check_history(history: Sequence[dict[str, Any]]) -> None:
     for i, row in enumerate(history):
         missing = {"epoch", "train_loss", "val_loss"} - set(row)
