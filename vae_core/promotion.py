@@ -11,11 +11,15 @@ The gate (``gate_checks``), decided on held-out rows both models are scored on:
   decision says so.
 
 ``review_description`` writes the Markdown a reviewer reads on a new model version, from the
-training run's parameters, tags and metrics (``RunRecord``).
+training run's parameters, tags and metrics (``RunRecord``); ``training_fingerprint`` names the
+training a run did (its settings and data), so that a rerun registration can tell the version an
+interrupted attempt left unfinished from a new model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -175,6 +179,23 @@ class RunRecord:
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, float]
+
+
+# What makes two training runs the same training: every setting (the run's parameters) and
+# the data's fingerprint. Not the code commit: a rerun after a fix is still a rerun of that
+# training, and the version left unfinished by the first attempt is replaced all the same.
+_TRAINING_IDENTITY_TAGS = ("data.sha256", "data.rows", "data.columns")
+
+
+def training_fingerprint(run: RunRecord) -> str:
+    """16 hex digits of SHA-256 over a training run's settings and data fingerprint: equal
+    for two runs of the same training (a rerun), different when a setting or the data
+    changed. Registration keys its resume and clean-up on it (``registry.register_challenger``)."""
+    identity = {
+        "params": dict(sorted(run.params.items())),
+        "data": {k: run.tags.get(k, "") for k in _TRAINING_IDENTITY_TAGS},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

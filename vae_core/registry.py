@@ -10,7 +10,8 @@ The life of a model, in calls::
     train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
     log_training_run(target, run_id, cfg, table, outcome, data_source)   # the rest; ends it
         (images: log_image_training_run(..., data, outcome, data_source, review files))
-    register_challenger(target, run_id)            # new version, alias @challenger
+    register_challenger(target, run_id)            # new version, alias @challenger; a rerun
+                                                   #   finishes or replaces an unfinished one
     promote_challenger(target, cfg.promotion, *promotion.held_out_rows(table, cfg.split))
         (images: *image_pipeline.held_out_images(data, cfg.split))
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
@@ -65,6 +66,7 @@ from vae_core.promotion import (
     decide,
     held_out_metrics,
     review_description,
+    training_fingerprint,
 )
 from vae_core.report import plot_score_histogram
 from vae_core.train import EpochCallback, EpochLog
@@ -170,8 +172,9 @@ def _unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
     except MlflowException as exc:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, requests.RequestException) or "Max retries" in str(exc):
+            detail = exc.message if len(exc.message) <= 200 else exc.message[:200] + "..."
             raise TrackingUnavailable(
-                f"MLflow tracking server {target.uri} stopped answering: {exc.message[:200]}"
+                f"MLflow tracking server {target.uri} stopped answering ({detail})"
             ) from exc
         raise
 
@@ -636,23 +639,76 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
     """Register the model a training run logged as a new version with alias ``challenger``,
     a description written for its reviewer (``promotion.review_description``) and tags
     (threshold, policy, test metrics, data fingerprint, code version), all read back from
-    the run."""
+    the run.
+
+    Safe to rerun after a failure at any step (a tracking server that died, a killed
+    process). The version is created tagged ``registration_state: incomplete``, in the same
+    write as its other tags, and marked ``complete`` only after its description and alias
+    are set. A rerun for the same run finishes that version (or returns it, if it was
+    finished) instead of creating another; a rerun of the same training as a new run (the
+    same ``training_fingerprint``: settings and data) deletes the unfinished versions it
+    supersedes. ``promote_challenger`` refuses an unfinished version.
+    """
     client, name = _client(target), target.model_name
     run = _record(client.get_run(run_id))
     model_uri = run.tags.get(MODEL_URI_TAG)
     if not model_uri:
         raise ValueError(f"run {run_id} has no packaged model: call log_training_run first")
-    champion = _alias_version(client, name, CHAMPION)
-    champion_run = _record(client.get_run(champion.run_id)) if champion else None
+    try:
+        with _unreachable_as_error(target):
+            mv = _version_of_run(client, name, run) or _create_version(client, name, run)
+            if mv.tags.get(REGISTRATION_STATE) != INCOMPLETE:  # finished by an earlier call
+                return _ref(mv, CHALLENGER if CHALLENGER in mv.aliases else None)
+            return _finish_registration(client, name, run, str(mv.version))
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(
+            f"{exc}. Registering training run {run_id} did not finish; once the server "
+            "answers, run the registration again (vae-anomaly train, or the train flow): it "
+            f"finishes or replaces the unfinished version ({REGISTRATION_STATE}: {INCOMPLETE}) "
+            "instead of adding another."
+        ) from exc
+
+
+REGISTRATION_STATE = "registration_state"  # version tag: INCOMPLETE until the last step
+INCOMPLETE, COMPLETE = "incomplete", "complete"
+FINGERPRINT_TAG = "training_fingerprint"  # promotion.training_fingerprint of the run
+
+
+def _version_of_run(client: MlflowClient, name: str, run: RunRecord):
+    """The version registered from ``run`` (finished or not), or None. Unfinished versions
+    of the same training from other runs are deleted: this registration supersedes them."""
+    fingerprint = training_fingerprint(run)
+    found = client.search_model_versions(
+        f"name = '{name}' AND tags.{FINGERPRINT_TAG} = '{fingerprint}'"
+    )
+    ours = None
+    for mv in sorted(found, key=lambda v: int(v.version)):
+        if ours is None and mv.tags.get("training_run_id") == run.run_id:
+            ours = mv
+        elif mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
+            client.delete_model_version(name, mv.version)
+    return ours
+
+
+def _create_version(client: MlflowClient, name: str, run: RunRecord):
+    """A new version of the run's packaged model, tagged ``registration_state: incomplete``."""
     _ensure_registered_model(client, name)
     with contextlib.redirect_stderr(io.StringIO()):  # two progress lines; we report the version
-        mv = mlflow.register_model(model_uri, name, tags=version_tags(run))
-    version = str(mv.version)
+        return mlflow.register_model(run.tags[MODEL_URI_TAG], name, tags=version_tags(run))
+
+
+def _finish_registration(
+    client: MlflowClient, name: str, run: RunRecord, version: str
+) -> ModelVersionRef:
+    """Write the review, move ``challenger`` to ``version``, and mark it complete (last)."""
+    champion = _alias_version(client, name, CHAMPION)
+    champion_run = _record(client.get_run(champion.run_id)) if champion else None
     old = None if champion is None else str(champion.version)
     description = review_description(name, version, run, old, champion_run)
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    return _ref(mv, CHALLENGER)
+    client.set_model_version_tag(name, version, REGISTRATION_STATE, COMPLETE)
+    return _ref(client.get_model_version(name, version), CHALLENGER)
 
 
 _VERSION_METRICS = ("roc_auc", "average_precision", "precision", "recall", "fpr", "flagged_share")
@@ -667,7 +723,9 @@ def version_tags(run: RunRecord) -> dict[str, str]:
     out |= {
         "threshold": f"{run.metrics.get('threshold', float('nan')):.6g}",
         "training_run_id": run.run_id,
+        FINGERPRINT_TAG: training_fingerprint(run),
         "promotion.decision": "pending",
+        REGISTRATION_STATE: INCOMPLETE,
     }
     return {k: v for k, v in out.items() if v != ""}
 
@@ -718,12 +776,19 @@ def promote_challenger(
 
 def _challenger_version(client: MlflowClient, name: str, version: str | int | None):
     if version is not None:
-        return _model_version(client, name, version)
-    mv = _alias_version(client, name, CHALLENGER)
+        mv = _model_version(client, name, version)
+    else:
+        mv = _alias_version(client, name, CHALLENGER)
     if mv is None:
         raise ValueError(
             f"registered model {name!r} has no version with alias {CHALLENGER!r}: train one "
             "(vae-anomaly train) or name it with --version"
+        )
+    if mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
+        raise ValueError(
+            f"version {mv.version} of {name!r} is not fully registered ({REGISTRATION_STATE}: "
+            f"{INCOMPLETE}, run {mv.tags.get('training_run_id')}): run the registration again "
+            "(vae-anomaly train, or the train flow) to finish or replace it"
         )
     return mv
 
