@@ -9,20 +9,27 @@ over the destination (``commit_scores``). So:
 
 * a bad row anywhere fails the batch before any output is written, and earlier outputs are
   untouched;
-* a crash (even SIGKILL) leaves at most a stale staging folder, never a partial output file;
-* rerunning a batch (same batch id) replaces its output: every row appears exactly once.
+* a crash (even SIGKILL) leaves at most a stale staging folder, never a partial output file:
+  every temporary file of a run, the final file's included, is written inside the staging
+  folder, which the next run of the batch removes first (``discard_staging``);
+* rerunning a batch (same batch id) replaces its output: every row appears exactly once;
+* a full disk fails the batch with one ``OSError`` (errno ENOSPC) naming the file it could not
+  write; the failing step removes its temporary file and closes every file it opened, so the
+  space is free again (for a retry), and earlier outputs keep their bytes.
 
 Row numbers in error messages are 0-based data rows of the named file (the header excluded).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob as globlib
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,19 +269,16 @@ def score_partition(
     out = StagedPart(str(staging / f"part-{index:05d}.parquet"))
     edges = _reference_edges(det)
     rng = np.random.default_rng(index)
-    writer = None
-    try:
+
+    def scored_tables() -> Generator[pa.Table, None, None]:
         for chunk in read_partition(part, chunk_rows):
             clean = validate_chunk(chunk, schema, part.name)
             scored = score_table(det, clean, clean[list(id_columns)], top_features)
-            table = pa.Table.from_pandas(scored, preserve_index=False)
-            writer = writer or pq.ParquetWriter(out.path + ".tmp", table.schema)
-            writer.write_table(table)
             _summarise(out, scored, edges, rng, top_rows)
-    finally:
-        if writer is not None:
-            writer.close()
-    os.replace(out.path + ".tmp", out.path)
+            yield pa.Table.from_pandas(scored, preserve_index=False)
+
+    what = f"the scores of {part.name} to the output folder {staging.parent}"
+    _write_atomically(scored_tables(), Path(out.path), staging, _write_parquet, what)
     return out
 
 
@@ -299,46 +303,105 @@ def _summarise(out: StagedPart, scored: pd.DataFrame, edges, rng, top_rows: int)
 
 def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
     """Stream the staged parts, in order, into ``dest`` (.parquet, or .csv) atomically;
-    remove the staging folder."""
-    dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+    remove the staging folder.
+
+    staging : the batch's ``staging_dir(dest, ...)``, in ``dest``'s folder (one file system,
+    so the rename is atomic). The temporary file is written inside it, so a run killed while
+    committing leaves nothing beside the outputs that ``discard_staging`` would not remove.
+    A full disk raises OSError (ENOSPC) naming ``dest``, which keeps its old bytes.
+    """
+    dest, staging = Path(dest), Path(staging)
     write = _write_csv if dest.suffix.lower() == ".csv" else _write_parquet
-    try:
-        if write(_staged_tables(parts), tmp) == 0:
-            raise ValueError("no scored rows to write")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomically(_staged_tables(parts), dest, staging, write, "the scores to", durable=True)
     shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
-def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
-    writer, rows = None, 0
+def _write_atomically(
+    tables: Generator[pa.Table, None, None],
+    dest: Path,
+    staging: Path,
+    write: Callable[[Iterator[pa.Table], Path], int],
+    what: str,
+    durable: bool = False,
+) -> int:
+    """``write`` the tables to a temporary file in ``staging``, then rename it over ``dest``;
+    the row count. On any failure the temporary file is removed and every file the tables'
+    generator holds open is closed: a failed step holds no disk space. ``durable`` fsyncs
+    before the rename, so a delayed write error (NFS, quota) fails here and a power cut
+    cannot leave a renamed but empty file."""
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f"{dest.name}.{uuid.uuid4().hex}.tmp"
     try:
-        for table in tables:
-            writer = writer or pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            rows += table.num_rows
+        with _reporting_full_disk(dest, what):
+            rows = write(tables, tmp)
+            if rows == 0:
+                raise ValueError("no scored rows to write")
+            if durable:
+                _fsync(tmp)
+            os.replace(tmp, dest)
     finally:
-        if writer is not None:
-            writer.close()
+        tables.close()
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _reporting_full_disk(path: Path, what: str) -> Iterator[None]:
+    """Re-raise a full disk (or quota) as one OSError(ENOSPC) naming ``path``: pyarrow's
+    error names no file, and a nightly run's log should say which folder is full."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        # str(): "[Errno 28] No space left on device writing <what>: '<path>'"
+        raise OSError(errno.ENOSPC, f"No space left on device writing {what}", str(path)) from exc
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
+    rows = 0
+    # Our own handle: ParquetWriter.close() skips closing a file it opened when flushing
+    # fails (a full disk), which would keep the unlinked file's space until garbage collection.
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = None
+        try:
+            for table in tables:
+                writer = writer or pq.ParquetWriter(sink, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
 def _write_csv(tables: Iterator[pa.Table], path: Path) -> int:
     rows = 0
-    for table in tables:
-        table.to_pandas().to_csv(path, mode="a", header=rows == 0, index=False)
-        rows += table.num_rows
+    with open(path, "w", newline="") as sink:
+        for table in tables:
+            table.to_pandas().to_csv(sink, header=rows == 0, index=False)
+            rows += table.num_rows
     return rows
 
 
-def _staged_tables(parts: list[StagedPart]) -> Iterator[pa.Table]:
+def _staged_tables(parts: list[StagedPart]) -> Generator[pa.Table, None, None]:
     for part in parts:
-        pf = pq.ParquetFile(part.path, pre_buffer=False)  # stream: memory ~ one row group
-        for g in range(pf.num_row_groups):
-            yield pf.read_row_group(g)
+        # stream: memory ~ one row group; `with`: closed when the generator is
+        with pq.ParquetFile(part.path, pre_buffer=False) as pf:
+            for g in range(pf.num_row_groups):
+                yield pf.read_row_group(g)
 
 
 def discard_staging(staging: Path) -> None:
