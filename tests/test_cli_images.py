@@ -92,6 +92,9 @@ def test_train_registers_the_image_model_with_report_and_review(store):
     assert tags["data.kind"] == "images" and tags["split.test_rows"] == "70"
     logged = [a.path for a in client.list_artifacts(version.run_id, "review")]
     assert logged == [
+        "review/interpolations.png",
+        "review/latent.json",
+        "review/latent_map.png",
         "review/prior_samples.png",
         "review/reconstructions.png",
         "review/review.json",

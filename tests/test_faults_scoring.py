@@ -458,7 +458,7 @@ def test_a_full_output_disk_fails_the_batch_naming_the_path_and_keeps_earlier_ou
     assert shutil.disk_usage(disk).used == used  # the failed batch holds no space
 
 
-def test_the_cli_on_a_full_output_disk_exits_non_zero_naming_the_path(
+def test_the_cli_on_a_full_output_disk_fails_in_one_line_naming_the_path(
     tmp_path, small_tmpfs, full_disk_batch
 ):
     disk = small_tmpfs("scores", _disk_size(full_disk_batch, "commit"))
@@ -476,7 +476,8 @@ def test_the_cli_on_a_full_output_disk_exits_non_zero_naming_the_path(
         env=dict(os.environ, COLUMNS="400"),  # the message on one line, however long the path
         timeout=300,
     )
-    assert done.returncode != 0, done.stdout
+    assert done.returncode == 2, done.stdout + done.stderr  # one line, not a traceback
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if "No space left on device" in line]
     assert any(str(dest) in line for line in lines), done.stderr[-3000:]
     assert os.listdir(disk) == ["b.parquet"]

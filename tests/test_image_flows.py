@@ -99,6 +99,9 @@ def test_image_train_flow_registers_and_promotes_with_grids_and_maps(store):
     run_id = result["run_id"]
     review = _artifacts(client, run_id, "review")
     assert review == [
+        "review/interpolations.png",
+        "review/latent.json",
+        "review/latent_map.png",
         "review/prior_samples.png",
         "review/reconstructions.png",
         "review/review.json",
@@ -154,7 +157,9 @@ paths = {paths!r}
 by_path = model.predict(pd.DataFrame({{"path": paths}}))
 arrays = [np.asarray(Image.open(p)) for p in paths]
 by_array = model.predict(pd.DataFrame({{"image": arrays}}))
+latent = model.predict(pd.DataFrame({{"path": paths}}), params={{"output": "latent"}})
 print(json.dumps({{"columns": list(by_path.columns), "paths": by_path["path"].tolist(),
+    "latent_columns": list(latent.columns), "latent": latent.drop(columns="path").values.tolist(),
     "scores": by_path["anomaly_score"].tolist(), "array_scores": by_array["anomaly_score"].tolist(),
     "loaded": sorted(m for m in ("prefect",) if m in __import__("sys").modules)}}))
 """
@@ -171,6 +176,8 @@ print(json.dumps({{"columns": list(by_path.columns), "paths": by_path["path"].to
     saved = VAEDetector.load(folder / "run" / "model")
     pixels = np.stack([np.asarray(Image.open(p)) for p in paths])
     np.testing.assert_array_equal(got["scores"], saved.threshold_score(pixels))
+    assert got["latent_columns"] == ["path", "z0", "z1", "z2", "z3"]  # latent_dim 4
+    np.testing.assert_allclose(got["latent"], saved.transform(pixels), rtol=1e-12)
 
 
 @pytest.fixture

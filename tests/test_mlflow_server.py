@@ -125,7 +125,9 @@ def test_train_register_promote_and_load_through_a_tracking_server(
     code = (
         "import mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model('models:/vae-anomaly@champion')\n"
-        f"print(model.predict(pd.read_csv({str(CARDIO)!r}).head(5)).to_json(orient='split'))\n"
+        f"rows = pd.read_csv({str(CARDIO)!r}).head(5)\n"
+        "print(model.predict(rows, params={'output': 'latent'}).to_json(orient='split'))\n"
+        "print(model.predict(rows).to_json(orient='split'))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -136,7 +138,14 @@ def test_train_register_promote_and_load_through_a_tracking_server(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = pd.read_json(StringIO(done.stdout.strip().splitlines()[-1]), orient="split")
+    lines = done.stdout.strip().splitlines()
+    latent = pd.read_json(StringIO(lines[-2]), orient="split")
+    assert list(latent.columns) == ["z0", "z1"]  # the tiny config's latent_dim
+    np.testing.assert_allclose(  # to_json keeps 10 significant digits
+        latent.to_numpy(), outcome.detector.transform(cardio_table.features.head(5)), rtol=1e-7,
+        atol=1e-10,
+    )  # fmt: skip
+    loaded = pd.read_json(StringIO(lines[-1]), orient="split")
     expected = score_table(outcome.detector, cardio_table.features.head(5))
     assert list(loaded.columns) == list(expected.columns)
     np.testing.assert_allclose(loaded["anomaly_score"], expected["anomaly_score"], rtol=1e-9)
@@ -158,8 +167,19 @@ def test_models_serve_answers_with_the_champion(
     base = f"http://127.0.0.1:{port}"
     rows = cardio_table.features.iloc[[0, 1, 2, 1500]]
     payload = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
+    asked = payload | {"params": {"output": "latent"}}
+    wrong = payload | {"params": {"output": "pixels"}}
     with background_server(args, env, tmp_path / "serve.log", f"{base}/ping"):
         response = requests.post(f"{base}/invocations", json=payload, timeout=120)
+        latent = requests.post(f"{base}/invocations", json=asked, timeout=120)
+        refused = requests.post(f"{base}/invocations", json=wrong, timeout=120)
+    assert latent.status_code == 200, latent.text
+    coords = pd.DataFrame(latent.json()["predictions"])
+    np.testing.assert_allclose(  # the server's JSON keeps about 10 significant digits
+        coords[["z0", "z1"]].to_numpy(), trained_cardio.detector.transform(rows), rtol=1e-7,
+        atol=1e-10,
+    )  # fmt: skip
+    assert refused.status_code >= 400 and "params output must be one of" in refused.text
     assert response.status_code == 200, response.text
     served = pd.DataFrame(response.json()["predictions"])
     expected = score_table(trained_cardio.detector, rows).reset_index(drop=True)

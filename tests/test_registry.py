@@ -72,7 +72,7 @@ def test_training_run_logs_settings_epochs_data_report_and_model(
     files = {f.path for f in client.list_artifacts(run_id)}
     files |= {
         f.path
-        for d in ("report", "evaluation", "samples")
+        for d in ("report", "evaluation", "samples", "review")
         for f in client.list_artifacts(run_id, d)
     }
     for name in (
@@ -83,8 +83,15 @@ def test_training_run_logs_settings_epochs_data_report_and_model(
         "report/training_curve.png",
         "evaluation/top_anomalies.json",
         "samples/prior_samples.json",
+        "review/latent_map.png",
+        "review/latent.json",
     ):
         assert name in files, name
+    latent = json.loads((tmp_path / "run" / "review" / "latent.json").read_text())
+    assert metrics["review_sample_realism_auc"] == pytest.approx(latent["sample_realism_auc"])
+    assert 0.0 <= metrics["review_sample_realism_auc"] <= 1.0
+    shares = [metrics[f"review_latent_variance_share_{i}"] for i in (1, 2)]
+    assert shares == pytest.approx(latent["variance_shares"]) and sum(shares) <= 1 + 1e-9
     top = json.loads(
         (tmp_path / "mlartifacts" / run_id / "artifacts/evaluation/top_anomalies.json").read_text()
     )

@@ -5,18 +5,21 @@ Tables or images, as ``data.kind`` in the config says (``score`` goes by the mod
 model scores a folder or an .npz into a folder of Parquet scores and anomaly maps).
 
 User mistakes (a missing file, a bad column, an invalid config key, an unreachable tracking
-server) end with one line on stderr and exit code 2; anything else is a bug and keeps its
-traceback. MLflow is imported only by the commands that use it (``vae_core.registry``).
+server) and a full output disk end with one line on stderr and exit code 2; anything else is a
+bug and keeps its traceback. MLflow is imported only by the commands that use it
+(``vae_core.registry``).
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -30,7 +33,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="mlflow.y
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message quoting a user's value ("column [bold]") must print as written
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -44,6 +48,10 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
             _fail(str(exc).strip("'\""))
+        except OSError as exc:  # a full disk or quota is the machine's state, not a bug
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _fail(str(exc))
 
     return wrapper
 
@@ -130,6 +138,8 @@ def train(
         from vae_core.image_pipeline import skipped_markdown
 
         typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.images.skipped))
+    else:
+        typer.echo(f"review: {out / 'review'} (the latent space: latent_map.png, latent.json)")
 
 
 def _images(cfg) -> bool:
@@ -394,7 +404,9 @@ def _score_images(det, data: Path, out: Path, batch_id: str | None, cfg):
     with console.status("scoring images"):
         scored = score_image_batch(det, data, read_as, out, batch_id)
     for path, reason in scored.skipped_files:
-        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True
+        )
     n = len(scored.scores)
     typer.echo(
         f"scored {n} images: {scored.flagged} flagged ({scored.flagged / n:.1%}) at threshold "

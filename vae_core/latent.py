@@ -18,6 +18,10 @@ import pandas as pd
 
 from vae_core.preprocess import ImagePreprocessor
 
+# What the packaged model's predict returns, by ``params={"output": ...}``; the first is the
+# default (declared in the model's signature as a predict parameter).
+PREDICT_OUTPUTS = ("scores", "latent")
+
 
 def is_image_model(det) -> bool:
     return isinstance(det.preprocessor_, ImagePreprocessor)

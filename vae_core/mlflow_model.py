@@ -31,7 +31,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-OUTPUTS = ("scores", "latent")  # predict's params["output"]; the first is the default
+from vae_core.latent import PREDICT_OUTPUTS
 
 
 class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
@@ -50,8 +50,10 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
         from vae_core.preprocess import ImagePreprocessor
 
         output = (params or {}).get("output", "scores")
-        if output not in OUTPUTS:
-            raise ValueError(f"params output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if output not in PREDICT_OUTPUTS:
+            raise ValueError(
+                f"params output must be one of {', '.join(PREDICT_OUTPUTS)}, got {output!r}"
+            )
         if output == "latent":
             from vae_core.latent import latent_input
 

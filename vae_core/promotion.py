@@ -217,12 +217,38 @@ def review_description(
         _settings_section(run),
         _threshold_section(run),
         _metrics_section(run),
+        _latent_section(run),
         _changes_section(run, champion, champion_run),
         f"**Code**: vae_core {t.get('code.version', '?')}, commit "
         f"`{t.get('code.git_commit', 'unknown')}`; training run `{run.run_id}`.",
         "**Promotion log**",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _latent_section(run: RunRecord) -> str:
+    """What the review files show of the latent space, with the numbers the run logged."""
+    m = run.metrics
+    shares = [m.get(f"review_latent_variance_share_{i}") for i in (1, 2)]
+    text = "**Latent space** (`review/latent_map.png`): the test rows' posterior means"
+    if shares[0] is not None:
+        second = f" and {shares[1]:.0%}" if shares[1] is not None else ""
+        text += f" on their two directions of most variance ({shares[0]:.0%}{second} of it)"
+    text += ", coloured by score, known anomalies circled."
+    if m.get("review_reconstruction_retrieval") is not None:
+        text += (
+            f" Reconstructions follow their input: {m['review_reconstruction_retrieval']:.0%} "
+            "of the normal test images are nearer to their own reconstruction than to any "
+            "other's (`review/reconstructions.png`; paths between images in "
+            "`review/interpolations.png`)."
+        )
+    if m.get("review_sample_realism_auc") is not None:
+        text += (
+            f" Sample realism: a classifier tells the model's samples from held-out rows with "
+            f"ROC-AUC {m['review_sample_realism_auc']:.2f} (0.5: indistinguishable; columns "
+            "of whole numbers or codes are told apart from Gaussian draws at once)."
+        )
+    return text
 
 
 def _data_section(run: RunRecord) -> str:

@@ -49,13 +49,14 @@ from mlflow.entities import LoggedModelInput, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Array, ColSpec, Schema
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 import vae_core
 from vae_core.config import PipelineConfig, PromotionConfig
 from vae_core.detector import VAEDetector
 from vae_core.image_pipeline import ImageBatch, ImageData, image_fingerprint, score_image_input
 from vae_core.ingest import LabelledTable
+from vae_core.latent import PREDICT_OUTPUTS
 from vae_core.pipeline import Splits, TrainOutcome, score_table
 from vae_core.preprocess import ImagePreprocessor
 from vae_core.promotion import (
@@ -351,6 +352,7 @@ def log_training_run(
         _log_training_data(table, data_source, cfg.data.label_column)
         _log_evaluation(outcome)
         _log_examples(outcome, table, cfg.scoring.top_features)
+        _log_review(outcome.review)
         example = _input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
         info = log_packaged_model(outcome.detector, example, cfg.scoring.top_features)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
@@ -428,15 +430,27 @@ def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
     )
 
 
+_REVIEW_FILES = (
+    "prior_samples", "reconstructions", "summary", "latent_map", "interpolations",
+    "latent_summary",
+)  # fmt: skip
+
+
 def _log_review(review: dict) -> None:
-    for name in ("prior_samples", "reconstructions", "summary"):
+    """The files and numbers of a training review (``TrainOutcome.review``): ``review/`` and
+    the ``review_*`` metrics the registry description reads."""
+    for name in _REVIEW_FILES:
         if review.get(name) is not None:
             mlflow.log_artifact(str(review[name]), "review")
-    if review.get("reconstruction_retrieval") is not None:
-        mlflow.log_metric("review_reconstruction_retrieval", review["reconstruction_retrieval"])
-    if Path(review["maps"]).is_dir():
+    for name in ("reconstruction_retrieval", "sample_realism_auc"):
+        if review.get(name) is not None:
+            mlflow.log_metric(f"review_{name}", float(review[name]))
+    for i, share in enumerate(review.get("variance_shares") or [], start=1):
+        mlflow.log_metric(f"review_latent_variance_share_{i}", float(share))
+    if review.get("maps") is not None and Path(review["maps"]).is_dir():
         mlflow.log_artifacts(str(review["maps"]), "anomaly_maps")
-    mlflow.log_artifact(str(review["test_scores"]), "evaluation")
+    if review.get("test_scores") is not None:
+        mlflow.log_artifact(str(review["test_scores"]), "evaluation")
 
 
 def _log_training_data(table: LabelledTable, source: str, label_column: str | None) -> None:
@@ -556,9 +570,10 @@ def log_packaged_model(
 def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSignature:
     """Tables: the example's columns. Images: an optional ``path`` (image file) column or an
     optional ``image`` column of (H, W) or (C, H, W) integer arrays."""
+    params = ParamSchema([ParamSpec("output", "string", PREDICT_OUTPUTS[0])])  # predict(params=...)
     if not isinstance(det.preprocessor_, ImagePreprocessor):
         output = score_table(det, example, top_features=config["top_features"])
-        return infer_signature(example, output.reset_index(drop=True))
+        return infer_signature(example, output.reset_index(drop=True), params={"output": "scores"})
     output = score_image_input(det, example, config["on_size_mismatch"])
     pixels = Array(Array("long"))
     if det.preprocessor_.image_shape[0] > 1:
@@ -566,7 +581,7 @@ def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSi
     inputs = Schema(
         [ColSpec("string", "path", required=False), ColSpec(pixels, "image", required=False)]
     )
-    return ModelSignature(inputs, infer_signature(example, output).outputs)
+    return ModelSignature(inputs, infer_signature(example, output).outputs, params)
 
 
 # --------------------------------------------------------------------------- the registry
