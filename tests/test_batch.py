@@ -188,3 +188,18 @@ def test_a_few_empty_cells_do_not_stop_the_batch(calibrated, mixed_data, tmp_pat
     with pytest.raises(ValueError, match=message + r" at row\(s\) 5 "):
         score_source(refusing, tmp_path / "in.csv", tmp_path / "other.parquet")
     assert not (tmp_path / "other.parquet").exists()
+
+
+def test_batch_csv_reading_papers_over_nothing_that_read_table_refuses(tmp_path):
+    """The batch reader checks a CSV as ``ingest.read_table`` does: a first data row wider
+    than the header is refused naming the line (pandas would shift every column), and in a
+    one-column file an empty line is a row with a missing value, not skipped."""
+    wide = tmp_path / "wide.csv"
+    wide.write_text("a,b\n1,2,3\n4,5,6\n")
+    with pytest.raises(ValueError, match=r"wide\.csv: line 2 has 3 fields but the header"):
+        list_partitions(wide)
+    one = tmp_path / "one.csv"
+    one.write_text("a\n1\n\n3\n")
+    (part,) = list_partitions(one)
+    rows = pd.concat(read_partition(part, chunk_rows=2))
+    assert rows["a"].isna().tolist() == [False, True, False]

@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vae_core.ingest import TABLE_SUFFIXES, check_column_names, csv_header
+from vae_core.ingest import TABLE_SUFFIXES, check_column_names, check_csv_layout, csv_header
 
 _EXAMPLES = 5
 
@@ -83,7 +83,7 @@ def list_partitions(source: str | Path) -> list[Partition]:
 
 def _file_partitions(path: Path) -> list[Partition]:
     if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
-        check_column_names(csv_header(path), path)
+        check_csv_layout(path)  # as read_table: nothing pandas would paper over silently
         return [Partition(str(path))]
     try:
         pf = pq.ParquetFile(path)
@@ -112,8 +112,10 @@ def read_partition(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if TABLE_SUFFIXES[Path(part.path).suffix.lower()] == "csv":
+        # as read_table: in a one-column file an empty line is a missing value (a row)
+        one_column = len(csv_header(part.path)) == 1
         try:
-            yield from pd.read_csv(part.path, chunksize=chunk_rows)
+            yield from pd.read_csv(part.path, chunksize=chunk_rows, skip_blank_lines=not one_column)
         except pd.errors.EmptyDataError:
             return
         return
