@@ -50,8 +50,15 @@ def main(config_path: str = "mlflow.yml") -> None:
             f"anomaly maps:   {_here(scored['maps'])}/ (top {cfg.images.top_maps} of the batch; "
             "path per image in the scores' map_path)",
             f"review grids:   {_here(out / 'review')}/ (prior_samples.png, reconstructions.png, "
-            "maps/ of the test split)",
+            "interpolations.png, maps/ of the test split)",
         ]
+    latent = json.loads((out / "review" / "latent.json").read_text())
+    realism = latent["sample_realism_auc"]
+    told = "" if realism is None else f"; samples vs real rows: ROC-AUC {realism:.2f} (0.5: alike)"
+    lines.append(
+        f"latent space:   {_here(out / 'review' / 'latent_map.png')} (test posterior means on "
+        "their two directions of most variance)" + told
+    )
     lines += [
         f"MLflow:         {target.uri} "
         f"(artifacts in {_here(cfg.path(cfg.tracking.artifact_location))}/)",

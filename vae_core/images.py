@@ -776,12 +776,18 @@ def write_review_grids(
 
 
 def interpolation_grid_png(det, pairs, path, steps: int = 8) -> Path:
-    """One row per (a, b) pair of images: the decoded path from a to b (``det.interpolate``,
-    linear, ends included), upsampled like the review grids."""
+    """One row per (a, b) pair of images: the original a, the decoded path from a to b
+    (``det.interpolate``, linear, ends included: the reconstructions of a and b), then the
+    original b; upsampled like the review grids."""
     _channels, height, width = _image_shape(det)
     scale = max(1, math.ceil(56 / min(height, width)))
-    rows = [det.interpolate(a[None], b[None], steps=steps) for a, b in pairs]
-    return image_grid_png(np.concatenate(rows), path, steps, det.preprocessor_.pixel_scale, scale)
+    rows = []
+    for a, b in pairs:
+        walk = det.interpolate(a[None], b[None], steps=steps)
+        ends = [np.asarray(v).reshape(1, *walk.shape[1:]) for v in (a, b)]
+        rows.append(np.concatenate([ends[0], walk, ends[1]]))
+    grid = np.concatenate(rows)
+    return image_grid_png(grid, path, steps + 2, det.preprocessor_.pixel_scale, scale)
 
 
 def _pad_rows(rows: list[np.ndarray], ncols: int) -> np.ndarray:
