@@ -99,3 +99,23 @@ def test_user_mistakes_give_one_line_and_exit_code_2(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_score_takes_its_settings_from_the_config_and_a_flag_wins(trained, tmp_path):
+    """The same precedence as the score flow: --flag > mlflow.yml (scoring.top_features,
+    scoring.chunk_rows, scoring.drift_psi_warning) > the defaults."""
+    from tests.conftest import write_pipeline_config
+
+    out, _ = trained
+    scoring = {"top_features": 1, "chunk_rows": 400, "drift_psi_warning": 1e-9}
+    config = write_pipeline_config(tmp_path, {"scoring": scoring})
+    args = ["score", "--model", out / "model", "--data", ROOT / "data" / "cardio.csv",
+            "--id-column", "record_id", "--config", config]  # fmt: skip
+    by_config = run_cli(*args, "--out", tmp_path / "a.parquet")
+    assert by_config.returncode == 0, by_config.stderr
+    columns = list(pd.read_parquet(tmp_path / "a.parquet").columns)
+    assert "top_feature_1" in columns and "top_feature_2" not in columns
+    assert "score drift: PSI" in by_config.stderr  # any drift exceeds a 1e-9 warning level
+    by_flag = run_cli(*args, "--top-features", "2", "--out", tmp_path / "b.parquet")
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert "top_feature_2" in pd.read_parquet(tmp_path / "b.parquet").columns

@@ -287,11 +287,19 @@ def score(
         list[str] | None, typer.Option(help="Pass-through id column(s) (tables only).")
     ] = None,
     top_features: Annotated[
-        int, typer.Option(help="Contributing columns per row (tables only).")
-    ] = 3,
+        int | None,
+        typer.Option(
+            help="Contributing columns per row (tables only; default scoring.top_features).", min=0
+        ),
+    ] = None,
     chunk_rows: Annotated[
-        int, typer.Option(help="Rows scored at a time (tables; images: images.chunk_images).")
-    ] = 100_000,
+        int | None,
+        typer.Option(
+            help="Rows scored at a time (tables, default scoring.chunk_rows; images: "
+            "images.chunk_images).",
+            min=1,
+        ),
+    ] = None,
     batch_id: Annotated[
         str | None,
         typer.Option(
@@ -324,7 +332,12 @@ def score(
     else:
         if batch_id is not None:
             raise ValueError("--batch-id is for images; a table's batch is the --out file name")
-        written = _score_table(det, data, out, list(id_column or []), chunk_rows, top_features)
+        # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
+        settings = cfg.scoring.model_copy(
+            update={k: v for k, v in (("chunk_rows", chunk_rows),
+                                      ("top_features", top_features)) if v is not None}
+        )  # fmt: skip
+        written = _score_table(det, data, out, list(id_column or []), settings)
     if registered is None:
         return
     from vae_core import registry
@@ -349,8 +362,10 @@ def _scoring_model(model: str, cfg):
     return VAEDetector.load(Path(model)).set_params(missing=cfg.scoring.missing), None
 
 
-def _score_table(det, data: Path, out: Path, id_columns, chunk_rows: int, top_features: int):
-    """Score a table in partitions and chunks into ``out``; the batch summary."""
+def _score_table(det, data: Path, out: Path, id_columns, settings):
+    """Score a table in partitions and chunks into ``out`` with the scoring ``settings``
+    (``ScoringConfig``: chunk_rows, top_features, drift_psi_warning); the batch summary."""
+    chunk_rows, top_features = settings.chunk_rows, settings.top_features
     from vae_core import batch
     from vae_core.ingest import TABLE_SUFFIXES
 
@@ -380,11 +395,19 @@ def _score_table(det, data: Path, out: Path, id_columns, chunk_rows: int, top_fe
         batch.commit_scores(staged, out, staging)
     finally:
         batch.discard_staging(staging)
-    summary = batch.summarise_batch(out.stem, staged, det.threshold_, psi_warning=0.2)
+    summary = batch.summarise_batch(
+        out.stem, staged, det.threshold_, psi_warning=settings.drift_psi_warning
+    )
     typer.echo(
         f"scored {summary.rows} rows: {summary.flagged} flagged ({summary.flagged_rate:.1%}) "
         f"at threshold {det.threshold_:.4g} -> {out}"
     )
+    if summary.drift_warning:
+        console.print(
+            f"[yellow]score drift:[/] PSI {summary.psi:.3f} > {settings.drift_psi_warning:.3f} "
+            "(scoring.drift_psi_warning) against the calibration scores",
+            highlight=False,
+        )
     return summary
 
 
