@@ -296,20 +296,66 @@ GRID = np.linspace(-50.0, 150.0, 2001)
 
 def test_conformal_probability_matches_its_formula():
     prob = AnomalyProbability().fit(SCORES)
-    # 50 of the 100 calibration scores are >= 50: p = 1 - 51/101.
-    assert prob.probability([50.0])[0] == pytest.approx(1 - 51 / 101)
-    assert prob.probability([-1.0, 1000.0]).tolist() == [0.0, pytest.approx(100 / 101)]
+    # 51 of the 100 calibration scores are <= 50: p = 51/101 there, linear to the next score.
+    assert prob.probability([50.0])[0] == pytest.approx(51 / 101)
+    assert prob.probability([50.5])[0] == pytest.approx(51.5 / 101)
+    low, high = prob.probability([-1.0, 1000.0])
+    assert 0.0 < low < 1 / 101 and 100 / 101 < high <= 1.0
     assert prob.method_ == "conformal"
 
 
-def test_isotonic_probability_matches_sklearn():
+def test_isotonic_probability_is_the_shrunk_pav_blocks_at_their_mean_scores():
     rng = np.random.default_rng(0)
     y = (rng.random(500) < 0.2).astype(int)
     scores = rng.normal(size=500) + 2.0 * y
     prob = AnomalyProbability().fit(scores, y)
-    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(scores, y)
+    fitted = IsotonicRegression(y_min=0, y_max=1).fit(scores, y).predict(scores)
     assert prob.method_ == "isotonic"
-    np.testing.assert_allclose(prob.probability(GRID), iso.predict(GRID), atol=1e-12)
+    for value in np.unique(fitted):
+        block = fitted == value
+        centre, m = scores[block].mean(), block.sum()
+        expected = (value * m + 0.5) / (m + 1)  # one pseudo-count at 1/2
+        assert prob.probability([centre])[0] == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < prob.knots_p_.min() and prob.knots_p_.max() < 1.0
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_probability_is_strictly_increasing_where_the_score_changes(labelled):
+    """No two scores share a probability: inside the calibration range (linear between knots)
+    and beyond it (exponential tails), down to where a tail underflows."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(400) < 0.15).astype(int)
+    scores = np.round(rng.lognormal(size=400) * (1 + 3 * y), 1)  # ties, as real scores have
+    prob = AnomalyProbability().fit(scores, y if labelled else None)
+    grid = np.linspace(scores.min() - 5, scores.max() + 20, 5001)
+    p = prob.probability(grid)
+    resolvable = (p > 1e-300) & (p < 1 - 1e-15)
+    assert resolvable.mean() > 0.95
+    assert np.all(np.diff(p[resolvable]) > 0)
+
+
+def test_probability_agrees_with_the_threshold(fitted_mixed, mixed_data):
+    """Every flagged row (score > threshold) has a higher probability than every other."""
+    from copy import deepcopy
+
+    det = deepcopy(fitted_mixed)
+    rng = np.random.default_rng(0)
+    y = (rng.random(len(mixed_data)) < 0.1).astype(int)
+    for labels in (None, y):
+        det.calibrate(mixed_data, labels, policy=TargetFPR(fpr=0.1))
+        p = det.anomaly_probability(mixed_data)
+        flagged = det.predict(mixed_data) == -1
+        assert flagged.any() and (~flagged).any()
+        assert p[flagged].min() > p[~flagged].max()
+
+
+def test_a_model_saved_before_the_tails_keeps_its_probabilities():
+    prob = AnomalyProbability().fit(SCORES)
+    old = {"method": "conformal", "knots_x": np.sort(SCORES).tolist(), "knots_p": []}
+    legacy = AnomalyProbability.from_dict(old)
+    assert legacy.probability([50.0])[0] == pytest.approx(1 - 51 / 101)  # the old step function
+    assert legacy.probability([-1.0, 1000.0]).tolist() == [0.0, pytest.approx(100 / 101)]
+    assert prob.probability([50.0])[0] != legacy.probability([50.0])[0]
 
 
 def test_few_labelled_anomalies_use_the_conformal_p_value_on_normals():

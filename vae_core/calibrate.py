@@ -571,17 +571,29 @@ def calibrate_threshold(
 
 
 class AnomalyProbability:
-    """Anomaly probability in [0, 1] per row, non-decreasing in the anomaly score.
+    """Anomaly probability in (0, 1) per row, strictly increasing in the anomaly score.
 
     Without usable labels it is the conformal p-value turned around, on the normal calibration
-    scores c_1..c_n: ``p(s) = 1 - (1 + #{c_i >= s}) / (n + 1)``, the share of normal behaviour a
-    score exceeds (0.99: rarer than about 99% of normal rows). With labels holding at least
-    ``MIN_LABELLED_ANOMALIES`` anomalies it is an isotonic regression of the label on the score,
-    an estimate of P(anomaly | score) at the calibration prevalence.
+    scores c_1 <= ... <= c_n: at each c_j it is ``j / (n + 1)``, the share of normal behaviour
+    the score reaches (0.99: rarer than about 99% of normal rows), linear between calibration
+    scores. With labels holding at least ``MIN_LABELLED_ANOMALIES`` anomalies it is an
+    isotonic regression of the label on the score (an estimate of P(anomaly | score) at the
+    calibration prevalence), each of its blocks shrunk by one pseudo-count towards 1/2 (so no
+    block claims certainty from a handful of rows) and placed at its mean score, linear between
+    blocks.
 
-    The fitted state is plain arrays, so ``to_dict`` / ``from_dict`` round-trip through JSON
+    Past the calibration scores it follows exponential tails, ``1 - (1 - p_n) exp(-(s - x_n) /
+    b)`` above and ``p_1 exp((s - x_1) / b')`` below, with b, b' the mean excess of the highest
+    (lowest) tenth of the calibration scores (the maximum-likelihood exponential scale). So two
+    different scores never share a probability (up to float resolution), a row scored above the
+    threshold always gets a higher probability than every row at or below it, and the top
+    anomalies of a batch are still ordered where they lie beyond every calibration score.
+
+    The fitted state is plain floats, so ``to_dict`` / ``from_dict`` round-trip through JSON
     without pickle, and the restored object gives bit-identical probabilities.
     """
+
+    TAIL_SHARE = 0.1  # the share of calibration scores each tail's scale is estimated from
 
     def fit(self, scores: Any, y: Any = None) -> AnomalyProbability:
         """Fit on calibration scores (n,) and optional labels (n,), 1 = anomaly; returns self."""
@@ -590,30 +602,53 @@ class AnomalyProbability:
         self.fallback_reason_: str | None = None
         n_anomalies = 0 if y is None else int(y.sum())
         if y is not None and n_anomalies >= MIN_LABELLED_ANOMALIES:
-            return self._fit_isotonic(scores, y)
-        if y is not None:
-            self.fallback_reason_ = (
-                f"{n_anomalies} labelled anomalies (< {MIN_LABELLED_ANOMALIES}): conformal "
-                "p-value on the labelled normal rows instead of isotonic regression"
-            )
-            scores = scores[y == 0]
-        _require_count(scores.size, MIN_CALIBRATION_SCORES, "normal calibration scores")
-        self.method_ = "conformal"
-        self.knots_x_ = np.sort(scores)
-        self.knots_p_ = np.empty(0)
+            self._fit_isotonic(scores, y)
+        else:
+            if y is not None:
+                self.fallback_reason_ = (
+                    f"{n_anomalies} labelled anomalies (< {MIN_LABELLED_ANOMALIES}): conformal "
+                    "p-value on the labelled normal rows instead of isotonic regression"
+                )
+                scores = scores[y == 0]
+            _require_count(scores.size, MIN_CALIBRATION_SCORES, "normal calibration scores")
+            self._fit_conformal(scores)
+        self.tail_low_, self.tail_high_ = _tail_scales(scores, self.TAIL_SHARE)
         return self
 
-    def _fit_isotonic(self, scores: np.ndarray, y: np.ndarray) -> AnomalyProbability:
+    def _fit_conformal(self, scores: np.ndarray) -> None:
+        ordered = np.sort(scores)
+        values, last = np.unique(ordered[::-1], return_index=True)  # last position of a value
+        at_or_below = ordered.size - last  # #{c_i <= value}
+        self.method_ = "conformal"
+        self.knots_x_ = values.astype(np.float64)
+        self.knots_p_ = at_or_below / (ordered.size + 1.0)
+
+    def _fit_isotonic(self, scores: np.ndarray, y: np.ndarray) -> None:
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-        iso.fit(scores, y.astype(np.float64))
+        fitted = iso.fit(scores, y.astype(np.float64)).predict(scores)
+        blocks, block_of = np.unique(fitted, return_inverse=True)  # PAV blocks, by value
+        counts = np.bincount(block_of).astype(np.float64)
+        centres = np.bincount(block_of, weights=scores) / counts
         self.method_ = "isotonic"
-        self.knots_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
-        self.knots_p_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
-        return self
+        self.knots_x_ = centres
+        self.knots_p_ = (blocks * counts + 0.5) / (counts + 1.0)  # one pseudo-count at 1/2
 
     def probability(self, scores: Any) -> np.ndarray:
-        """Anomaly probability, shape (n,), in [0, 1], non-decreasing in the (n,) scores."""
+        """Anomaly probability, shape (n,), in [0, 1], strictly increasing in the (n,) scores
+        (up to float resolution; exactly 0 or 1 only where an exponential tail underflows)."""
         scores = check_scores(scores)
+        x, p = self.knots_x_, self.knots_p_
+        if getattr(self, "tail_high_", None) is None:  # a model saved before the tails
+            return self._legacy_probability(scores)
+        out = np.interp(scores, x, p)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            above, below = scores > x[-1], scores < x[0]
+            out[above] = 1.0 - (1.0 - p[-1]) * np.exp(-(scores[above] - x[-1]) / self.tail_high_)
+            out[below] = p[0] * np.exp((scores[below] - x[0]) / self.tail_low_)
+        return np.clip(out, 0.0, 1.0)
+
+    def _legacy_probability(self, scores: np.ndarray) -> np.ndarray:
+        """The step functions of models saved before the tails (bit-identical to then)."""
         if self.method_ == "isotonic":  # np.interp clips beyond the knots, like "clip"
             return np.interp(scores, self.knots_x_, self.knots_p_)
         n = self.knots_x_.size
@@ -626,6 +661,8 @@ class AnomalyProbability:
             "method": self.method_,
             "knots_x": self.knots_x_.tolist(),
             "knots_p": self.knots_p_.tolist(),
+            "tail_low": self.tail_low_,
+            "tail_high": self.tail_high_,
             "fallback_reason": self.fallback_reason_,
         }
 
@@ -638,5 +675,21 @@ class AnomalyProbability:
         restored.method_ = state["method"]
         restored.knots_x_ = np.asarray(state["knots_x"], dtype=np.float64)
         restored.knots_p_ = np.asarray(state["knots_p"], dtype=np.float64)
+        restored.tail_low_ = state.get("tail_low")
+        restored.tail_high_ = state.get("tail_high")
         restored.fallback_reason_ = state.get("fallback_reason")
         return restored
+
+
+def _tail_scales(scores: np.ndarray, share: float) -> tuple[float, float]:
+    """(lower, upper) exponential tail scales: the mean excess of the lowest (highest)
+    ``share`` of the scores beyond the quantile that bounds them; a positive fallback (the
+    scores' spread per score, then 1 nat) where that is zero."""
+    ordered = np.sort(scores)
+    k = max(2, int(np.ceil(share * ordered.size)))
+    high = float(np.mean(ordered[-k:] - ordered[-k]))
+    low = float(np.mean(ordered[k - 1] - ordered[:k]))
+    spread = float(ordered[-1] - ordered[0]) / max(ordered.size, 1)
+    fallback = spread if np.isfinite(spread) and spread > 0 else 1.0
+    ok = lambda v: v if np.isfinite(v) and v > 0 else fallback  # noqa: E731
+    return ok(low), ok(high)
