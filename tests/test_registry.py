@@ -369,3 +369,47 @@ def test_a_tracking_call_leaves_the_environment_as_it_was(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="no version"):
         registry.load_registered(target, "models:/m@champion")
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_own_table_from_the_command_line_only_in_a_folder_without_a_config(
+    tmp_path, monkeypatch, _mlflow_template_db
+):
+    """A table unlike the demo's (other columns, its own id and label names), from the command
+    line only, in a folder with no mlflow.yml: train under its own registered name, promote on
+    the same file, score with models:/NAME@champion."""
+    import shutil
+
+    from tests.conftest import config_store, mixed_frame
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(_mlflow_template_db, tmp_path / "mlflow.db")  # the default store, migrated
+    table = mixed_frame(1500, seed=7)  # enough calibration rows for the default policy
+    table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
+    table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
+    table.to_parquet(tmp_path / "my.parquet", index=False)
+    own = ["--data", "my.parquet", "--label-column", "is_fraud", "--id-column", "txn_id"]
+    runner = CliRunner()
+    with config_store():
+        trained = runner.invoke(
+            app, ["train", *own, "--out", "runs/v1", "--epochs", "3",
+                  "--registered-model", "fraud", "--experiment", "fraud-dev"],
+        )  # fmt: skip
+        assert trained.exit_code == 0, trained.output
+        assert "registered fraud version 1 as @challenger" in trained.output
+        assert "vae-anomaly promote --registered-model fraud" in trained.output
+        promoted = runner.invoke(app, ["promote", *own, "--registered-model", "fraud"])
+        assert promoted.exit_code == 0, promoted.output
+        assert "models:/fraud@champion -> version 1" in promoted.output
+        scored = runner.invoke(
+            app, ["score", "--model", "models:/fraud@champion", "--data", "my.parquet",
+                  "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev"],
+        )  # fmt: skip
+        assert scored.exit_code == 0, scored.output
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert scores["txn_id"].tolist() == table["txn_id"].tolist()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.name for m in client.search_registered_models()] == ["fraud"]
+    experiment = client.get_experiment_by_name("fraud-dev")
+    assert len(client.search_runs([experiment.experiment_id])) == 2  # training and scoring
+    assert not (tmp_path / "mlflow.yml").exists()

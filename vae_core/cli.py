@@ -30,6 +30,19 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="mlflow.yml to read.")]
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option("--registered-model", help="Registered model name (tracking.registered_model)."),
+]
+ExperimentOpt = Annotated[
+    str | None, typer.Option("--experiment", help="MLflow experiment (tracking.experiment).")
+]
+
+
+def _tracking_overrides(registered_model: str | None, experiment: str | None) -> dict:
+    """Config overrides for the tracking section from the command line (a flag wins)."""
+    given = {"registered_model": registered_model, "experiment": experiment}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _fail(message: str) -> None:
@@ -93,6 +106,8 @@ def train(
     ] = None,
     config: ConfigOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
+    registered_model: ModelNameOpt = None,
+    experiment: ExperimentOpt = None,
     register: Annotated[
         bool,
         typer.Option(
@@ -115,6 +130,8 @@ def train(
         overrides["data"]["id_columns"] = id_column
     if epochs is not None:
         overrides["training"] = {"epochs": epochs}
+    if tracking := _tracking_overrides(registered_model, experiment):
+        overrides["tracking"] = tracking
     cfg = load_config(config, overrides)
     if _images(cfg):
         _no_table_options(label_column=label_column, id_column=id_column)
@@ -195,10 +212,13 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
             registry.end_failed_run(target, run_id)
         raise
     ref = registry.register_challenger(target, run_id)
+    again = (f" --config {config}" if config else "") + (
+        f" --registered-model {ref.name}" if ref.name != "vae-anomaly" else ""
+    )
     typer.echo(
         f"registered {ref.name} version {ref.version} as @{ref.alias} in {target.uri} "
         f"(run {run_id})\nreview it:  {target.ui_command()}\npromote it: vae-anomaly promote"
-        + (f" --config {config}" if config else "")
+        + again
         + "\n"
     )
     return outcome
@@ -223,6 +243,13 @@ def promote(
             "(default: data.train_path)."
         ),
     ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="0/1 label column of --data (tables only).")
+    ] = None,
+    id_column: Annotated[
+        list[str] | None, typer.Option(help="Id column(s) of --data (tables only).")
+    ] = None,
+    registered_model: ModelNameOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score challenger and champion on the same held-out rows; move @champion if the gate
@@ -234,7 +261,16 @@ def promote(
 
     if reason is not None and not force:
         raise ValueError("--reason goes with --force (it records why the gate was overridden)")
-    cfg = load_config(config)
+    overrides: dict = {"data": {}}
+    if label_column is not None:
+        overrides["data"]["label_column"] = label_column
+    if id_column:
+        overrides["data"]["id_columns"] = id_column
+    if registered_model is not None:
+        overrides["tracking"] = {"registered_model": registered_model}
+    cfg = load_config(config, overrides)
+    if cfg.data.kind == "images":
+        _no_table_options(label_column=label_column, id_column=id_column)
     source = data or cfg.path(cfg.data.train_path)
     if cfg.data.kind == "images":
         from vae_core.image_pipeline import held_out_images, load_images
@@ -307,6 +343,7 @@ def score(
             "files' names and bytes, so rescoring the same files replaces their output)."
         ),
     ] = None,
+    experiment: ExperimentOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score a table (or images) with a saved model; write ids, scores, flags and top columns.
@@ -321,7 +358,8 @@ def score(
     from vae_core.config import load_config
     from vae_core.preprocess import ImagePreprocessor
 
-    cfg = load_config(config)
+    tracking = _tracking_overrides(None, experiment)
+    cfg = load_config(config, {"tracking": tracking} if tracking else None)
     det, registered = _scoring_model(model, cfg)
     is_image_model = isinstance(det.preprocessor_, ImagePreprocessor)
     if _images(cfg) and not is_image_model:
