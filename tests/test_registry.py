@@ -173,7 +173,9 @@ def test_first_model_becomes_champion_then_a_second_passes_the_gate(
     assert client.get_registered_model("vae-anomaly").aliases == {"champion": 2}
     v1, v2 = (client.get_model_version("vae-anomaly", v) for v in ("1", "2"))
     assert v2.tags["promotion.decision"] == "promoted" and v2.tags["promotion.compared_to"] == "1"
-    assert "promoted to champion" in v2.description.split("**Promotion log**")[1]
+    log = v2.description.split("**Promotion log**")[1]
+    assert "promoted to champion" in log and "Scored on held-out rows (367 rows)" in log
+    assert v2.description.startswith("## Review of vae-anomaly version 2\n")  # no alias: it moves
     assert v1.tags["promotion.replaced_by"] == "2"
     assert "replaced as champion by version 2" in v1.description
     assert promote(target, cfg, cardio_table, version=2).outcome == "unchanged"

@@ -288,7 +288,7 @@ def promote(
         version=version,
         force=force,
         reason=reason,
-        data_description=f"held-out rows (the test split of {source})",
+        data_description=f"the test split of {source}",
     )
     typer.echo(f"{decision.model_name} {decision.summary()}")
     typer.echo(f"models:/{decision.model_name}@champion -> version {decision.champion or '-'}")

@@ -212,7 +212,7 @@ def review_description(
     Ends with a "Promotion log" heading that decisions append lines under."""
     t = run.tags
     sections = [
-        f"## Review of {name} version {version} (challenger)",
+        f"## Review of {name} version {version}",  # aliases move; the UI shows them
         _data_section(run),
         _settings_section(run),
         _threshold_section(run),

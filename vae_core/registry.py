@@ -779,7 +779,7 @@ def promote_challenger(
         return PromotionDecision(name, old, old, "unchanged")
     ours = held_out_metrics(_load_detector(name, challenger.version), features, labels)
     theirs = None if old is None else held_out_metrics(_load_detector(name, old), features, labels)
-    note = f"Scored on {len(features)} {data_description}"
+    note = f"Scored on {data_description} ({len(features)} rows)"
     decision = decide(
         name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
     )
