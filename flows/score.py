@@ -16,6 +16,7 @@ Run it: ``python -m flows.score [--config configs/mnist.yml]`` or
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -67,10 +68,28 @@ def score_partition(
     top_features: int,
     missing: str = "marginalise",
 ) -> batch.StagedPart:
+    _check_visible(model_dir, Path(staging).parent)
     det = _detector(model_dir).set_params(missing=missing)
     return batch.score_partition(
         det, part, Path(staging), index, id_columns, chunk_rows, top_features
     )
+
+
+def _check_visible(model_dir: str, out_dir: Path) -> None:
+    """On a Dask cluster the partitions are scored in the workers, which read the model's local
+    copy and write the staged parts beside the output: both folders must be on storage they
+    share with the flow. Say so, rather than failing on a missing file of the model or
+    staging the parts on a worker's own disk where the commit cannot find them."""
+    import socket
+
+    for what, folder in (("model folder", Path(model_dir)), ("output folder", out_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"the {what} {folder} is not visible on {socket.gethostname()} (pid "
+                f"{os.getpid()}), where this partition is scored: on a Dask cluster, "
+                "scoring.model_cache and scoring.output_dir must be on storage that the flow "
+                "and every worker share, at the same path"
+            )
 
 
 @task(**IO_RETRIES)
@@ -127,7 +146,10 @@ def task_runner(cfg: PipelineConfig):
             "n_workers": cfg.scoring.max_workers,
             "threads_per_worker": 1,
             "processes": False,
-            "dashboard_address": "127.0.0.1:0",  # loopback only; ":0" is every interface
+            # loopback only; ":0" is every interface. Each worker has an HTTP server (health,
+            # metrics) of its own, on every interface unless told otherwise.
+            "dashboard_address": "127.0.0.1:0",
+            "worker_dashboard_address": "127.0.0.1:0",
             "silence_logs": logging.ERROR,
         }
     )
