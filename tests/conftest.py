@@ -192,3 +192,21 @@ def config_store():
         mlflow.set_tracking_uri(None)  # unsets the variable too
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def prefect_flow_run(api: str, name: str) -> dict:
+    """The flow run called ``name`` as a Prefect API at ``api`` returns it ({} while there is
+    none), through the REST filter endpoint (no client state)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"flow_runs": {"name": {"any_": [name]}}}).encode()
+    req = urllib.request.Request(
+        api + "/flow_runs/filter",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        runs = json.load(r)
+    return runs[0] if runs else {}

@@ -18,7 +18,6 @@ Every process a test starts is killed in a finally block, and every mount is unm
 from __future__ import annotations
 
 import errno
-import json
 import math
 import multiprocessing
 import os
@@ -27,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import CARDIO, ROOT, free_port, promote, register, write_pipeline_config
+from tests.conftest import (
+    CARDIO,
+    ROOT,
+    free_port,
+    prefect_flow_run,
+    promote,
+    register,
+    write_pipeline_config,
+)
 from tests.test_prefect_e2e import PREFECT, _stop, _wait_healthy
 
 BATCH = "nightly-2026-12-01"
@@ -120,20 +126,6 @@ _LEAN_SERVER = {
         )
     },
 }
-
-
-def _flow_run(api: str, name: str) -> dict:
-    """The flow run called ``name`` as the API returns it ({} while there is none)."""
-    body = json.dumps({"flow_runs": {"name": {"any_": [name]}}}).encode()
-    req = urllib.request.Request(
-        api + "/flow_runs/filter",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        runs = json.load(r)
-    return runs[0] if runs else {}
 
 
 def _process_groups_of_flow_run(run_id: str) -> set[int]:
@@ -239,7 +231,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
 
         # Kill when the run is RUNNING and a partition is half written (a .tmp in staging).
         def mid_run():
-            run = _flow_run(api, "killed")
+            run = prefect_flow_run(api, "killed")
             ended = run.get("state_type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
             assert not ended, f"the run ended ({run['state_type']}) before the kill"
             half_written = staging.is_dir() and any(staging.glob("*.tmp"))
@@ -253,7 +245,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         os.killpg(worker.pid, signal.SIGKILL)
         _kill_groups(run_groups)
         worker.wait(timeout=30)
-        assert _flow_run(api, "killed")["state_type"] == "RUNNING"  # it never finished
+        assert prefect_flow_run(api, "killed")["state_type"] == "RUNNING"  # it never finished
         assert {p.name: p.read_bytes() for p in scores.glob("*.parquet")} == before
         assert _temporary_files(staging), "the kill was meant to leave a half-written part"
 
@@ -268,7 +260,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         ended = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
         def rerun_ended():
-            run = _flow_run(api, "rerun")
+            run = prefect_flow_run(api, "rerun")
             return run if run.get("state_type") in ended else None
 
         rerun = _wait_for(rerun_ended, "the rerun", 300, worker_log, poll=0.5)

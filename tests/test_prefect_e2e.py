@@ -4,7 +4,6 @@ flows/deploy.py, `prefect deployment run`, and a worker that executes the run.
 Every process the test starts is stopped in a finally block, even when the test fails.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import CARDIO, ROOT, free_port, write_pipeline_config
+from tests.conftest import CARDIO, ROOT, free_port, prefect_flow_run, write_pipeline_config
 
 pytestmark = pytest.mark.e2e
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -53,19 +52,6 @@ def _run(args, env, timeout=180):
     )
     assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def _flow_run_state(api: str, name: str) -> str:
-    body = json.dumps({"flow_runs": {"name": {"any_": [name]}}}).encode()
-    req = urllib.request.Request(
-        api + "/flow_runs/filter",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        runs = json.load(r)
-    return runs[0]["state_type"]
 
 
 def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
@@ -149,7 +135,7 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
             text=True,
         )
         output, _ = worker.communicate(timeout=300)
-        assert _flow_run_state(api, name) == "COMPLETED", output[-3000:]
+        assert prefect_flow_run(api, name)["state_type"] == "COMPLETED", output[-3000:]
     finally:
         _stop(worker)
         _stop(server)

@@ -687,9 +687,10 @@ def _tail_scales(scores: np.ndarray, share: float) -> tuple[float, float]:
     scores' spread per score, then 1 nat) where that is zero."""
     ordered = np.sort(scores)
     k = max(2, int(np.ceil(share * ordered.size)))
-    high = float(np.mean(ordered[-k:] - ordered[-k]))
-    low = float(np.mean(ordered[k - 1] - ordered[:k]))
-    spread = float(ordered[-1] - ordered[0]) / max(ordered.size, 1)
+    with np.errstate(over="ignore", invalid="ignore"):  # scores near the float limit: inf
+        high = float(np.mean(ordered[-k:] - ordered[-k]))
+        low = float(np.mean(ordered[k - 1] - ordered[:k]))
+        spread = float(ordered[-1] - ordered[0]) / max(ordered.size, 1)
     fallback = spread if np.isfinite(spread) and spread > 0 else 1.0
     ok = lambda v: v if np.isfinite(v) and v > 0 else fallback  # noqa: E731
     return ok(low), ok(high)
