@@ -196,15 +196,12 @@ def score(
     out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{ident}.parquet"
-    staging = batch.staging_dir(dest, ident)
-    batch.discard_staging(staging)  # left over by a killed run of the same batch
     parts = list_partitions(source)
-    try:
+    waiting = functools.partial(logger.warning, "batch %s: waiting for its other run", ident)
+    with batch.staging_for(dest, ident, on_wait=waiting) as staging:
         runner = score_partitions.with_options(task_runner=task_runner(cfg))
         staged = runner(model_dir, parts, str(staging), cfg)
         written = commit_scores(staged, str(dest), str(staging))
-    finally:
-        batch.discard_staging(staging)
     det = _detector(model_dir)
     summary = batch.summarise_batch(ident, staged, det.threshold_, cfg.scoring.drift_psi_warning)
     run_id = log_scoring_run(cfg, model, summary, written, source)

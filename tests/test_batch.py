@@ -203,3 +203,82 @@ def test_batch_csv_reading_papers_over_nothing_that_read_table_refuses(tmp_path)
     (part,) = list_partitions(one)
     rows = pd.concat(read_partition(part, chunk_rows=2))
     assert rows["a"].isna().tolist() == [False, True, False]
+
+
+def test_two_runs_of_one_batch_id_at_once_both_finish_with_one_whole_output(
+    calibrated, mixed_data, tmp_path
+):
+    """Two runs of batch id "b" at once on different inputs (a retry beside a late run): the
+    second waits for the first's commit (batch_lock), neither removes the other's staging
+    folder, and the output is one run's whole file, never a mix. Before the lock, the second
+    run's clean-up deleted the first's staged parts mid-run and both failed."""
+    import threading
+
+    from vae_core.batch import staging_for
+
+    df = with_ids(mixed_data)
+    inputs = {"a": df.iloc[:400], "z": df.iloc[400:]}
+    for name, part in inputs.items():
+        part.to_csv(tmp_path / f"{name}.csv", index=False)
+    dest = tmp_path / "out" / "b.parquet"
+    dest.parent.mkdir()
+    waits, errors = [], []
+
+    def run(name):
+        try:
+            with staging_for(dest, "b", on_wait=lambda: waits.append(name)) as staging:
+                parts = list_partitions(tmp_path / f"{name}.csv")
+                staged = [score_partition(calibrated, p, staging, i, ["row_id"], 20) for i, p in
+                          enumerate(parts)]  # fmt: skip
+                commit_scores(staged, dest, staging)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(waits) == 1  # one of them waited for the other
+    out = pd.read_parquet(dest)
+    assert list(out["row_id"]) in [list(p["row_id"]) for p in inputs.values()]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["b.parquet"]  # no lock, no staging
+
+
+def test_the_batch_lock_outlives_a_killed_holder_and_leaves_no_file(tmp_path):
+    """A holder killed with SIGKILL leaves the lock file but not the lock: the next run takes
+    it at once and removes the file on release."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vae_core.atomic import exclusive
+
+    lock = tmp_path / ".b.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vae_core.atomic import exclusive\n"
+         "with exclusive(sys.argv[1]):\n print('held', flush=True); time.sleep(600)", lock],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waited = []
+        import threading
+
+        def take():
+            with exclusive(lock, on_wait=lambda: waited.append(time.monotonic())):
+                pass
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        taker.join(timeout=1.0)
+        assert taker.is_alive() and waited, "the second holder must wait for the first"
+        holder.send_signal(signal.SIGKILL)
+        taker.join(timeout=30)
+        assert not taker.is_alive(), "the lock of a killed holder must be free"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not lock.exists()

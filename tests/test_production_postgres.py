@@ -287,14 +287,15 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
 
 
 def _check_outputs(finished: dict, scores: Path, cardio: pd.DataFrame, logs: list[Path]) -> None:
-    """All four batches Completed, each with its rows exactly once; of the two runs of batch
-    id "dup" at least one Completed, and "dup" holds b0's rows exactly as b0's single run
-    wrote them; no staging folder or temporary file is left."""
+    """All four batches Completed, each with its rows exactly once; the two runs of batch id
+    "dup" both Completed (the second waits for the first's batch lock), and "dup" holds b0's
+    rows exactly as b0's single run wrote them; no staging folder, lock or temporary file is
+    left."""
     states = {label: run["state_type"] for label, run in finished.items()}
     logs_text = "\n".join(_tail(log) for log in logs)
     for name in BATCHES:
         assert states[name] == "COMPLETED", f"{name}: {states}\n{logs_text}"
-    assert "COMPLETED" in (states["dup-1"], states["dup-2"]), f"{states}\n{logs_text}"
+    assert states["dup-1"] == states["dup-2"] == "COMPLETED", f"{states}\n{logs_text}"
     for i, name in enumerate(BATCHES):
         out = pd.read_parquet(scores / f"{name}.parquet")
         assert out["record_id"].is_unique, name

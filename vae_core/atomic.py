@@ -1,14 +1,17 @@
 """Atomic file writes: a temporary file in the target's folder, then a rename over it.
 
 Readers (a worker, a reviewer, a second scoring run) see the old file or the whole new one,
-never a part, and a crash leaves no half-written file where they look.
+never a part, and a crash leaves no half-written file where they look. ``exclusive`` is the
+lock that lets only one run of a batch write its outputs at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -45,3 +48,48 @@ def atomic_write_frame(frame, path: Path) -> Path:
     if Path(path).suffix.lower() == ".csv":
         return atomic_write(path, lambda f: frame.to_csv(f, index=False))
     return atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock named ``path`` (an ``flock`` on a file there) for the block:
+    a second holder of the same name, in this or another process, waits until the first
+    leaves. ``on_wait()`` is called once if it has to wait.
+
+    The lock file is removed on the way out, without a race: a waiter that obtains the lock
+    on a file that was meanwhile unlinked (or replaced) retries on the current one. A killed
+    holder leaves the file behind, unlocked (the kernel drops the lock with the process); the
+    next holder takes it and removes it.
+    """
+    path = Path(path)
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (
+                held.st_ino,
+                held.st_dev,
+            ):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file we locked was removed by the previous holder: retry
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding it: a waiter on this file retries
+        os.close(fd)

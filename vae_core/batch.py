@@ -13,6 +13,9 @@ over the destination (``commit_scores``). So:
   every temporary file of a run, the final file's included, is written inside the staging
   folder, which the next run of the batch removes first (``discard_staging``);
 * rerunning a batch (same batch id) replaces its output: every row appears exactly once;
+* two runs of the same batch id at once (two `prefect deployment run`, a retry beside a
+  late run) take turns: ``batch_lock`` holds the second until the first has committed, so
+  neither removes the other's staging folder and the output is one run's whole file;
 * a full disk fails the batch with one ``OSError`` (errno ENOSPC) naming the file it could not
   write; the failing step removes its temporary file and closes every file it opened, so the
   space is free again (for a retry), and earlier outputs keep their bytes.
@@ -38,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vae_core.atomic import exclusive
 from vae_core.ingest import TABLE_SUFFIXES, check_column_names, check_csv_layout, csv_header
 
 _EXAMPLES = 5
@@ -251,6 +255,29 @@ class StagedPart:
 
 def staging_dir(dest: Path, batch_id: str) -> Path:
     return Path(dest).parent / f".{batch_id}.staging"
+
+
+def batch_lock(dest: Path, batch_id: str, on_wait: Callable[[], None] | None = None):
+    """The lock one run of batch ``batch_id`` holds while it writes, in ``dest``'s folder
+    (``.<batch id>.lock``, removed on release). A second run of the same id waits for it
+    (``on_wait()`` is called once if so); other ids do not."""
+    return exclusive(Path(dest).parent / f".{batch_id}.lock", on_wait)
+
+
+@contextlib.contextmanager
+def staging_for(
+    dest: Path, batch_id: str, on_wait: Callable[[], None] | None = None
+) -> Iterator[Path]:
+    """The staging folder of one run of a batch, under its ``batch_lock``: a folder left by a
+    killed run is removed first, and this run's on the way out (after ``commit_scores``, or
+    on failure)."""
+    staging = staging_dir(dest, batch_id)
+    with batch_lock(dest, batch_id, on_wait):
+        discard_staging(staging)  # left over by a killed run of the same batch
+        try:
+            yield staging
+        finally:
+            discard_staging(staging)
 
 
 def score_partition(

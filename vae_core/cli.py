@@ -411,10 +411,9 @@ def _score_table(det, data: Path, out: Path, id_columns, settings):
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
     parts = batch.list_partitions(data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = batch.staging_dir(out, out.stem)
-    batch.discard_staging(staging)
     staged = []
-    try:
+    waiting = lambda: console.print(f"waiting for another run writing {out}")  # noqa: E731
+    with batch.staging_for(out, out.stem, on_wait=waiting) as staging:
         with Progress(
             TextColumn("[bold]scoring[/]"),
             BarColumn(),
@@ -431,8 +430,6 @@ def _score_table(det, data: Path, out: Path, id_columns, settings):
                 )
                 progress.update(task, advance=1)
         batch.commit_scores(staged, out, staging)
-    finally:
-        batch.discard_staging(staging)
     summary = batch.summarise_batch(
         out.stem, staged, det.threshold_, psi_warning=settings.drift_psi_warning
     )

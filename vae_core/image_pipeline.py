@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from vae_core import pipeline
-from vae_core.atomic import atomic_write, atomic_write_frame
+from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
 from vae_core.batch import checked_batch_id, files_identity
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.images import (
@@ -285,13 +285,16 @@ def score_image_batch(
     require_readable(len(scores), len(files), skipped, source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    maps = _write_batch_maps(det, scores, reread, cfg.top_maps, out_dir / f"{ident}.maps")
-    skipped_path = out_dir / f"{ident}.skipped.csv"
-    if skipped:
-        atomic_write_frame(pd.DataFrame(skipped, columns=["path", "reason"]), skipped_path)
-    else:
-        skipped_path.unlink(missing_ok=True)  # from an earlier run of this batch
-    output = atomic_write_frame(scores, out_dir / f"{ident}.parquet")
+    # One run of a batch writes its three outputs at a time: never maps of one run beside
+    # the scores of another.
+    with exclusive(out_dir / f".{ident}.lock"):
+        maps = _write_batch_maps(det, scores, reread, cfg.top_maps, out_dir / f"{ident}.maps")
+        skipped_path = out_dir / f"{ident}.skipped.csv"
+        if skipped:
+            atomic_write_frame(pd.DataFrame(skipped, columns=["path", "reason"]), skipped_path)
+        else:
+            skipped_path.unlink(missing_ok=True)  # from an earlier run of this batch
+        output = atomic_write_frame(scores, out_dir / f"{ident}.parquet")
     listed = skipped_path if skipped else None
     return ImageBatch(ident, output, maps, listed, scores, skipped, det.threshold_)
 
