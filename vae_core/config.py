@@ -62,6 +62,9 @@ class DataConfig(_Section):
     label_column: str | None = "label"
     id_columns: list[str] = Field(default_factory=lambda: ["record_id"])
     drop_columns: list[str] = Field(default_factory=list)
+    # Tables: training reads at most this many rows, a uniform random sample (split.seed)
+    # streamed from the file(s), so memory is bounded whatever the table's size; null: all.
+    max_train_rows: int | None = Field(1_000_000, ge=1)
 
 
 class ImagesConfig(_Section):
