@@ -62,9 +62,28 @@ class DataConfig(_Section):
     label_column: str | None = "label"
     id_columns: list[str] = Field(default_factory=lambda: ["record_id"])
     drop_columns: list[str] = Field(default_factory=list)
-    # Tables: training reads at most this many rows, a uniform random sample (split.seed)
-    # streamed from the file(s), so memory is bounded whatever the table's size; null: all.
+    # Tables: training reads at most this many rows, a fixed uniform random sample streamed
+    # from the file(s) (ingest.read_table_sample): memory bounded whatever the size; null: all.
     max_train_rows: int | None = Field(1_000_000, ge=1)
+
+    def for_file(self, path: str | Path | None, root: Path) -> DataConfig:
+        """This section for reading ``path``: unchanged when ``path`` is None or this
+        section's own data (``train_path`` or ``score_path``, relative ones resolved against
+        ``root``, the config's folder; ``path`` against the working directory); for any other
+        file the same section with no label, id or dropped columns. Those three describe one
+        file's columns: the checkout's demo settings (``record_id``, ``label`` of
+        data/cardio.csv) must never apply silently to a user's table, whose columns only the
+        command line's flags (--label-column, --id-column) then name."""
+        if path is None or _resolved(path) in {
+            _resolved(root / Path(own).expanduser()) for own in (self.train_path, self.score_path)
+        }:
+            return self
+        return self.model_copy(update={"label_column": None, "id_columns": [], "drop_columns": []})
+
+
+def _resolved(path: str | Path) -> str:
+    """An absolute, normalised spelling of ``path`` (``root / p`` keeps an absolute ``p``)."""
+    return os.path.normpath(os.path.abspath(Path(path).expanduser()))
 
 
 class ImagesConfig(_Section):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -124,9 +126,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def _parquet_names(path: Path) -> list[str]:
     """The column names in a Parquet file's schema, checked before pandas reads the file
     (pyarrow's own error for a repeated name names neither the column nor its position)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         names = pq.read_schema(path).names
     except (pa.ArrowException, OSError) as exc:
@@ -203,12 +202,118 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
 
 
 def load_table(path: str | Path, data, require_label: bool = False) -> LabelledTable:
-    """Read a table and separate features, labels and ids as the ``data`` config says."""
+    """Read a table and separate features, labels and ids as the ``data`` config says.
+
+    A table of more than ``data.max_train_rows`` rows (when set) is read as a uniform sample
+    of that many rows (``read_table_sample``), so that memory is bounded by the sample, not
+    the file; the same file always gives the same sample, so training and a later
+    ``promote`` see the same rows and the same splits.
+    """
+    max_rows = getattr(data, "max_train_rows", None)
+    frame = read_table(path) if max_rows is None else read_table_sample(path, max_rows)
     return split_columns(
-        read_table(path),
+        frame,
         data.label_column,
         data.id_columns,
         data.drop_columns,
         source=str(path),
         require_label=require_label,
     )
+
+
+SAMPLE_SEED = 20_140_612  # fixed: the same file gives the same training sample on every run
+SAMPLE_CHUNK_ROWS = 65_536
+
+
+def table_rows(path: str | Path) -> int:
+    """The number of data rows of a CSV or Parquet file (or folder of Parquet files), without
+    reading it into memory: Parquet from its footer, CSV by counting lines (an upper bound
+    when a quoted value holds a line break)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(table_rows(p) for p in sorted(path.glob("*.parquet")))
+    if TABLE_SUFFIXES.get(path.suffix.lower()) == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    lines, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(0, lines + (last != b"\n") - 1)
+
+
+def read_table_sample(path: str | Path, max_rows: int) -> pd.DataFrame:
+    """``read_table``, or a uniform random sample of ``max_rows`` of its rows when it has
+    more, read a chunk at a time: memory ~ the sample plus one chunk of
+    ``SAMPLE_CHUNK_ROWS``, whatever the size of the file.
+
+    Bottom-k sampling: every row gets a key from a generator seeded with ``SAMPLE_SEED``, in
+    file order, and the ``max_rows`` rows with the smallest keys are kept (each subset of
+    that size is equally likely), in file order. The index is the rows' 0-based positions in
+    the file, so an error about a sampled row still names its place in the file.
+    """
+    path = Path(path)
+    if int(max_rows) < 1:
+        raise ValueError(f"max_train_rows must be a positive integer, got {max_rows}")
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if path.is_file() and TABLE_SUFFIXES.get(path.suffix.lower()) is None:
+        return read_table(path)  # the unsupported type's message
+    if table_rows(path) <= max_rows:
+        return read_table(path)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    kept: pd.DataFrame | None = None
+    keys = np.empty(0)
+    first = 0
+    for chunk in _table_chunks(path):
+        chunk.index = pd.RangeIndex(first, first + len(chunk))
+        first += len(chunk)
+        merged = chunk if kept is None else pd.concat([kept, chunk])
+        merged_keys = np.concatenate([keys, rng.random(len(chunk))])
+        if len(merged) > max_rows:
+            keep = np.sort(np.argpartition(merged_keys, max_rows - 1)[:max_rows])
+            merged, merged_keys = merged.iloc[keep], merged_keys[keep]
+        kept, keys = merged, merged_keys
+    if kept is None or kept.empty:
+        raise ValueError(f"{path}: the file has no data rows")
+    check_column_names(kept.columns, path)
+    return kept
+
+
+def _table_chunks(path: Path):
+    """Chunks of a CSV or Parquet file (or folder of Parquet files), checked as ``read_table``
+    checks them (header layout, one set of columns per folder)."""
+    if path.is_dir():
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise ValueError(f"folder {path} holds no .parquet files")
+        first_columns = None
+        for part in parts:
+            for chunk in _table_chunks(part):
+                if first_columns is None:
+                    first_columns = chunk.columns
+                _check_same_columns(first_columns, parts[0], chunk.columns, part)
+                yield chunk
+        return
+    kind = TABLE_SUFFIXES[path.suffix.lower()]
+    try:
+        if kind == "csv":
+            header = check_csv_layout(path)
+            reader = pd.read_csv(
+                path, chunksize=SAMPLE_CHUNK_ROWS, skip_blank_lines=len(header) > 1
+            )
+            with reader:
+                for chunk in reader:
+                    if [str(c) for c in chunk.columns] != header:
+                        raise ValueError(
+                            f"{path}: the header reads as {header} but pandas read the columns "
+                            f"{list(chunk.columns)}; check the quoting of the header line"
+                        )
+                    yield chunk
+        else:
+            _parquet_names(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # stream: memory ~ one batch
+            for batch in pf.iter_batches(batch_size=SAMPLE_CHUNK_ROWS):
+                yield batch.to_pandas()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as {kind} ({exc})") from exc
