@@ -31,6 +31,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -553,7 +554,7 @@ def log_packaged_model(
     """
     package = Path(vae_core.__file__).resolve().parent
     config = {"top_features": int(top_features), "on_size_mismatch": on_size_mismatch}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _without_info("mlflow.pyfunc"):
         det.save(Path(tmp) / "detector")
         return mlflow.pyfunc.log_model(
             name="model",
@@ -565,6 +566,19 @@ def log_packaged_model(
             input_example=example,
             pip_requirements=pip_requirements(),
         )
+
+
+@contextlib.contextmanager
+def _without_info(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING meanwhile: MLflow's INFO line "Validating input example
+    against model signature" on every training run is noise (the validation still runs)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSignature:
