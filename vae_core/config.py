@@ -141,7 +141,7 @@ class ModelConfig(_Section):
     hidden_dims: tuple[int, ...] = (128, 64)
     likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
     architecture: Literal["mlp", "conv"] = "mlp"
-    n_score_samples: int = Field(32, ge=1, le=100_000)
+    n_score_samples: int = Field(8, ge=1, le=100_000)
     min_variance: float = Field(1e-3, gt=0)
     # null: "shared" for conv (images), "sample" for mlp (tables); see VAEDetector
     decoder_variance: Literal["sample", "feature", "shared"] | None = None
