@@ -95,7 +95,8 @@ def test_image_train_flow_registers_and_promotes_with_grids_and_maps(store):
     assert result["version"] == "1" and result["promoted"] is True
     client = _client(folder)
     champion = client.get_model_version_by_alias("digits", "champion")
-    assert str(champion.version) == "1" and champion.tags["promotion.held_out_rows"] == "70"
+    assert str(champion.version) == "1" and champion.tags["promotion"] == "promoted"
+    assert "(70 rows)" in champion.description  # the held-out rows promotion scored
     run_id = result["run_id"]
     review = _artifacts(client, run_id, "review")
     assert review == [

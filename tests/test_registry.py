@@ -145,11 +145,12 @@ def test_register_challenger_writes_a_review_and_tags(
     ):
         assert part in text, part
     tags = mv.tags
-    assert float(tags["threshold"]) == pytest.approx(trained_cardio.detector.threshold_, rel=1e-5)
-    assert tags["calibration.policy"] == "target_fpr" and "test_roc_auc" in tags
-    assert tags["data.sha256"] == registry.table_fingerprint(cardio_table)["sha256"]
-    assert tags["code.version"] and tags["code.git_commit"]
-    assert tags["promotion.decision"] == "pending"
+    assert float(tags["threshold"]) == pytest.approx(trained_cardio.detector.threshold_, rel=1e-3)
+    assert tags["policy"] == "target_fpr" and "test_roc_auc" in tags and tags["rows"] == "1831"
+    assert tags["data_sha256"] == registry.table_fingerprint(cardio_table)["sha256"][:16]
+    assert tags["promotion"] == "pending" and tags["registration_state"] == "complete"
+    assert len(tags) <= registry.MAX_VERSION_TAGS
+    assert "vae_core" in text and "commit `" in text  # the code version: in the review
 
 
 def test_first_model_becomes_champion_then_a_second_passes_the_gate(
@@ -172,11 +173,11 @@ def test_first_model_becomes_champion_then_a_second_passes_the_gate(
     assert second.challenger_metrics["roc_auc"] == pytest.approx(second.champion_metrics["roc_auc"])
     assert client.get_registered_model("vae-anomaly").aliases == {"champion": 2}
     v1, v2 = (client.get_model_version("vae-anomaly", v) for v in ("1", "2"))
-    assert v2.tags["promotion.decision"] == "promoted" and v2.tags["promotion.compared_to"] == "1"
+    assert v2.tags["promotion"] == "promoted" and "compared" not in v2.tags
     log = v2.description.split("**Promotion log**")[1]
     assert "promoted to champion" in log and "Scored on held-out rows (367 rows)" in log
     assert v2.description.startswith("## Review of vae-anomaly version 2\n")  # no alias: it moves
-    assert v1.tags["promotion.replaced_by"] == "2"
+    assert v1.tags["promotion"] == "replaced by v2"
     assert "replaced as champion by version 2" in v1.description
     assert promote(target, cfg, cardio_table, version=2).outcome == "unchanged"
 
@@ -196,7 +197,7 @@ def test_gate_rejects_a_challenger_that_flags_too_much_and_force_overrides(
     client = MlflowClient(target.uri)
     assert client.get_registered_model("vae-anomaly").aliases == {"champion": 1, "challenger": 2}
     v2 = client.get_model_version("vae-anomaly", "2")
-    assert v2.tags["promotion.decision"] == "rejected"
+    assert v2.tags["promotion"] == "rejected"
     assert "not promoted; champion stays version 1" in v2.description
 
     with pytest.raises(ValueError, match="needs a reason"):
@@ -204,8 +205,7 @@ def test_gate_rejects_a_challenger_that_flags_too_much_and_force_overrides(
     forced = promote(target, cfg, cardio_table, force=True, reason="incident 42: rollback test")
     assert forced.outcome == "forced"
     v2 = client.get_model_version("vae-anomaly", "2")
-    assert v2.tags["promotion.decision"] == "forced"
-    assert v2.tags["promotion.override_reason"] == "incident 42: rollback test"
+    assert v2.tags["promotion"] == "forced"
     assert "FORCED to champion (manual override: incident 42" in v2.description
     assert client.get_registered_model("vae-anomaly").aliases == {"champion": 2}
 

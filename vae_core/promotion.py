@@ -179,6 +179,7 @@ class RunRecord:
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, float]
+    schema: dict | None = None  # its feature_schema.json (columns and kinds), when read
 
 
 # What makes two training runs the same training: every setting (the run's parameters) and
@@ -344,11 +345,7 @@ def _changes_section(run: RunRecord, champion: str | None, old: RunRecord | None
         f"**Against the champion** (version {champion}):",
         f"- Settings: {settings or 'identical'}.",
     ]
-    if run.tags.get("data.sha256") == old.tags.get("data.sha256"):
-        lines.append("- Data: the same table (same fingerprint).")
-    else:
-        rows = f"{old.tags.get('data.rows')} -> {run.tags.get('data.rows')} rows"
-        lines.append(f"- Data: different ({rows}, fingerprint changed).")
+    lines.append(f"- Data: {data_changes(old, run)}.")
     code = (old.tags.get("code.git_commit"), run.tags.get("code.git_commit"))
     lines.append(f"- Code: {'unchanged' if code[0] == code[1] else f'{code[0]} -> {code[1]}'}.")
     for key in _COMPARED_METRICS:
@@ -360,3 +357,77 @@ def _changes_section(run: RunRecord, champion: str | None, old: RunRecord | None
         "both models on the same held-out rows."
     )
     return "\n".join(lines)
+
+
+def _schema_columns(schema: dict | None) -> dict[str, str] | None:
+    """Column name -> kind of a tabular feature schema; None for images or when unknown."""
+    if not schema or schema.get("kind") != "tabular":
+        return None
+    return {str(c["name"]): str(c.get("kind", "")) for c in schema.get("columns", [])}
+
+
+def _names(columns: list[str], limit: int = 12) -> str:
+    shown = ", ".join(f"`{c}`" for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
+
+
+def data_changes(old: RunRecord, new: RunRecord) -> str:
+    """How the data of ``new`` differs from that of ``old``, in words: the same table, or
+    the rows before and after and the feature columns added, removed, or of another kind
+    (numeric / categorical / constant), the label column and the image shape when changed."""
+    if new.tags.get("data.sha256") == old.tags.get("data.sha256"):
+        return "the same table (same fingerprint)"
+    parts = [f"{old.tags.get('data.rows')} -> {new.tags.get('data.rows')} rows"]
+    before, after = _schema_columns(old.schema), _schema_columns(new.schema)
+    if before is not None and after is not None:
+        added = [c for c in after if c not in before]
+        removed = [c for c in before if c not in after]
+        retyped = [
+            f"`{c}` {before[c]} -> {after[c]}" for c in after if before.get(c, after[c]) != after[c]
+        ]
+        if added:
+            parts.append(f"columns added: {_names(added)}")
+        if removed:
+            parts.append(f"columns removed: {_names(removed)}")
+        if retyped:
+            parts.append("kind changed: " + ", ".join(retyped))
+        if not (added or removed or retyped):
+            parts.append(f"the same {len(after)} columns, other values")
+    label = (
+        old.tags.get("data.label_column") or "none",
+        new.tags.get("data.label_column") or "none",
+    )
+    if label[0] != label[1]:
+        parts.append(f"label column `{label[0]}` -> `{label[1]}`")
+    shape = (old.tags.get("data.image_shape"), new.tags.get("data.image_shape"))
+    if shape[0] != shape[1]:
+        parts.append(f"image shape {shape[0] or '-'} -> {shape[1] or '-'}")
+    source = (old.tags.get("data.source"), new.tags.get("data.source"))
+    if source[0] != source[1]:
+        parts.append(f"source `{source[0]}` -> `{source[1]}`")
+    return "a different table: " + "; ".join(parts)
+
+
+def training_run_note(run: RunRecord) -> str:
+    """The training run's description (``mlflow.note.content``): what was trained on what,
+    the numbers a reader looks for first, and where the rest is."""
+    t, m = run.tags, run.metrics
+    what = "images" if t.get("data.kind") == "images" else "rows"
+    label = t.get("data.label_column")
+    labels = f"labels `{label}`, {t.get('data.anomalies')} anomalies" if label else "no labels"
+    auc = ""
+    if "test_roc_auc" in m:
+        auc = (
+            f" Test ROC-AUC {_fmt(m['test_roc_auc'])} "
+            f"({_fmt(m.get('test_roc_auc_ci_low'))} - {_fmt(m.get('test_roc_auc_ci_high'))})."
+        )
+    return (
+        f"Training of a Gaussian VAE anomaly detector on `{t.get('data.source')}`: "
+        f"{t.get('data.rows')} {what} ({labels}).{auc} Threshold "
+        f"{_fmt(m.get('threshold'), 6)} nats (policy `{t.get('calibration.policy')}`); "
+        f"{_fmt(m.get('epochs_trained'))} epochs.\n\n"
+        "Where to look: `report/` (evaluation report and plots), `review/` (latent space, "
+        "samples), `evaluation/top_anomalies.json`, `feature_schema.json`; every setting is a "
+        "parameter, the packaged model is the logged model `model`. Once registered, the "
+        "model version's description holds the review."
+    )

@@ -20,13 +20,17 @@ The life of a model, in calls::
 
 Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest
 version awaiting review), never the deprecated stages. Every promotion decision, including a
-forced one, is written on the version as ``promotion.*`` tags and a line in its description.
+forced one, is written on the version as its ``promotion`` tag and a line in its description.
+A version carries at most ``MAX_VERSION_TAGS`` tags (``version_tags``), so that the versions
+table of the MLflow UI stays readable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import glob
 import hashlib
 import importlib.metadata
 import io
@@ -46,7 +50,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import requests
-from mlflow.entities import LoggedModelInput, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
@@ -69,11 +73,13 @@ from vae_core.promotion import (
     held_out_metrics,
     review_description,
     training_fingerprint,
+    training_run_note,
 )
 from vae_core.report import plot_score_histogram
 from vae_core.train import EpochCallback, EpochLog
 
 MODEL_URI_TAG = "vae.model_uri"  # on a training run: the packaged model it logged
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact holding weights.pt + model.json
 # What the packaged model imports when it is loaded; versions are pinned to this environment's.
 RUNTIME_PACKAGES = (
@@ -357,7 +363,14 @@ def log_training_run(
         example = _input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
         info = log_packaged_model(outcome.detector, example, cfg.scoring.top_features)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        _describe_training_run(target, run_id)
     return info.model_uri
+
+
+def _describe_training_run(target: TrackingTarget, run_id: str) -> None:
+    """The run's description, from what it logged (``promotion.training_run_note``)."""
+    client = _client(target)
+    client.set_tag(run_id, NOTE_TAG, training_run_note(_record(client.get_run(run_id))))
 
 
 @_tracking_call
@@ -388,6 +401,7 @@ def log_image_training_run(
         example = pd.DataFrame({"path": [data.images.paths[i] for i in rows]})
         info = log_packaged_model(outcome.detector, example, 0, cfg.images.on_size_mismatch)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
+        _describe_training_run(target, run_id)
     return info.model_uri
 
 
@@ -419,7 +433,7 @@ def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
         mlflow.log_text(images.skipped_frame().to_csv(index=False), "data/skipped_images.csv")
     labelled = images.labels is not None
     tags = {f"data.{k}": str(v) for k, v in fp.items()}
-    mlflow.set_tags(
+    _set_tags(
         tags
         | {
             "data.kind": "images",
@@ -429,6 +443,12 @@ def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
             "data.skipped": str(len(images.skipped)),
         }
     )
+
+
+def _set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run, leaving out empty values (an unlabelled table has no label
+    column; a calibration without a fallback has no fallback reason)."""
+    mlflow.set_tags({k: v for k, v in tags.items() if v != ""})
 
 
 _REVIEW_FILES = (
@@ -471,7 +491,7 @@ def _log_training_data(table: LabelledTable, source: str, label_column: str | No
         mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
     anomalies = "" if table.labels is None else str(int(np.sum(table.labels)))
     tags = {f"data.{k}": str(v) for k, v in fp.items()}
-    mlflow.set_tags(tags | {"data.label_column": label_column or "", "data.anomalies": anomalies})
+    _set_tags(tags | {"data.label_column": label_column or "", "data.anomalies": anomalies})
 
 
 def _log_evaluation(outcome: TrainOutcome) -> None:
@@ -503,7 +523,7 @@ def _log_evaluation(outcome: TrainOutcome) -> None:
         "test.confidence": str(report.confidence),
         "test.bootstrap": str(report.n_bootstrap),
     }
-    mlflow.set_tags(tags)
+    _set_tags(tags)
     for path in outcome.report_paths.values():
         mlflow.log_artifact(str(path), "report")
 
@@ -666,9 +686,10 @@ def _record(run) -> RunRecord:
 @_tracking_call
 def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
     """Register the model a training run logged as a new version with alias ``challenger``,
-    a description written for its reviewer (``promotion.review_description``) and tags
-    (threshold, policy, test metrics, data fingerprint, code version), all read back from
-    the run.
+    a description written for its reviewer (``promotion.review_description``, which names
+    the columns added and removed against the champion's) and the few tags of
+    ``version_tags`` (test ROC-AUC, threshold, policy, rows, data fingerprint, promotion
+    decision), all read back from the run.
 
     Safe to rerun after a failure at any step (a tracking server that died, a killed
     process). The version is created tagged ``registration_state: incomplete``, in the same
@@ -712,7 +733,7 @@ def _version_of_run(client: MlflowClient, name: str, run: RunRecord):
     )
     ours = None
     for mv in sorted(found, key=lambda v: int(v.version)):
-        if ours is None and mv.tags.get("training_run_id") == run.run_id:
+        if ours is None and mv.run_id == run.run_id:
             ours = mv
         elif mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
             client.delete_model_version(name, mv.version)
@@ -731,7 +752,8 @@ def _finish_registration(
 ) -> ModelVersionRef:
     """Write the review, move ``challenger`` to ``version``, and mark it complete (last)."""
     champion = _alias_version(client, name, CHAMPION)
-    champion_run = _record(client.get_run(champion.run_id)) if champion else None
+    champion_run = _record_with_schema(client, champion.run_id) if champion else None
+    run = dataclasses.replace(run, schema=_feature_schema(client, run.run_id))
     old = None if champion is None else str(champion.version)
     description = review_description(name, version, run, old, champion_run)
     client.update_model_version(name, version, description=description)
@@ -740,23 +762,48 @@ def _finish_registration(
     return _ref(client.get_model_version(name, version), CHALLENGER)
 
 
-_VERSION_METRICS = ("roc_auc", "average_precision", "precision", "recall", "fpr", "flagged_share")
+# The versions table of the MLflow UI shows every tag of every version: at most 8, chosen for
+# scanning (the review in the description, the run's params, tags and metrics hold the rest).
+PROMOTION_TAG = "promotion"  # pending, promoted, forced, rejected, or "replaced by vN"
+MAX_VERSION_TAGS = 8
 
 
 def version_tags(run: RunRecord) -> dict[str, str]:
-    """Model version tags from a training run: what a reviewer filters and sorts on."""
-    out = {k: v for k, v in run.tags.items() if k.startswith(("data.", "code.", "calibration."))}
-    for key in _VERSION_METRICS:
-        if f"test_{key}" in run.metrics:
-            out[f"test_{key}"] = f"{run.metrics[f'test_{key}']:.6g}"
-    out |= {
-        "threshold": f"{run.metrics.get('threshold', float('nan')):.6g}",
-        "training_run_id": run.run_id,
+    """Model version tags from a training run: what a reviewer scans, sorts and filters on
+    (test ROC-AUC, threshold, calibration policy, rows, data fingerprint, the promotion
+    decision), and the two that registration keys on (``training_fingerprint``,
+    ``registration_state``). Unlabelled data has no ROC-AUC tag."""
+    out = {
+        "test_roc_auc": _short(run.metrics.get("test_roc_auc")),
+        "threshold": _short(run.metrics.get("threshold")),
+        "policy": run.tags.get("calibration.policy", ""),
+        "rows": run.tags.get("data.rows", ""),
+        "data_sha256": run.tags.get("data.sha256", "")[:16],
+        PROMOTION_TAG: "pending",
         FINGERPRINT_TAG: training_fingerprint(run),
-        "promotion.decision": "pending",
         REGISTRATION_STATE: INCOMPLETE,
     }
     return {k: v for k, v in out.items() if v != ""}
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.4g}"
+
+
+def _feature_schema(client: MlflowClient, run_id: str) -> dict | None:
+    """A training run's ``feature_schema.json`` (its columns and their kinds), or None."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, "feature_schema.json", tmp)
+            return json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+def _record_with_schema(client: MlflowClient, run_id: str) -> RunRecord:
+    return dataclasses.replace(
+        _record(client.get_run(run_id)), schema=_feature_schema(client, run_id)
+    )
 
 
 # --------------------------------------------------------------------------- promotion
@@ -777,7 +824,7 @@ def promote_challenger(
     """Score the challenger (``version``, default the ``challenger`` alias) and the champion
     on the same held-out rows and move ``champion`` to it iff it passes the gate
     (``promotion.gate_checks``); ``force`` with a ``reason`` moves it regardless, recorded as
-    a manual override. The decision goes on the version (``promotion.*`` tags, a line in its
+    a manual override. The decision goes on the version (its ``promotion`` tag, a line in its
     description); a promoted version loses the ``challenger`` alias.
 
     features, labels : held-out rows (n, d), or images, and optional labels (n,), 1 = anomaly;
@@ -816,7 +863,7 @@ def _challenger_version(client: MlflowClient, name: str, version: str | int | No
     if mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
         raise ValueError(
             f"version {mv.version} of {name!r} is not fully registered ({REGISTRATION_STATE}: "
-            f"{INCOMPLETE}, run {mv.tags.get('training_run_id')}): run the registration again "
+            f"{INCOMPLETE}, run {mv.run_id}): run the registration again "
             "(vae-anomaly train, or the train flow) to finish or replace it"
         )
     return mv
@@ -831,25 +878,15 @@ def _move_champion(client: MlflowClient, decision: PromotionDecision) -> None:
 
 
 def _record_decision(client: MlflowClient, decision: PromotionDecision) -> None:
-    name, version, m = decision.model_name, decision.version, decision.challenger_metrics
+    """The outcome as the version's ``promotion`` tag; the whole decision (checks, numbers,
+    held-out rows, a forced promotion's reason) as a line of its description's log."""
+    name, version = decision.model_name, decision.version
     at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    tags = {
-        "promotion.decision": decision.outcome,
-        "promotion.at": at,
-        "promotion.summary": decision.summary()[:4000],
-        "promotion.compared_to": decision.previous_champion or "none",
-        "promotion.flagged_rate": f"{m['flagged_rate']:.6g}",
-        "promotion.roc_auc": "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.6g}",
-        "promotion.held_out_rows": str(m["rows"]),
-    }
-    if decision.outcome == "forced":
-        tags["promotion.override_reason"] = decision.reason or ""
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, decision.outcome)
     _append_log(client, name, version, f"- {at}: {decision.summary()}")
     if decision.promoted and decision.previous_champion:
         old = decision.previous_champion
-        client.set_model_version_tag(name, old, "promotion.replaced_by", version)
+        client.set_model_version_tag(name, old, PROMOTION_TAG, f"replaced by v{version}")
         _append_log(client, name, old, f"- {at}: replaced as {CHAMPION} by version {version}.")
 
 
@@ -919,15 +956,20 @@ def log_scoring_run(
     threshold: float,
     data_source: str | None = None,
     artifacts: dict[str, str | Path] | None = None,
+    *,
+    settings: dict[str, str] | None = None,
 ) -> str:
     """Record a batch scoring as a finished run linked to the model version that scored it:
-    the scores file (artifact), the flagged count and rate, the score distribution
-    (quantiles as metrics, a histogram plot and JSON). Returns the run id.
+    its description, parameters (model version, data source, ``settings``), the scored data
+    as a dataset input (``scoring_dataset``), the scores file (artifact), the flagged count
+    and rate, the score distribution (quantiles as metrics, a histogram plot and JSON).
+    Returns the run id.
 
     scores : the scored rows, with ``anomaly_score`` (higher = more anomalous) and
         ``is_anomaly`` columns, as ``pipeline.score_table`` writes them.
     artifacts : more files or folders to log, {artifact folder: local path} (for images:
         the anomaly maps, the list of skipped files).
+    settings : the scoring settings, as ``scoring_settings(cfg)`` gives them.
     """
     values = scores["anomaly_score"].to_numpy(dtype="float64")
     if values.size == 0:
@@ -935,7 +977,7 @@ def log_scoring_run(
     flagged = int(scores["is_anomaly"].sum())
     summary = score_distribution(values, values.size, flagged, threshold)
     return _scoring_run(
-        target, model, summary, values, scores_path, threshold, data_source, None, artifacts
+        target, model, summary, values, scores_path, data_source, {}, artifacts, settings
     )
 
 
@@ -946,6 +988,8 @@ def log_batch_scoring(
     batch,
     scores_path: str | Path,
     data_source: str | None = None,
+    *,
+    settings: dict[str, str] | None = None,
 ) -> str:
     """``log_scoring_run`` for a batch scored in partitions (``batch.BatchSummary``): exact
     row and flagged counts and the drift PSI; quantiles and the histogram come from the
@@ -959,9 +1003,10 @@ def log_batch_scoring(
         summary,
         batch.score_sample,
         scores_path,
-        batch.threshold,
         data_source,
         {"batch.id": batch.batch_id},
+        None,
+        settings,
     )
 
 
@@ -970,6 +1015,8 @@ def log_image_batch_scoring(
     model: ModelVersionRef,
     scored: ImageBatch,
     data_source: str | None = None,
+    *,
+    settings: dict[str, str] | None = None,
 ) -> str:
     """``log_scoring_run`` for ``image_pipeline.score_image_batch``'s output: the scores
     file, the anomaly maps (``anomaly_maps/``) and the list of skipped files (``skipped/``)
@@ -983,6 +1030,72 @@ def log_image_batch_scoring(
         scored.threshold,
         data_source,
         {k: v for k, v in artifacts.items() if v is not None},
+        settings={**(settings or {}), "batch.id": scored.batch_id},
+    )
+
+
+def scoring_settings(cfg: PipelineConfig) -> dict[str, str]:
+    """The settings a scoring run records as parameters: the scoring section (chunk rows,
+    top features, missing values, task runner ...), the id columns and, for images, the
+    image section (chunk images, top maps ...)."""
+    prefixes = ("scoring.", "images.") if cfg.data.kind == "images" else ("scoring.",)
+    flat = settings_params(cfg)
+    return {k: v for k, v in flat.items() if k.startswith(prefixes) or k == "data.id_columns"}
+
+
+def _source_files(source: str) -> list[Path]:
+    """The files a scored source names: a file, the files under a folder, or a glob's."""
+    if any(ch in source for ch in "*?["):
+        return sorted(p for p in map(Path, glob.glob(source, recursive=True)) if p.is_file())
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [path] if path.is_file() else []
+
+
+def source_digest(source: str | Path) -> str:
+    """16 hex digits of SHA-256 over the files of ``source`` (their names relative to it and
+    their bytes, read in 1 MiB blocks: no file is held in memory whole)."""
+    h = hashlib.sha256(str(Path(str(source)).name).encode())
+    files = _source_files(str(source))
+    root = Path(str(source)) if Path(str(source)).is_dir() else None
+    for path in files:
+        h.update(str(path.relative_to(root) if root else path.name).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def scoring_dataset(source: str | Path):
+    """The scored data as an MLflow dataset (``MetaDataset``): its name, path and content
+    digest (``source_digest``), without reading it into memory."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    text = str(source)
+    location = text if any(ch in text for ch in "*?[") else str(Path(text).resolve())
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path
+        warnings.simplefilter("ignore", UserWarning)
+        origin = resolve_dataset_source(location)
+    return MetaDataset(origin, name=Path(text).name, digest=source_digest(text))
+
+
+def scoring_run_note(model: ModelVersionRef, summary: dict, data_source: str | None) -> str:
+    """The scoring run's description: which version scored what, and what it found."""
+    rows, flagged = int(summary["rows"]), int(summary["flagged_count"])
+    alias = f" (@{model.alias})" if model.alias else ""
+    drift = ""
+    if "score_psi" in summary:
+        drift = f" Score drift against calibration: PSI {summary['score_psi']:.3f}."
+    return (
+        f"Batch scoring of `{data_source or 'an in-memory table'}` with {model.uri}{alias}: "
+        f"{rows} rows, {flagged} flagged ({flagged / rows:.2%}) at threshold "
+        f"{summary['threshold']:.6g} (a row is flagged iff its score is strictly greater).{drift}"
+        "\n\nWhere to look: `scores/` (every row's score, flag, probability and top "
+        "features), `plots/score_histogram.png`, `score_distribution.json`; the parameters "
+        "hold the model version and the scoring settings, the inputs the scored file and the "
+        "model."
     )
 
 
@@ -992,10 +1105,10 @@ def _scoring_run(
     summary: dict,
     values: np.ndarray,
     scores_path: str | Path,
-    threshold: float,
     data_source: str | None,
-    extra_tags=None,
+    extra_tags: dict[str, str],
     artifacts: dict[str, str | Path] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> str:
     client = _client(target)
     tags = {
@@ -1006,17 +1119,23 @@ def _scoring_run(
         "model.alias": model.alias or "",
         "model.training_run_id": model.run_id or "",
         "data.source": str(data_source or ""),
-        **(extra_tags or {}),
+        **extra_tags,
     }
+    params = {k: v for k, v in tags.items() if k != "vae.step" and v != ""}
+    params |= {k: str(v) for k, v in (settings or {}).items()}
+    tags[NOTE_TAG] = scoring_run_note(model, summary, data_source)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
         _experiment_id(target), run_name=f"score-v{model.version}-{stamp}", tags=tags
     )
     run_id = run.info.run_id
     try:
-        if model.model_id:
-            client.log_inputs(run_id, models=[LoggedModelInput(model.model_id)])
-        _log_score_distribution(client, run_id, summary, values, threshold)
+        client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params.items())])
+        datasets = [] if not data_source else [_scoring_input(data_source, summary)]
+        models = [LoggedModelInput(model.model_id)] if model.model_id else None
+        if datasets or models:
+            client.log_inputs(run_id, datasets=datasets or None, models=models)
+        _log_score_distribution(client, run_id, summary, values, summary["threshold"])
         client.log_artifact(run_id, str(scores_path), "scores")
         for folder, path in (artifacts or {}).items():
             log = client.log_artifacts if Path(path).is_dir() else client.log_artifact
@@ -1026,6 +1145,12 @@ def _scoring_run(
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _scoring_input(data_source: str, summary: dict) -> DatasetInput:
+    entity = scoring_dataset(data_source)._to_mlflow_entity()
+    tags = [InputTag("mlflow.data.context", "scoring"), InputTag("rows", str(int(summary["rows"])))]
+    return DatasetInput(entity, tags)
 
 
 def score_distribution(values: np.ndarray, rows: int, flagged: int, threshold: float) -> dict:
