@@ -83,11 +83,11 @@ def test_rerunning_a_batch_replaces_its_output(calibrated, mixed_data, tmp_path)
     [
         (
             lambda d: d.assign(pressure=d["pressure"].astype(object)).pipe(_set, "pressure", "abc"),
-            r"column 'pressure': not a number at row\(s\) 250 \(values: 'abc'\)",
+            r"column 'pressure': not a number at line\(s\) 252 \(values: 'abc'\)",
         ),
         (lambda d: _set(d, "temperature", np.inf), r"column 'temperature': infinite value"),
-        (lambda d: d.drop(columns=["pressure"]), r"column 'pressure': column is missing"),
-        (lambda d: d.drop(columns=["site"]), r"column 'site': column is missing"),
+        (lambda d: d.drop(columns=["pressure"]), r"missing column 'pressure'$"),
+        (lambda d: d.drop(columns=["site"]), r"missing column 'site'$"),
     ],
 )
 def test_bad_input_fails_before_writing_and_keeps_earlier_output(
@@ -102,6 +102,44 @@ def test_bad_input_fails_before_writing_and_keeps_earlier_output(
         score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
     assert "in.csv" in str(info.value)
     assert dest.read_bytes() == before
+
+
+def test_rows_are_named_as_in_the_file_lines_of_a_csv_rows_of_parquet(
+    calibrated, mixed_data, tmp_path
+):
+    """Data row 250 (0-based) is line 252 of a CSV (the header is line 1) and row 251 of a
+    Parquet file, also when it lies in a later row group."""
+    bad = _set(with_ids(mixed_data).astype({"pressure": object}), "pressure", "abc")
+    bad.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(ValueError, match=r"in\.csv: .*\n.*not a number at line\(s\) 252 "):
+        score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    bad = bad.assign(pressure=bad["pressure"].astype(str))
+    pq.write_table(pa.Table.from_pandas(bad), tmp_path / "in.parquet", row_group_size=100)
+    with pytest.raises(ValueError, match=r"row group 2\).*\n.*not a number at row\(s\) 251 "):
+        score_source(calibrated, tmp_path / "in.parquet", tmp_path / "out.parquet")
+
+
+def test_a_renamed_column_is_reported_with_the_unexpected_name_beside_the_missing_one(
+    calibrated, mixed_data, tmp_path
+):
+    with_ids(mixed_data).rename(columns={"pressure": "Pressure"}).to_csv(
+        tmp_path / "in.csv", index=False
+    )
+    with pytest.raises(ValueError) as info:
+        score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
+    assert "missing column 'pressure'; unexpected column 'Pressure'" in str(info.value)
+
+
+def test_a_mistyped_id_column_is_an_id_column_not_found_naming_it_and_the_file(
+    calibrated, mixed_data, tmp_path
+):
+    with_ids(mixed_data).to_parquet(tmp_path / "in.parquet", index=False)
+    (part,) = list_partitions(tmp_path / "in.parquet")
+    with pytest.raises(ValueError) as info:
+        score_partition(calibrated, part, tmp_path / "staging", 0, ["rowid"])
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'in.parquet'}: id column(s) 'rowid' not found")
+    assert "'row_id'" in message and "schema" not in message  # the file's columns are listed
 
 
 def _set(d, column, value, row=250):
@@ -185,7 +223,7 @@ def test_a_few_empty_cells_do_not_stop_the_batch(calibrated, mixed_data, tmp_pat
     assert (out["missing_columns"].drop(index=[5, 250]) == "").all()
     refusing = copy.deepcopy(calibrated).set_params(missing="refuse")
     message = r"column 'temperature': missing value \(NaN\) where the training data had none"
-    with pytest.raises(ValueError, match=message + r" at row\(s\) 5 "):
+    with pytest.raises(ValueError, match=message + r" at line\(s\) 7 "):
         score_source(refusing, tmp_path / "in.csv", tmp_path / "other.parquet")
     assert not (tmp_path / "other.parquet").exists()
 

@@ -20,7 +20,10 @@ over the destination (``commit_scores``). So:
   write; the failing step removes its temporary file and closes every file it opened, so the
   space is free again (for a retry), and earlier outputs keep their bytes.
 
-Row numbers in error messages are 0-based data rows of the named file (the header excluded).
+Rows in error messages are named as in the file (``ingest.file_rows``): a CSV's "line N"
+with the header as line 1, a Parquet file's "row N" counting from 1 (a row group's rows by
+their place in the whole file). A renamed column is reported as missing with the unexpected
+columns beside it, and a mistyped id column as an id column not found.
 """
 
 from __future__ import annotations
@@ -42,9 +45,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vae_core.atomic import exclusive
-from vae_core.ingest import TABLE_SUFFIXES, check_column_names, check_csv_layout, csv_header
+from vae_core.ingest import (
+    TABLE_SUFFIXES,
+    check_column_names,
+    check_csv_layout,
+    check_id_columns,
+    csv_header,
+    file_rows,
+    quoted,
+)
 
-_EXAMPLES = 5
+_ID = "id column"  # the title that marks an id column in the input schema
 
 
 @dataclass(frozen=True)
@@ -101,16 +112,16 @@ def _file_partitions(path: Path) -> list[Partition]:
 
 
 def read_partition(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Chunks of at most ``chunk_rows`` rows; each chunk's index is its rows' file positions."""
-    first = 0
+    """Chunks of at most ``chunk_rows`` rows; each chunk's index is its rows' 0-based
+    positions in the whole file (a row group's rows too), which error messages name."""
+    rows = 0
     try:
         for chunk in _raw_chunks(part, chunk_rows):
-            chunk.index = pd.RangeIndex(first, first + len(chunk))
-            first += len(chunk)
+            rows += len(chunk)
             yield chunk
     except (pa.ArrowInvalid, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"{part.name}: cannot be read ({exc})") from exc
-    if first == 0:
+    if rows == 0:
         raise ValueError(f"{part.name}: the input has no data rows")
 
 
@@ -118,8 +129,14 @@ def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if TABLE_SUFFIXES[Path(part.path).suffix.lower()] == "csv":
         # as read_table: in a one-column file an empty line is a missing value (a row)
         one_column = len(csv_header(part.path)) == 1
+        first = 0
         try:
-            yield from pd.read_csv(part.path, chunksize=chunk_rows, skip_blank_lines=not one_column)
+            for chunk in pd.read_csv(
+                part.path, chunksize=chunk_rows, skip_blank_lines=not one_column
+            ):
+                chunk.index = pd.RangeIndex(first, first + len(chunk))
+                first += len(chunk)
+                yield chunk
         except pd.errors.EmptyDataError:
             return
         return
@@ -197,29 +214,45 @@ def input_schema(det, id_columns: list[str] | tuple[str, ...] = ()):
                 nullable=spec.kind == "constant" or spec.missing_indicator or marginalise,
             )
     for name in id_columns:
-        columns[name] = pda.Column(nullable=True)
+        columns[name] = pda.Column(nullable=True, title=_ID)
     return pda.DataFrameSchema(columns, strict=False)
 
 
 _CHECK_WORDS = {
-    "column_in_dataframe": "column is missing",
     "not_nullable": "missing value (NaN) where the training data had none",
     "finite": "infinite value",
 }
 
 
 def validate_chunk(frame: pd.DataFrame, schema, source: str) -> pd.DataFrame:
-    """The chunk with numeric columns coerced; ValueError naming file, columns, rows, values."""
+    """The chunk with numeric columns coerced; ValueError naming file, columns, rows, values.
+
+    An id column the chunk lacks is reported first, as an id column (``check_id_columns``)."""
     import pandera.errors as pde
 
+    ids = [name for name, column in schema.columns.items() if column.title == _ID]
+    check_id_columns(frame.columns, ids, source)
     try:
         return schema.validate(frame, lazy=True)
     except pde.SchemaErrors as err:
-        raise ValueError(_describe_failures(err.failure_cases, source)) from None
+        unexpected = [c for c in frame.columns if c not in schema.columns]
+        raise ValueError(_describe_failures(err.failure_cases, source, unexpected)) from None
 
 
-def _describe_failures(cases: pd.DataFrame, source: str) -> str:
+def _columns(names) -> str:
+    return ("column " if len(names) == 1 else "columns ") + quoted(names)
+
+
+def _describe_failures(cases: pd.DataFrame, source: str, unexpected=()) -> str:
     lines = [f"{source}: the input does not match the model's schema"]
+    is_missing = cases["check"].astype(str) == "column_in_dataframe"
+    if is_missing.any():  # a renamed column shows as one missing and one unexpected
+        missing = cases.loc[is_missing, "failure_case"].tolist()
+        line = f"  missing {_columns(missing)}"
+        if unexpected:
+            line += f"; unexpected {_columns(unexpected)}"
+        lines.append(line)
+        cases = cases[~is_missing]
     checks = cases["check"].astype(str)
     unparsed = set(cases.loc[checks.str.startswith("coerce_dtype"), "column"])
     # A column that does not parse fails its dtype and value checks too: report it once.
@@ -229,14 +262,9 @@ def _describe_failures(cases: pd.DataFrame, source: str) -> str:
         if what is None and str(check).startswith("coerce_dtype"):
             what = "not a number"
         what = what or str(check)
-        if what == "column is missing":
-            lines.append(f"  column {group['failure_case'].iloc[0]!r}: column is missing")
-            continue
-        rows = group["index"].dropna().astype(int).tolist()
+        rows = file_rows(source, group["index"].dropna().astype(int).tolist())
         values = ", ".join(repr(v) for v in group["failure_case"].head(3).tolist())
-        shown = ", ".join(str(r) for r in rows[:_EXAMPLES])
-        more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
-        lines.append(f"  column {column!r}: {what} at row(s) {shown}{more} (values: {values})")
+        lines.append(f"  column {column!r}: {what} at {rows} (values: {values})")
     return "\n".join(lines)
 
 

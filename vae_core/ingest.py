@@ -1,6 +1,8 @@
 """Reading user tables and separating features from labels and ids.
 
-Errors name the file, the column and example rows; nothing is written here.
+Errors name the file, the column and example rows; nothing is written here. Rows are named as
+the user finds them in the file (``file_rows``): a CSV's "line N", counting the header as
+line 1 (one record a line), and a Parquet file's "row N", counting from 1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+_EXAMPLES = 5  # rows or columns quoted in a message
+
+
+def file_rows(source, positions) -> str:
+    """Data rows at 0-based ``positions`` named as in the file ``source``: "line(s) 2, 5" of a
+    CSV (the header is line 1) or "row(s) 1, 4" of anything else (Parquet, 1-based); the first
+    five, then "and N more"."""
+    positions = [int(p) for p in positions]
+    csv_file = str(source).lower().endswith(".csv")
+    word, first = ("line", 2) if csv_file else ("row", 1)
+    shown = ", ".join(str(p + first) for p in positions[:_EXAMPLES])
+    more = f" and {len(positions) - _EXAMPLES} more" if len(positions) > _EXAMPLES else ""
+    return f"{word}(s) {shown}{more}"
+
+
+def quoted(names, limit: int = 12) -> str:
+    """``'a', 'b'``: names quoted as a message shows them, the first ``limit``, then how many
+    more."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def check_id_columns(columns, id_columns, source) -> None:
+    """ValueError naming the id columns asked for (--id-column, or data.id_columns for the
+    config's own data) that ``source`` lacks, with the file's columns, so a mistyped id is
+    reported as an id column, not as a mismatch with the model's schema."""
+    missing = [c for c in id_columns if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{source}: id column(s) {quoted(missing)} not found (named by --id-column, or "
+            f"data.id_columns when this is the config's own data); its columns: "
+            f"{quoted(columns)}"
+        )
 
 
 def check_column_names(names, source) -> None:
@@ -176,14 +214,15 @@ def split_columns(
     A label column that is absent is allowed unless ``require_label``; one that is present
     must hold only 0 and 1 (ValueError naming rows otherwise).
     """
-    missing_ids = [c for c in id_columns if c not in frame.columns]
-    if missing_ids:
-        raise ValueError(f"{source}: id column(s) {missing_ids} not found")
+    check_id_columns(frame.columns, id_columns, source)
     labels = None
     if label_column is not None and label_column in frame.columns:
         labels = _binary_labels(frame[label_column], label_column, source)
     elif require_label and label_column is not None:
-        raise ValueError(f"{source}: label column {label_column!r} not found")
+        raise ValueError(
+            f"{source}: label column {label_column!r} not found; its columns: "
+            f"{quoted(frame.columns)}"
+        )
     excluded = {*id_columns, *drop_columns, *([label_column] if label_column else [])}
     features = frame[[c for c in frame.columns if c not in excluded]]
     return LabelledTable(features, labels, frame[list(id_columns)])
@@ -193,10 +232,9 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
     values = pd.to_numeric(s, errors="coerce")
     bad = ~values.isin([0, 1]).to_numpy()
     if bad.any():
-        rows = ", ".join(str(r) for r in s.index[bad][:5])
         raise ValueError(
             f"{source}: label column {name!r} must hold 0 (normal) or 1 (anomaly); "
-            f"other values at row(s) {rows}"
+            f"other values at {file_rows(source, np.flatnonzero(bad))}"
         )
     return values.to_numpy(dtype="int64")
 
