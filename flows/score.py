@@ -103,9 +103,8 @@ def log_scoring_run(
 ) -> str:
     from vae_core import registry
 
-    return registry.log_batch_scoring(
-        registry.TrackingTarget.from_config(cfg), model, summary, dest, source
-    )
+    target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
+    return registry.log_batch_scoring(target, model, summary, dest, source, settings=settings)
 
 
 @task(**IO_RETRIES)
@@ -123,8 +122,8 @@ def log_image_scoring_run(
 ) -> str:
     from vae_core import registry
 
-    target = registry.TrackingTarget.from_config(cfg)
-    return registry.log_image_batch_scoring(target, model, scored, source)
+    target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
+    return registry.log_image_batch_scoring(target, model, scored, source, settings=settings)
 
 
 def task_runner(cfg: PipelineConfig):
@@ -208,12 +207,18 @@ def score(
     text = batch.summary_markdown(summary, f"{model.name} v{model.version}", source, written)
     if summary.drift_warning:
         logger.warning("score drift: PSI %.3f > %.3f", summary.psi, cfg.scoring.drift_psi_warning)
-    create_markdown_artifact(text + f"\nMLflow run: `{run_id}`\n", key="scoring-summary")
+    create_markdown_artifact(
+        text + f"\nMLflow run: `{run_id}`\n",
+        key="scoring-summary",
+        description=f"Batch {ident}: {summary.flagged} of {summary.rows} rows flagged by "
+        f"{model.name} v{model.version}; drift, output file and MLflow run",
+    )
     if len(summary.top):
         create_table_artifact(
             summary.top.round(4).astype(str).to_dict("records"),
             key="top-anomalies",
-            description="Highest-scoring rows",
+            description=f"Batch {ident}: the highest-scoring rows (higher score = more "
+            "anomalous) with their ids and the columns that contributed most",
         )
     print(text)
     return {
@@ -236,13 +241,19 @@ def _score_images(cfg, model, model_dir, source, batch_id, output_dir) -> dict:
     for path, reason in scored.skipped_files:
         get_run_logger().warning("skipped image %s: %s", path, reason)
     text = scored.summary_markdown(f"{model.name} v{model.version}", source)
-    create_markdown_artifact(text + f"\nMLflow run: `{run_id}`\n", key="scoring-summary")
+    create_markdown_artifact(
+        text + f"\nMLflow run: `{run_id}`\n",
+        key="scoring-summary",
+        description=f"Image batch {scored.batch_id}: {scored.flagged} of {len(scored.scores)} "
+        f"images flagged by {model.name} v{model.version}; files and MLflow run",
+    )
     top = scored.scores.nlargest(cfg.images.top_maps, "anomaly_score")
     if len(top):
         create_table_artifact(
             top.round(4).astype(str).to_dict("records"),
             key="top-anomalies",
-            description="Highest-scoring images and their anomaly maps",
+            description=f"Image batch {scored.batch_id}: the highest-scoring images (higher "
+            "score = more anomalous) and their anomaly maps",
         )
     print(text)
     return {

@@ -166,7 +166,13 @@ def train(
         decision = promote(cfg, data, ref.version, source)
         summary["promoted"] = decision.promoted
         text += f"\n## Promotion\n\n{decision.summary()}\n"
-    create_markdown_artifact(text, key="training-report")
+    promoted = {None: "promotion not run", True: "promoted", False: "not promoted (gate)"}
+    create_markdown_artifact(
+        text,
+        key="training-report",
+        description=f"{ref.name} v{ref.version} (run {run_id}): test metrics with intervals, "
+        f"the threshold; {promoted[summary['promoted']]}",
+    )
     print(f"registered {ref.name} v{ref.version} (run {run_id}); promoted: {summary['promoted']}")
     return summary
 
