@@ -112,7 +112,7 @@ def test_bad_input_fails_before_any_output_and_keeps_earlier_output(store, tmp_p
     bad = pd.read_csv(CARDIO).astype({"ASTV": object})
     bad.loc[1500, "ASTV"] = "sensor fault"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match=r"(?s)bad\.csv.*'ASTV': not a number at row\(s\) 1500"):
+    with pytest.raises(ValueError, match=r"(?s)bad\.csv.*'ASTV': not a number at line\(s\) 1502"):
         score(data_path=str(tmp_path / "bad.csv"), batch_id="daily", config_path=str(config))
     assert open(good["output"], "rb").read() == before
     assert not list((config.parent / "scores").glob(".*staging"))
