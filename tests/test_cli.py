@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -119,3 +120,105 @@ def test_score_takes_its_settings_from_the_config_and_a_flag_wins(trained, tmp_p
     by_flag = run_cli(*args, "--top-features", "2", "--out", tmp_path / "b.parquet")
     assert by_flag.returncode == 0, by_flag.stderr
     assert "top_feature_2" in pd.read_parquet(tmp_path / "b.parquet").columns
+
+
+def own_table(folder, n: int = 1500):
+    """A table unlike the demo's: other columns, its own id and label names, neither
+    ``record_id`` nor ``label``."""
+    import numpy as np
+
+    from tests.conftest import mixed_frame
+
+    table = mixed_frame(n, seed=7)  # enough calibration rows for the default policy
+    table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
+    table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
+    table.to_parquet(folder / "my.parquet", index=False)
+    return table
+
+
+def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(
+    tmp_path, monkeypatch, _mlflow_template_db
+):
+    """In the checkout (its mlflow.yml, whose data section names the demo's record_id and
+    label), a user's table that has neither: train -> registered under its own name ->
+    promote -> score models:/NAME@champion, from the command line only. The demo's data
+    settings apply to the demo's data only; a training without any column flag works too."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from tests.conftest import config_store
+    from vae_core.cli import app
+
+    shutil.copy(ROOT / "mlflow.yml", tmp_path / "mlflow.yml")  # the checkout's, unchanged
+    assert "id_columns: [record_id]" in (tmp_path / "mlflow.yml").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(_mlflow_template_db, tmp_path / "mlflow.db")  # the config's store, migrated
+    table = own_table(tmp_path)
+    own = ["--data", "my.parquet", "--label-column", "is_fraud", "--id-column", "txn_id"]
+    runner = CliRunner()
+    with config_store():
+        bare = runner.invoke(
+            app, ["train", "--data", "my.parquet", "--id-column", "txn_id", "--out", "runs/v0",
+                  "--epochs", "1", "--no-register"],
+        )  # fmt: skip
+        assert bare.exit_code == 0, bare.output  # no record_id asked for; no label, none used
+        trained = runner.invoke(
+            app, ["train", *own, "--out", "runs/v1", "--epochs", "3",
+                  "--registered-model", "fraud", "--experiment", "fraud-dev"],
+        )  # fmt: skip
+        assert trained.exit_code == 0, trained.output
+        assert "registered fraud version 1 as @challenger" in trained.output
+        mlflow_script = Path(sys.executable).parent / "mlflow"
+        assert f"review it:  {mlflow_script} ui --backend-store-uri" in trained.output
+        promoted = runner.invoke(app, ["promote", *own, "--registered-model", "fraud"])
+        assert promoted.exit_code == 0, promoted.output
+        assert "models:/fraud@champion -> version 1" in promoted.output
+        scored = runner.invoke(
+            app, ["score", "--model", "models:/fraud@champion", "--data", "my.parquet",
+                  "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev"],
+        )  # fmt: skip
+        assert scored.exit_code == 0, scored.output
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert scores["txn_id"].tolist() == table["txn_id"].tolist()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.name for m in client.search_registered_models()] == ["fraud"]
+
+
+def test_the_configs_data_settings_apply_to_its_own_data_only(tmp_path):
+    """DataConfig.for_file: the config's label, id and dropped columns for its train_path or
+    score_path (however spelled), none for another file; the flags go over either."""
+    from vae_core.config import load_config
+
+    cfg = load_config(ROOT / "mlflow.yml")
+    assert cfg.data.id_columns == ["record_id"] and cfg.data.label_column == "label"
+    for own in (None, ROOT / "data" / "cardio.csv", ROOT / "data" / ".." / "data" / "cardio.csv"):
+        assert cfg.data.for_file(own, cfg.root) == cfg.data
+    other = cfg.data.for_file(tmp_path / "my.parquet", cfg.root)
+    assert (other.label_column, other.id_columns, other.drop_columns) == (None, [], [])
+    assert other.train_path == cfg.data.train_path  # the rest of the section is unchanged
+
+
+def test_score_takes_the_configs_id_columns_for_its_own_data(trained, tmp_path):
+    out, _ = trained
+    dest = tmp_path / "scores.parquet"
+    result = run_cli("score", "--model", out / "model", "--data", "data/cardio.csv",
+                     "--out", dest)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert pd.read_parquet(dest).columns[0] == "record_id"  # data.id_columns of mlflow.yml
+
+
+def test_a_mistyped_id_column_is_named_as_an_id_column_with_the_file(trained, tmp_path):
+    out, _ = trained
+    table = own_table(tmp_path, n=50)
+    args = ["--data", tmp_path / "my.parquet", "--id-column", "txnid"]
+    train = ["train", "--out", tmp_path / "run", "--no-register"]
+    score = ["score", "--model", out / "model", "--out", tmp_path / "s.parquet"]
+    for command in (train, score):
+        result = run_cli(*command, *args)
+        assert result.returncode == 2, result.stderr
+        assert f"{tmp_path / 'my.parquet'}: id column(s) 'txnid' not found" in result.stderr
+        assert "'txn_id'" in result.stderr and "schema" not in result.stderr
+    assert "record_id" not in table.columns

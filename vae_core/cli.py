@@ -93,8 +93,11 @@ def train(
     data: Annotated[
         Path,
         typer.Option(
-            help="Training table: CSV or Parquet. With data.kind images (--config): a folder "
-            "of images (MVTec-AD-like or class subfolders) or an .npz."
+            help="Training table: CSV or Parquet. The config's data.label_column, "
+            "data.id_columns and data.drop_columns apply only when this is the config's own "
+            "data (data.train_path or data.score_path); for any other file only "
+            "--label-column and --id-column name columns. With data.kind images (--config): "
+            "a folder of images (MVTec-AD-like or class subfolders) or an .npz."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for the model and its report.")],
@@ -102,7 +105,8 @@ def train(
         str | None, typer.Option(help="0/1 label column, 1 = anomaly (tables only).")
     ] = None,
     id_column: Annotated[
-        list[str] | None, typer.Option(help="Pass-through id column(s) (tables only).")
+        list[str] | None,
+        typer.Option(help="Pass-through id column(s), never modelled (tables only)."),
     ] = None,
     config: ConfigOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
@@ -123,16 +127,12 @@ def train(
     reconstructions, and anomaly maps of the top test anomalies."""
     from vae_core.config import load_config
 
-    overrides: dict = {"data": {}}
-    if label_column is not None:
-        overrides["data"]["label_column"] = label_column
-    if id_column:
-        overrides["data"]["id_columns"] = id_column
+    overrides: dict = {}
     if epochs is not None:
         overrides["training"] = {"epochs": epochs}
     if tracking := _tracking_overrides(registered_model, experiment):
         overrides["tracking"] = tracking
-    cfg = load_config(config, overrides)
+    cfg = _reading(load_config(config, overrides), data, label_column, id_column)
     if _images(cfg):
         _no_table_options(label_column=label_column, id_column=id_column)
         from vae_core.image_pipeline import load_images
@@ -157,6 +157,18 @@ def train(
         typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.images.skipped))
     else:
         typer.echo(f"review: {out / 'review'} (the latent space: latent_map.png, latent.json)")
+
+
+def _reading(cfg, data: Path | None, label_column: str | None, id_column: list[str] | None):
+    """``cfg`` with the data section for reading ``data``: the config's label, id and dropped
+    columns only when ``data`` is the config's own data (``DataConfig.for_file``), and the
+    flags over them (a flag wins)."""
+    from vae_core.config import DataConfig
+
+    flags = {"label_column": label_column, "id_columns": id_column or None}
+    section = cfg.data.for_file(data, cfg.root).model_dump()
+    section |= {k: v for k, v in flags.items() if v is not None}
+    return cfg.model_copy(update={"data": DataConfig(**section)})
 
 
 def _images(cfg) -> bool:
@@ -215,13 +227,28 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
     again = (f" --config {config}" if config else "") + (
         f" --registered-model {ref.name}" if ref.name != "vae-anomaly" else ""
     )
+    ui = target.ui_command()
+    if ui.startswith("mlflow "):  # a local store: the mlflow of this environment, as installed
+        ui = _script("mlflow") + ui.removeprefix("mlflow")
     typer.echo(
         f"registered {ref.name} version {ref.version} as @{ref.alias} in {target.uri} "
-        f"(run {run_id})\nreview it:  {target.ui_command()}\npromote it: vae-anomaly promote"
+        f"(run {run_id})\nreview it:  {ui}\npromote it: {_script('vae-anomaly')} promote"
         + again
         + "\n"
     )
     return outcome
+
+
+def _script(name: str) -> str:
+    """The command ``name`` as installed beside the running Python (``.venv/bin/mlflow``, as
+    the README writes it), relative to the working directory when under it; else ``name``."""
+    script = Path(sys.executable).parent / name
+    if not script.exists():
+        return name
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 @app.command()
@@ -240,7 +267,8 @@ def promote(
         Path | None,
         typer.Option(
             help="Table (or image folder) whose test split both models are scored on "
-            "(default: data.train_path)."
+            "(default: data.train_path). As for train, the config's label and id columns "
+            "apply only to its own data; for another file give --label-column, --id-column."
         ),
     ] = None,
     label_column: Annotated[
@@ -261,14 +289,13 @@ def promote(
 
     if reason is not None and not force:
         raise ValueError("--reason goes with --force (it records why the gate was overridden)")
-    overrides: dict = {"data": {}}
-    if label_column is not None:
-        overrides["data"]["label_column"] = label_column
-    if id_column:
-        overrides["data"]["id_columns"] = id_column
-    if registered_model is not None:
-        overrides["tracking"] = {"registered_model": registered_model}
-    cfg = load_config(config, overrides)
+    tracking = _tracking_overrides(registered_model, None)
+    cfg = _reading(
+        load_config(config, {"tracking": tracking} if tracking else None),
+        data,
+        label_column,
+        id_column,
+    )
     if cfg.data.kind == "images":
         _no_table_options(label_column=label_column, id_column=id_column)
     source = data or cfg.path(cfg.data.train_path)
@@ -320,7 +347,11 @@ def score(
         ),
     ],
     id_column: Annotated[
-        list[str] | None, typer.Option(help="Pass-through id column(s) (tables only).")
+        list[str] | None,
+        typer.Option(
+            help="Pass-through id column(s) (tables only; default: the config's "
+            "data.id_columns when --data is the config's own data, else none)."
+        ),
     ] = None,
     top_features: Annotated[
         int | None,
@@ -359,7 +390,9 @@ def score(
     from vae_core.preprocess import ImagePreprocessor
 
     tracking = _tracking_overrides(None, experiment)
-    cfg = load_config(config, {"tracking": tracking} if tracking else None)
+    cfg = _reading(
+        load_config(config, {"tracking": tracking} if tracking else None), data, None, id_column
+    )
     det, registered = _scoring_model(model, cfg)
     is_image_model = isinstance(det.preprocessor_, ImagePreprocessor)
     if _images(cfg) and not is_image_model:
@@ -375,7 +408,7 @@ def score(
             update={k: v for k, v in (("chunk_rows", chunk_rows),
                                       ("top_features", top_features)) if v is not None}
         )  # fmt: skip
-        written = _score_table(det, data, out, list(id_column or []), settings)
+        written = _score_table(det, data, out, cfg.data.id_columns, settings)
     if registered is None:
         return
     from vae_core import registry
