@@ -110,3 +110,21 @@ def test_unfitted_detector():
 
     with pytest.raises(NotFittedError):
         VAEDetector().anomaly_score(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "where"), [(".csv", r"line\(s\) 5, 7"), (".parquet", r"row\(s\) 4, 6")]
+)
+def test_a_bad_label_is_named_by_its_line_or_row_in_the_file(tmp_path, suffix, where):
+    """Data rows 3 and 5 (0-based) are lines 5 and 7 of a CSV (the header is line 1), as a
+    spreadsheet or editor shows them, and rows 4 and 6 of a Parquet file."""
+    from vae_core.ingest import read_table, split_columns
+
+    frame = pd.DataFrame({"a": np.arange(8.0), "y": [0, 0, 0, 2, 0, "x", 0, 1]})
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.astype({"y": str}).to_parquet(path, index=False)
+    with pytest.raises(ValueError, match=rf"t\{suffix}: label column 'y' .* at {where}$"):
+        split_columns(read_table(path), "y", source=str(path))

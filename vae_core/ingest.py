@@ -234,7 +234,7 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
     if bad.any():
         raise ValueError(
             f"{source}: label column {name!r} must hold 0 (normal) or 1 (anomaly); "
-            f"other values at {file_rows(source, np.flatnonzero(bad))}"
+            f"other values at {file_rows(source, s.index[bad])}"  # index: places in the file
         )
     return values.to_numpy(dtype="int64")
 
