@@ -83,3 +83,14 @@ def test_load_table_applies_max_train_rows(tmp_path):
     assert len(loaded.features) == 1_000 and list(loaded.ids.columns) == ["record_id"]
     unbounded = data.model_copy(update={"max_train_rows": None})
     assert len(load_table(tmp_path / "t.parquet", unbounded).features) == 3_000
+
+
+def test_sample_positions_are_distinct_sorted_uniform_and_fixed():
+    from vae_core.ingest import sample_positions
+
+    picked = sample_positions(3_000_000, 30_000, block=100_000)
+    assert len(picked) == 30_000 and len(np.unique(picked)) == 30_000
+    assert (np.diff(picked) > 0).all() and picked[0] >= 0 and picked[-1] < 3_000_000
+    per_tenth = np.bincount(picked // 300_000, minlength=10)  # binomial sd ~ 52
+    assert per_tenth.min() > 3_000 - 250 and per_tenth.max() < 3_000 + 250, per_tenth
+    np.testing.assert_array_equal(picked, sample_positions(3_000_000, 30_000, block=100_000))

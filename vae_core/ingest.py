@@ -282,13 +282,13 @@ def table_rows(path: str | Path) -> int:
 
 def read_table_sample(path: str | Path, max_rows: int) -> pd.DataFrame:
     """``read_table``, or a uniform random sample of ``max_rows`` of its rows when it has
-    more, read a chunk at a time: memory ~ the sample plus one chunk of
+    more, read a chunk at a time: memory ~ twice the sample plus one chunk of
     ``SAMPLE_CHUNK_ROWS``, whatever the size of the file.
 
-    Bottom-k sampling: every row gets a key from a generator seeded with ``SAMPLE_SEED``, in
-    file order, and the ``max_rows`` rows with the smallest keys are kept (each subset of
-    that size is equally likely), in file order. The index is the rows' 0-based positions in
-    the file, so an error about a sampled row still names its place in the file.
+    The rows are chosen before any is read (``sample_positions``: bottom-k over keys from a
+    generator seeded with ``SAMPLE_SEED``; every subset of that size is equally likely), then
+    one pass over the file keeps them, in file order. The index is the rows' 0-based
+    positions in the file, so an error about a sampled row still names its place there.
     """
     path = Path(path)
     if int(max_rows) < 1:
@@ -297,25 +297,41 @@ def read_table_sample(path: str | Path, max_rows: int) -> pd.DataFrame:
         raise FileNotFoundError(f"input {path} does not exist")
     if path.is_file() and TABLE_SUFFIXES.get(path.suffix.lower()) is None:
         return read_table(path)  # the unsupported type's message
-    if table_rows(path) <= max_rows:
+    rows = table_rows(path)
+    if rows <= max_rows:
         return read_table(path)
-    rng = np.random.default_rng(SAMPLE_SEED)
-    kept: pd.DataFrame | None = None
-    keys = np.empty(0)
-    first = 0
+    wanted = sample_positions(rows, int(max_rows))
+    pieces, first = [], 0
     for chunk in _table_chunks(path):
-        chunk.index = pd.RangeIndex(first, first + len(chunk))
+        lo, hi = np.searchsorted(wanted, [first, first + len(chunk)])
+        if hi > lo:
+            piece = chunk.iloc[wanted[lo:hi] - first]
+            piece.index = pd.Index(wanted[lo:hi])
+            pieces.append(piece)
         first += len(chunk)
-        merged = chunk if kept is None else pd.concat([kept, chunk])
-        merged_keys = np.concatenate([keys, rng.random(len(chunk))])
-        if len(merged) > max_rows:
-            keep = np.sort(np.argpartition(merged_keys, max_rows - 1)[:max_rows])
-            merged, merged_keys = merged.iloc[keep], merged_keys[keep]
-        kept, keys = merged, merged_keys
-    if kept is None or kept.empty:
+    if not pieces:
         raise ValueError(f"{path}: the file has no data rows")
+    kept = pd.concat(pieces)
     check_column_names(kept.columns, path)
     return kept
+
+
+def sample_positions(rows: int, k: int, block: int = 1 << 20) -> np.ndarray:
+    """k of the positions 0..rows-1, a uniform sample without replacement, sorted; the same
+    for the same (rows, k). Bottom-k: each position gets a uniform key (a generator seeded
+    with ``SAMPLE_SEED``, drawn in blocks) and the k smallest keys win. Memory O(k + block),
+    whatever ``rows`` (a CSV's line count may exceed its rows when a quoted value holds a line
+    break: positions past the last row are then simply not found)."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    keys, positions = np.empty(0), np.empty(0, dtype=np.int64)
+    for start in range(0, rows, block):
+        n = min(block, rows - start)
+        keys = np.concatenate([keys, rng.random(n)])
+        positions = np.concatenate([positions, np.arange(start, start + n, dtype=np.int64)])
+        if len(keys) > k:
+            keep = np.argpartition(keys, k - 1)[:k]
+            keys, positions = keys[keep], positions[keep]
+    return np.sort(positions)
 
 
 def _table_chunks(path: Path):
