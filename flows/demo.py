@@ -3,7 +3,9 @@
 train (ingest -> split -> fit -> calibrate -> evaluate -> register @challenger -> promotion
 gate) -> score a batch with models:/NAME@champion -> print where everything is.
 Runs on a temporary local Prefect API (state in $PREFECT_HOME) and the sqlite MLflow store of
-the config; a second run trains version N+1 and puts it through the gate.
+the config; a second run trains version N+1 and puts it through the gate. It ends by saying
+in words what the evaluation's numbers mean (``meaning_lines``), with absolute paths, and how
+to open the runs in the MLflow and Prefect UIs (``where_to_look``).
 
     python -m flows.demo                              # tables: data/cardio.csv, mlflow.yml
     python -m flows.demo --config configs/mnist.yml   # images: data/mnist
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from flows.score import score
@@ -30,12 +33,13 @@ def main(config_path: str = "mlflow.yml") -> None:
     target = TrackingTarget.from_config(cfg)
     name = cfg.tracking.registered_model
     print((out / "report" / "report.md").read_text())
-    lines = [
-        "",
+    report = json.loads((out / "report" / "report.json").read_text())
+    lines = [*meaning_lines(report, cfg.calibration.policy), ""]
+    lines += [
         f"model version:  {name} v{trained['version']} "
         f"(promoted to champion: {trained['promoted']})",
-        f"model, report:  {_here(out / 'model')}, {_here(out / 'report' / 'report.md')}",
-        f"scores:         {_here(scored['output'])} ({scored['rows']} rows, {scored['flagged']} "
+        f"model, report:  {_abs(out / 'model')}, {_abs(out / 'report' / 'report.md')}",
+        f"scores:         {_abs(scored['output'])} ({scored['rows']} rows, {scored['flagged']} "
         f"flagged) by {name} v{scored['model_version']}",
     ]
     if images:
@@ -47,32 +51,121 @@ def main(config_path: str = "mlflow.yml") -> None:
                 f"{review['normal_test_images']} normal test images (review/review.json)"
             )
         lines += [
-            f"anomaly maps:   {_here(scored['maps'])}/ (top {cfg.images.top_maps} of the batch; "
+            f"anomaly maps:   {_abs(scored['maps'])}/ (top {cfg.images.top_maps} of the batch; "
             "path per image in the scores' map_path)",
-            f"review grids:   {_here(out / 'review')}/ (prior_samples.png, reconstructions.png, "
+            f"review grids:   {_abs(out / 'review')}/ (prior_samples.png, reconstructions.png, "
             "interpolations.png, maps/ of the test split)",
         ]
     latent = json.loads((out / "review" / "latent.json").read_text())
     realism = latent["sample_realism_auc"]
     told = "" if realism is None else f"; samples vs real rows: ROC-AUC {realism:.2f} (0.5: alike)"
     lines.append(
-        f"latent space:   {_here(out / 'review' / 'latent_map.png')} (test posterior means on "
+        f"latent space:   {_abs(out / 'review' / 'latent_map.png')} (test posterior means on "
         "their two directions of most variance)" + told
     )
     lines += [
-        f"MLflow:         {target.uri} "
-        f"(artifacts in {_here(cfg.path(cfg.tracking.artifact_location))}/)",
-        f"browse it:      .venv/bin/{target.ui_command()}",
-        f"                then open http://127.0.0.1:5000 (Models > {name} to review)",
-        "Prefect state:  flow runs in the local API database under $PREFECT_HOME",
+        f"MLflow store:   {target.uri} "
+        f"(artifacts in {_abs(cfg.path(cfg.tracking.artifact_location))}/)",
+        "",
+        *where_to_look(target.ui_command(), name, cfg.tracking.experiment, _prefect_home()),
     ]
     print("\n".join(lines))
 
 
-def _here(path) -> str:
-    """``path`` relative to the working directory when it lies below it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+def meaning_lines(report: dict, policy) -> list[str]:
+    """The evaluation's numbers in words: what each measures, on how many rows, how the
+    threshold was set (``policy``, the config's calibration policy) and what its interval says.
+
+    report : ``report.json`` as ``vae_core.report.write_report`` writes it.
+    """
+    m = {k: v["value"] for k, v in report["metrics"].items()}
+    n, anomalies = report["n_rows"], report["n_anomalies"]
+    flagged = int(m["flagged_count"])
+    target = getattr(policy, "fpr", None)
+    how = (
+        f"to flag about {target:.0%} of the normal rows (calibration.policy {policy.name}, "
+        f"fpr {target})"
+        if target is not None
+        else f"by calibration.policy {policy.name}"
+    )
+    labelled = "" if anomalies is None else f", {anomalies} of them labelled anomalies"
+    share = "" if anomalies is None else f" ({anomalies / n:.1%})"
+    lines = [
+        f"What the numbers mean: the test split is {n} rows the model never saw{labelled}"
+        f"{share}. The threshold was set on the calibration split {how}; on the test split it "
+        f"flagged {flagged} rows ({m['flagged_share']:.1%}).",
+    ]
+    if anomalies is None:
+        return [*lines, "Without labels there is no ROC-AUC, recall or precision to report."]
+    tp, fp = int(m["tp"]), int(m["fp"])
+    level = f"{report['bootstrap']['confidence']:.0%}"
+    lines += [
+        f"- ROC-AUC {m['roc_auc']:.3g}: the chance that an anomaly scores higher than a normal "
+        "row (0.5: a coin toss, 1: every anomaly above every normal row); it does not depend "
+        "on the threshold.",
+        f"- Recall {m['recall']:.3g}: the share of the anomalies flagged ({tp} of {anomalies}).",
+        f"- Precision {m['precision']:.3g}: the share of flagged rows that are anomalies "
+        f"({tp} of {flagged}).",
+        f"- False-positive rate {m['fpr']:.3g}: the share of normal rows flagged ({fp} of "
+        f"{n - anomalies})" + (f", against the {target:.0%} target." if target else "."),
+        f"- {level} CI: the range each number may take on another sample of this size "
+        "(bootstrap of the test split); a wide one means few rows decide the number."
+        + _wide_intervals(report["metrics"]),
+    ]
+    if target is not None:
+        lines.append(
+            f"A {target:.0%} false-positive target flags few rows: rarely a false alarm, but "
+            "anomalies that score like normal rows are missed (low recall). To flag more, raise "
+            "calibration.policy fpr in the config, or with labels use a policy such as "
+            "target_recall."
+        )
+    return lines
+
+
+def _wide_intervals(metrics: dict) -> str:
+    wide = [
+        f"{name} {metrics[name]['low']:.2g} to {metrics[name]['high']:.2g}"
+        for name in ("recall", "precision")
+        if metrics[name]["high"] - metrics[name]["low"] >= 0.5
+    ]
+    return f" Here {' and '.join(wide)}: too few rows to tell." if wide else ""
+
+
+def where_to_look(ui_command: str, model_name: str, experiment: str, prefect_home) -> list[str]:
+    """How to open the demo's runs: the MLflow UI (``ui_command``, from
+    ``TrackingTarget.ui_command``) and the Prefect UI on the demo's ``prefect_home``."""
+    if ui_command.startswith("mlflow "):  # a local store: the mlflow installed beside Python
+        ui_command = _command("mlflow") + ui_command.removeprefix("mlflow")
+    return [
+        "Open the runs:",
+        f"  MLflow UI:   {ui_command}",
+        f"               then http://127.0.0.1:5000: Experiments > {experiment} (the training "
+        f"and scoring runs), Models > {model_name} (versions, @champion and the review)",
+        f"  Prefect UI:  PREFECT_HOME={_abs(prefect_home)} {_command('prefect')} server start "
+        "--host 127.0.0.1 --port 4200 --analytics-off",
+        "               then http://127.0.0.1:4200/runs (the demo's train and score flow runs, "
+        "their logs and artifacts)",
+    ]
+
+
+def _prefect_home() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value())
+
+
+def _command(name: str) -> str:
+    """``name`` installed beside the running Python (``.venv/bin/mlflow``), relative to the
+    working directory when below it; else plain ``name``."""
+    script = Path(sys.executable).parent / name
+    if not script.exists():
+        return name
+    return str(script.relative_to(Path.cwd())) if script.is_relative_to(Path.cwd()) else str(script)
+
+
+def _abs(path) -> str:
+    """``path`` resolved to an absolute path, as printed for the user to open."""
+    return str(Path(path).expanduser().resolve())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""`make demo`'s closing words, without running the flows: what the evaluation's numbers mean
+(from a real ``report.json`` payload) and how to open the runs (absolute paths, the UIs)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from flows.demo import meaning_lines, where_to_look
+from vae_core.calibrate import TargetFPR
+from vae_core.report import evaluate
+
+
+def demo_like_report(labelled: bool = True) -> dict:
+    """A test split like the demo's: 367 rows, 35 anomalies (9.5%), few of them flagged."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(332, int), np.ones(35, int)]
+    scores = rng.normal(size=y.size) + 0.6 * y
+    threshold = float(np.quantile(scores[y == 0], 0.99))
+    return evaluate(scores, y if labelled else None, threshold, n_bootstrap=50).to_dict()
+
+
+def test_the_numbers_are_said_in_words_with_their_counts_and_the_target():
+    report = demo_like_report()
+    m = {k: v["value"] for k, v in report["metrics"].items()}
+    text = "\n".join(meaning_lines(report, TargetFPR(fpr=0.01)))
+    tp, flagged = int(m["tp"]), int(m["flagged_count"])
+    assert "367 rows the model never saw, 35 of them labelled anomalies (9.5%)" in text
+    assert "to flag about 1% of the normal rows (calibration.policy target_fpr, fpr 0.01)" in text
+    assert f"ROC-AUC {m['roc_auc']:.3g}: the chance that an anomaly scores higher" in text
+    assert f"Recall {m['recall']:.3g}: the share of the anomalies flagged ({tp} of 35)" in text
+    assert f"Precision {m['precision']:.3g}: the share of flagged rows that are anomalies " \
+        f"({tp} of {flagged})" in text  # fmt: skip
+    assert f"({int(m['fp'])} of 332), against the 1% target" in text
+    assert "95% CI: the range each number may take on another sample" in text
+    assert "To flag more, raise calibration.policy fpr" in text
+    wide = {**report, "metrics": {**report["metrics"], "precision": {"value": 0.5, "low": 0.0,
+                                                                   "high": 1.0}}}  # fmt: skip
+    assert "Here precision 0 to 1: too few rows to tell." in "\n".join(
+        meaning_lines(wide, TargetFPR(fpr=0.01))
+    )
+
+
+def test_without_labels_only_the_flagged_share_is_explained():
+    text = "\n".join(meaning_lines(demo_like_report(labelled=False), TargetFPR(fpr=0.01)))
+    assert "367 rows the model never saw." in text and "ROC-AUC" in text
+    assert "Recall" not in text and "Without labels" in text
+
+
+def test_where_to_look_gives_absolute_paths_and_the_ui_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    text = "\n".join(where_to_look(ui, "vae-anomaly", "vae-anomaly", Path(".prefect")))
+    mlflow = Path(sys.executable).parent / "mlflow"  # outside tmp_path: an absolute path
+    assert f"MLflow UI:   {mlflow} ui --backend-store-uri {uri}" in text
+    assert "Models > vae-anomaly" in text and "http://127.0.0.1:5000" in text
+    assert f"PREFECT_HOME={tmp_path / '.prefect'} " in text  # resolved, not $PREFECT_HOME
+    assert "server start --host 127.0.0.1 --port 4200" in text
+    assert "http://127.0.0.1:4200/runs" in text
