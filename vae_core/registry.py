@@ -693,11 +693,11 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
 
     Safe to rerun after a failure at any step (a tracking server that died, a killed
     process). The version is created tagged ``registration_state: incomplete``, in the same
-    write as its other tags, and marked ``complete`` only after its description and alias
-    are set. A rerun for the same run finishes that version (or returns it, if it was
-    finished) instead of creating another; a rerun of the same training as a new run (the
-    same ``training_fingerprint``: settings and data) deletes the unfinished versions it
-    supersedes. ``promote_challenger`` refuses an unfinished version.
+    write as its other tags, and that tag is removed (the version is complete) only after
+    its description and alias are set. A rerun for the same run finishes that version (or
+    returns it, if it was finished) instead of creating another; a rerun of the same training
+    as a new run (the same ``training_fingerprint``: settings and data) deletes the
+    unfinished versions it supersedes. ``promote_challenger`` refuses an unfinished version.
     """
     client, name = _client(target), target.model_name
     run = _record(client.get_run(run_id))
@@ -719,8 +719,10 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
         ) from exc
 
 
-REGISTRATION_STATE = "registration_state"  # version tag: INCOMPLETE until the last step
-INCOMPLETE, COMPLETE = "incomplete", "complete"
+# Version tag: INCOMPLETE from creation until the last step of registration, which removes
+# it (a tag less in the versions table); "complete" on versions registered before that.
+REGISTRATION_STATE = "registration_state"
+INCOMPLETE = "incomplete"
 FINGERPRINT_TAG = "training_fingerprint"  # promotion.training_fingerprint of the run
 
 
@@ -750,7 +752,8 @@ def _create_version(client: MlflowClient, name: str, run: RunRecord):
 def _finish_registration(
     client: MlflowClient, name: str, run: RunRecord, version: str
 ) -> ModelVersionRef:
-    """Write the review, move ``challenger`` to ``version``, and mark it complete (last)."""
+    """Write the review, move ``challenger`` to ``version``, and mark it complete (last: the
+    ``registration_state: incomplete`` tag removed)."""
     champion = _alias_version(client, name, CHAMPION)
     champion_run = _record_with_schema(client, champion.run_id) if champion else None
     run = dataclasses.replace(run, schema=_feature_schema(client, run.run_id))
@@ -758,7 +761,7 @@ def _finish_registration(
     description = review_description(name, version, run, old, champion_run)
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, REGISTRATION_STATE, COMPLETE)
+    client.delete_model_version_tag(name, version, REGISTRATION_STATE)
     return _ref(client.get_model_version(name, version), CHALLENGER)
 
 
@@ -771,8 +774,9 @@ MAX_VERSION_TAGS = 8
 def version_tags(run: RunRecord) -> dict[str, str]:
     """Model version tags from a training run: what a reviewer scans, sorts and filters on
     (test ROC-AUC, threshold, calibration policy, rows, data fingerprint, the promotion
-    decision), and the two that registration keys on (``training_fingerprint``,
-    ``registration_state``). Unlabelled data has no ROC-AUC tag."""
+    decision), the fingerprint that registration keys its resume on
+    (``training_fingerprint``), and ``registration_state: incomplete`` until registration
+    finishes. Unlabelled data has no ROC-AUC tag."""
     out = {
         "test_roc_auc": _short(run.metrics.get("test_roc_auc")),
         "threshold": _short(run.metrics.get("threshold")),
@@ -1134,7 +1138,7 @@ def _scoring_run(
         datasets = [] if not data_source else [_scoring_input(data_source, summary)]
         models = [LoggedModelInput(model.model_id)] if model.model_id else None
         if datasets or models:
-            client.log_inputs(run_id, datasets=datasets or None, models=models)
+            _log_inputs(client, run_id, datasets or None, models)
         _log_score_distribution(client, run_id, summary, values, summary["threshold"])
         client.log_artifact(run_id, str(scores_path), "scores")
         for folder, path in (artifacts or {}).items():
@@ -1145,6 +1149,20 @@ def _scoring_run(
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _log_inputs(client: MlflowClient, run_id: str, datasets, models, attempts: int = 3) -> None:
+    """``client.log_inputs``, again when another run recorded the same dataset meanwhile:
+    the store looks a dataset up, then inserts it, so two scorings of one file at once can
+    both insert it and one fails on the unique key (rolled back whole); once it exists, the
+    next attempt links it."""
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=datasets, models=models)
+            return
+        except MlflowException as exc:
+            if "unique" not in str(exc).lower() or attempt == attempts - 1:
+                raise
 
 
 def _scoring_input(data_source: str, summary: dict) -> DatasetInput:
