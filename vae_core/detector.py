@@ -40,6 +40,7 @@ from vae_core.train import EpochCallback, TrainConfig, train_vae
 # Rows per forward pass at scoring time, times Monte Carlo samples. Fixed for a given model so
 # that padding makes scores independent of the caller's batch size (see module docstring).
 _CHUNK_BUDGET = 1 << 18  # about 1 MB of float32 per input column
+_TABLE_BLOCK = 1 << 16  # table rows preprocessed at a time when scoring
 # Images turned into model input at a time where no minibatch applies (variance floors,
 # fingerprints): at most _IMAGE_BLOCK images and _BLOCK_VALUES pixel values (64 MB of float32),
 # so that memory stays bounded for large colour images too.
@@ -406,7 +407,7 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                 raise ValueError("the input has no images")
             parts = ((u, None) for u in self._image_blocks(X, chunk))
         else:
-            parts = [self._table_input(X)]
+            parts = self._table_blocks(X, chunk * max(1, _TABLE_BLOCK // chunk))
         outputs = []
         with torch.no_grad():
             for u, observed in parts:
@@ -422,6 +423,18 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
                     )
                     outputs.append(out[: min(chunk, len(u) - start)].double().cpu().numpy())
         return np.concatenate(outputs)
+
+    def _table_blocks(self, X, block: int):
+        """``_table_input`` of consecutive blocks of ``block`` rows: the preprocessing's
+        copies are of one block, not of the whole table (a row's input does not depend on
+        its block)."""
+        n = len(X)
+        if n <= block:
+            yield self._table_input(X)
+            return
+        rows = X.iloc if isinstance(X, pd.DataFrame) else X
+        for start in range(0, n, block):
+            yield self._table_input(rows[start : start + block])
 
     def _table_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
         """(model input, observed mask or None) of a table, as ``missing`` says."""
