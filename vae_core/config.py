@@ -64,7 +64,7 @@ class DataConfig(_Section):
     drop_columns: list[str] = Field(default_factory=list)
     # Tables: training reads at most this many rows, a fixed uniform random sample streamed
     # from the file(s) (ingest.read_table_sample): memory bounded whatever the size; null: all.
-    max_train_rows: int | None = Field(1_000_000, ge=1)
+    max_train_rows: int | None = Field(500_000, ge=1)
 
     def for_file(self, path: str | Path | None, root: Path) -> DataConfig:
         """This section for reading ``path``: unchanged when ``path`` is None or this
