@@ -77,6 +77,33 @@ def test_score_flow_writes_each_row_once_and_logs_to_mlflow(store):
     run = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").get_run(first["mlflow_run_id"])
     assert run.data.tags["model.version"] == "1"
     assert run.data.metrics["rows"] == 1831
+    # the scoring run's parameters, its dataset and its description
+    params = run.data.params
+    assert params["batch.id"] == first["batch_id"] and params["model.version"] == "1"
+    assert params["scoring.chunk_rows"] == "500" and params["scoring.top_features"] == "3"
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "cardio.csv" and str(CARDIO) in data.dataset.source
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "scoring"
+    assert "1831 rows" in run.data.tags["mlflow.note.content"]
+
+
+def test_prefect_artifacts_have_descriptions(store):
+    """The training report and the scoring summary and table say what they are in the
+    Prefect UI's artifact list ("No description" otherwise)."""
+    from prefect.client.orchestration import get_client
+
+    from flows.score import score
+
+    _, config, _ = store
+    score(data_path=str(CARDIO), batch_id="described", config_path=str(config))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    described = {a.key: a.description for a in artifacts if a.key}
+    assert {"training-report", "scoring-summary", "top-anomalies"} <= set(described)
+    assert "vae-anomaly v1" in described["training-report"]
+    assert "promoted" in described["training-report"]
+    assert "rows flagged" in described["scoring-summary"]
+    assert "highest-scoring rows" in described["top-anomalies"]
 
 
 def test_dask_task_runner_gives_the_same_scores_as_threads(store, tmp_path):
