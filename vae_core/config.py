@@ -173,7 +173,9 @@ class TrainingConfig(_Section):
     clip_grad_norm: float | None = 10.0
     trim_fraction: float = Field(0.3, ge=0, lt=1)
     random_state: int = 0
-    device: str = "cpu"
+    # cpu | cuda | cuda:N: where the model trains and scores. A model trained on a GPU scores
+    # on the CPU of a machine without one (VAEDetector.load).
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
 
 
 class CalibrationConfig(_Section):

@@ -170,6 +170,7 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         for name in ("latent_dim", "epochs", "batch_size", "n_score_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        check_device(self.device)
 
     def _decoder_variance(self) -> str:
         """The decoder variance in use: as given, else "shared" for images and "sample" for
@@ -797,6 +798,32 @@ def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
     out = np.full((size, *rows.shape[1:]), fill, dtype="float32")
     out[: len(rows)] = rows
     return out
+
+
+def check_device(device: str) -> None:
+    """ValueError unless torch can use ``device`` here ("cpu", "cuda", "cuda:N")."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: torch {torch.__version__} sees no GPU on this machine "
+            "(a CPU-only build, or no driver); use device 'cpu'"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def usable_device(device: str) -> str:
+    """``device`` where torch can use it, else "cpu": a model fitted on a GPU scores on the
+    CPU of a machine without one (scores equal to the GPU's up to float rounding)."""
+    try:
+        check_device(device)
+    except ValueError:
+        return "cpu"
+    return str(device)
 
 
 def _tensor(array: np.ndarray, device: str) -> torch.Tensor:

@@ -110,7 +110,7 @@ def _checked_model(cfg: VAEConfig, tensors: dict, path: Path) -> VAE:
 
 
 def load_detector(path):
-    from vae_core.detector import VAEDetector
+    from vae_core.detector import VAEDetector, usable_device
 
     path = Path(path)
     for name in (META, WEIGHTS):
@@ -132,6 +132,7 @@ def load_detector(path):
     tensors = _read_weights(path / WEIGHTS)
     model = _checked_model(cfg, tensors, path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    det.device = usable_device(det.device)  # fitted on a GPU, scored where there is none
     det.model_ = model.to(det.device).eval()
     det.config_ = cfg
     if "score_eps" not in tensors:

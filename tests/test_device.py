@@ -1,0 +1,52 @@
+"""``device``: cpu, cuda or cuda:N for training and scoring; a model fitted on a GPU scores on
+the CPU of a machine without one. The GPU cases run only where torch sees a GPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vae_core import VAEDetector
+from vae_core.config import PipelineConfig
+
+GPU = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not GPU, reason="no GPU on this machine (torch sees none)")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda0", "CPU", ""])
+def test_the_config_refuses_a_device_torch_does_not_name(device):
+    with pytest.raises(ValueError, match=r"training\.device"):
+        PipelineConfig.model_validate({"training": {"device": device}})
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU")
+def test_fitting_on_cuda_without_a_gpu_says_so(mixed_data):
+    with pytest.raises(ValueError, match="sees no GPU"):
+        VAEDetector(device="cuda", epochs=1).fit(mixed_data)
+
+
+def test_a_model_saved_with_a_gpu_device_scores_on_the_cpu_here(fitted_mixed, mixed_data, tmp_path):
+    fitted_mixed.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["params"]["device"] = "cuda:0"  # as a model fitted on a GPU is saved
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    loaded = VAEDetector.load(tmp_path / "m")
+    assert loaded.device == ("cuda:0" if GPU else "cpu")
+    if not GPU:
+        np.testing.assert_array_equal(
+            loaded.anomaly_score(mixed_data), fitted_mixed.anomaly_score(mixed_data)
+        )
+
+
+@needs_gpu
+def test_training_and_scoring_on_the_gpu(mixed_data, tmp_path):
+    det = VAEDetector(device="cuda", epochs=5, hidden_dims=(32, 16), latent_dim=2).fit(mixed_data)
+    assert next(det.model_.parameters()).is_cuda
+    scores = det.anomaly_score(mixed_data)
+    assert np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores, det.anomaly_score(mixed_data))  # deterministic
+    det.save(tmp_path / "m")
+    on_cpu = VAEDetector.load(tmp_path / "m").set_params(device="cpu")
+    on_cpu.model_ = on_cpu.model_.cpu()
+    np.testing.assert_allclose(on_cpu.anomaly_score(mixed_data), scores, rtol=1e-4, atol=1e-3)
