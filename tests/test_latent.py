@@ -186,7 +186,9 @@ def saved(tmp_path_factory, fitted_mixed, mixed_data):
     fitted_mixed.save(folder / "model")
     table = mixed_data.assign(key=[f"r{i}" for i in range(len(mixed_data))])
     table.to_csv(folder / "table.csv", index=False)
-    config = write_pipeline_config(folder, {"data": {"id_columns": ["key"]}})
+    # the config's id columns apply to its own data only (DataConfig.for_file)
+    own = {"id_columns": ["key"], "train_path": str(folder / "table.csv")}
+    config = write_pipeline_config(folder, {"data": own})
     return folder, config
 
 

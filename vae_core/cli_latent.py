@@ -32,13 +32,15 @@ def _table_out(out: Path) -> None:
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
 
 
-def _id_columns(given, cfg, det) -> list[str]:
-    """--id-column, else the config's data.id_columns when the model does not use them as
-    features; [] means rows are named by their 1-based position (column ``row``)."""
+def _id_columns(given, cfg, det, data: Path) -> list[str]:
+    """--id-column, else the config's data.id_columns where ``data`` is the config's own data
+    (``DataConfig.for_file``: a demo's id columns never apply to a user's file) and the model
+    does not use them as features; [] means rows are named by their 1-based position
+    (column ``row``)."""
     if given:
         return list(given)
     features = set(det.preprocessor_.feature_names)
-    return [c for c in cfg.data.id_columns if c not in features]
+    return [c for c in cfg.data.for_file(data, cfg.root).id_columns if c not in features]
 
 
 def _write_pngs(images: np.ndarray, folder: Path, stem: str) -> list[Path]:
@@ -88,7 +90,7 @@ def embed(
     if latent.is_image_model(det):
         frame = latent.embed_images(det, latent.read_images_as_model(det, data, cfg.images))
     else:
-        ids = _id_columns(id_column, cfg, det)
+        ids = _id_columns(id_column, cfg, det, data)
         frame = latent.embed_table(det, data, ids, cfg.scoring.chunk_rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_frame(frame, out)
@@ -168,7 +170,7 @@ def interpolate(
         typer.echo(f"wrote {len(paths)} images from {from_} to {to} -> {out}")
         return
     _table_out(out)
-    ids = _id_columns(id_column, cfg, det)
+    ids = _id_columns(id_column, cfg, det, data)
     a, b = latent.find_table_rows(det, data, ids, (from_, to), cfg.scoring.chunk_rows)
     path = det.interpolate(a, b, steps=steps, method=method)
     out.parent.mkdir(parents=True, exist_ok=True)
