@@ -101,7 +101,7 @@ def test_data_changes_in_words():
     text = data_changes(_record({}), wide)
     assert "`x11` and 18 more" in text and "label column `label` -> `y`" in text
     unknown = data_changes(old, dataclasses.replace(new, schema=None))  # an older run
-    assert unknown == "a different table: 10 -> 10 rows"
+    assert unknown == "different data: 10 -> 10 rows"
 
 
 def test_scoring_run_has_a_description_parameters_and_its_dataset(

@@ -11,7 +11,9 @@ The gate (``gate_checks``), decided on held-out rows both models are scored on:
   decision says so.
 
 ``review_description`` writes the Markdown a reviewer reads on a new model version, from the
-training run's parameters, tags and metrics (``RunRecord``); ``training_fingerprint`` names the
+training run's parameters, tags and metrics (``RunRecord``), with ``data_changes`` naming the
+columns added, removed or of another kind against the champion's; ``training_run_note`` the
+training run's own description; ``training_fingerprint`` names the
 training a run did (its settings and data), so that a rerun registration can tell the version an
 interrupted attempt left unfinished from a new model.
 """
@@ -405,7 +407,7 @@ def data_changes(old: RunRecord, new: RunRecord) -> str:
     source = (old.tags.get("data.source"), new.tags.get("data.source"))
     if source[0] != source[1]:
         parts.append(f"source `{source[0]}` -> `{source[1]}`")
-    return "a different table: " + "; ".join(parts)
+    return "different data: " + "; ".join(parts)
 
 
 def training_run_note(run: RunRecord) -> str:
