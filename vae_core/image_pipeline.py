@@ -29,6 +29,7 @@ import pandas as pd
 from vae_core import pipeline
 from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
 from vae_core.batch import checked_batch_id, files_identity
+from vae_core.calibrate import flag_anomalies
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.images import (
     CHANNELS,
@@ -223,7 +224,7 @@ def image_scores(det, images: ImageSet) -> pd.DataFrame:
     frame = images.manifest()
     scores = det.threshold_score(images.images)
     frame["anomaly_score"] = scores
-    frame["is_anomaly"] = scores > det.threshold_
+    frame["is_anomaly"] = flag_anomalies(scores, det.threshold_)
     calibrated = det.probability_
     frame["anomaly_probability"] = np.nan if calibrated is None else calibrated.probability(scores)
     return frame

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from vae_core.calibrate import Calibration
+from vae_core.calibrate import Calibration, flag_anomalies
 from vae_core.config import CalibrationConfig, PipelineConfig, SplitConfig
 from vae_core.detector import VAEDetector
 from vae_core.ingest import LabelledTable
@@ -237,7 +237,7 @@ def score_table(
         contrib = det.feature_contributions(features)
     out = pd.DataFrame(index=features.index) if ids is None else ids.copy()
     out["anomaly_score"] = scores
-    out["is_anomaly"] = scores > det.threshold_
+    out["is_anomaly"] = flag_anomalies(scores, det.threshold_)
     out["missing_columns"] = det.missing_columns(features).to_numpy()
     if det.probability_ is not None:
         out["anomaly_probability"] = det.probability_.probability(scores)

@@ -34,7 +34,13 @@ from sklearn.metrics import (
 )
 
 from vae_core.atomic import atomic_write
-from vae_core.calibrate import Calibration, check_labels, check_scores, metrics_at_threshold
+from vae_core.calibrate import (
+    Calibration,
+    check_labels,
+    check_scores,
+    flag_anomalies,
+    metrics_at_threshold,
+)
 
 METRIC_LABELS = {
     "roc_auc": "ROC-AUC",
@@ -259,7 +265,7 @@ def _bootstrap_metrics(
     y_sorted = np.zeros(scores.size, np.int8) if y is None else y[order]
     strata = [np.flatnonzero(y_sorted == c) for c in np.unique(y_sorted)]
     ends = np.append(np.flatnonzero(np.diff(s_sorted)), scores.size - 1)
-    n_flagged = int((s_sorted > threshold).sum())
+    n_flagged = int(flag_anomalies(s_sorted, threshold).sum())
     block = max(1, _BOOTSTRAP_CELLS // scores.size)
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, n_bootstrap, block):
