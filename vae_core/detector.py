@@ -26,6 +26,7 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from vae_core.devices import check_device
 from vae_core.images import image_rows
 from vae_core.likelihood import (
     elbo_terms,
@@ -34,6 +35,7 @@ from vae_core.likelihood import (
     observed_terms,
 )
 from vae_core.model import VAE, VAEConfig
+from vae_core.persist import load_detector, save_detector
 from vae_core.preprocess import ImagePreprocessor, TabularPreprocessor
 from vae_core.train import EpochCallback, TrainConfig, train_vae
 
@@ -740,16 +742,12 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write weights (state_dict) and JSON to the folder ``path``; no pickle."""
-        from vae_core.persist import save_detector
-
         save_detector(self, path)
 
     @classmethod
     def load(cls, path) -> VAEDetector:
         """Load a detector written by ``save``; scores are bit-identical to the saved one's."""
-        from vae_core.persist import load_detector
-
-        return load_detector(path)
+        return load_detector(path, cls)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -798,32 +796,6 @@ def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
     out = np.full((size, *rows.shape[1:]), fill, dtype="float32")
     out[: len(rows)] = rows
     return out
-
-
-def check_device(device: str) -> None:
-    """ValueError unless torch can use ``device`` here ("cpu", "cuda", "cuda:N")."""
-    kind, _, index = str(device).partition(":")
-    if kind == "cpu" and not index:
-        return
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r}: torch {torch.__version__} sees no GPU on this machine "
-            "(a CPU-only build, or no driver); use device 'cpu'"
-        )
-    if index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-
-
-def usable_device(device: str) -> str:
-    """``device`` where torch can use it, else "cpu": a model fitted on a GPU scores on the
-    CPU of a machine without one (scores equal to the GPU's up to float rounding)."""
-    try:
-        check_device(device)
-    except ValueError:
-        return "cpu"
-    return str(device)
 
 
 def _tensor(array: np.ndarray, device: str) -> torch.Tensor:

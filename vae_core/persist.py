@@ -18,6 +18,7 @@ import torch
 
 from vae_core.atomic import atomic_write_bytes
 from vae_core.config import MAX_LAYERS, MAX_WIDTH
+from vae_core.devices import usable_device
 from vae_core.model import VAE, VAEConfig
 from vae_core.preprocess import preprocessor_from_dict
 
@@ -109,8 +110,8 @@ def _checked_model(cfg: VAEConfig, tensors: dict, path: Path) -> VAE:
     return VAE(cfg)
 
 
-def load_detector(path):
-    from vae_core.detector import VAEDetector, usable_device
+def load_detector(path, cls):
+    """The detector of class ``cls`` (VAEDetector) saved in the folder ``path``."""
 
     path = Path(path)
     for name in (META, WEIGHTS):
@@ -125,7 +126,7 @@ def load_detector(path):
         raise ValueError(f"{path / META}: unsupported format_version {version}")
     try:
         params = dict(meta["params"], hidden_dims=tuple(meta["params"]["hidden_dims"]))
-        det = VAEDetector(**params)
+        det = cls(**params)
         cfg = VAEConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path / META}: not a model description ({exc!r})") from exc
