@@ -11,8 +11,9 @@ Three measurements, one Markdown table with the ratios and their targets:
    (fixed seed, written once to Parquet in ``--workdir``): (a) ``det.anomaly_score`` on the
    in-memory array, (b) Parquet in -> Parquet out with ``score_parquet.py`` (pyarrow row
    batches, ``pipeline.score_table``, ``ParquetWriter``) in a subprocess, (c) PyOD's
-   ``decision_function`` on the first ``--pyod-rows`` rows. Targets: (b) >= 50% of (a) and
-   >= 20x (c).
+   ``decision_function`` on the first ``--pyod-rows`` rows. At the scoring defaults (8 draws
+   of z, 3 top features; ``--top-features 0`` for scores only). Targets (issue "Production
+   scale"): (b) >= 50% of (a) and >= 3x (c) (an earlier target said 20x).
 3. Memory: peak RSS of (b) on files of each ``--memory-rows`` size, each in a fresh subprocess.
    Target: flat in the file size and <= 1.5 GB.
 
@@ -87,8 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--top-features",
         type=int,
-        default=0,
-        help="top contributing columns written in (b) (each costs a second pass)",
+        default=3,
+        help="top contributing columns written in (b), the scoring default; with any, (a) "
+        "is score_with_contributions (the same settings), else anomaly_score",
     )
     p.add_argument(
         "--score-samples",
@@ -306,7 +308,9 @@ def scoring(args, workdir: Path) -> dict:
     det, pyod = fit_scorers(args, model_dir)
     frame = synthetic_frame(args.rows, args.features, seed=0).drop(columns="id")
     out = {"train_epochs_run": len(det.history_)}
-    out["a_rows_per_second"], out["a_seconds"] = rows_per_second(det.anomaly_score, frame)
+    model_only = det.score_with_contributions if args.top_features else det.anomaly_score
+    out["a_rows_per_second"], out["a_seconds"] = rows_per_second(model_only, frame)
+    out["a_with_contributions"] = bool(args.top_features)
     print(f"(a) {out['a_rows_per_second']:,.0f} rows/s", file=sys.stderr)
     # Information: the cost of the n_score_samples Monte Carlo draws per row.
     one_sample = lambda X: det.anomaly_score(X, n_samples=1)  # noqa: E731
@@ -387,9 +391,10 @@ def race_rows(race: list[dict]) -> list[list[str]]:
 def scoring_rows(s: dict, rows: int) -> list[list[str]]:
     a, b, c = s["a_rows_per_second"], s["b_rows_per_second"], s["c_rows_per_second"]
     extrapolated = "" if s["c_rows"] >= rows else f" (on {s['c_rows']:,} rows, extrapolated)"
+    a_name = "score_with_contributions" if s.get("a_with_contributions") else "anomaly_score"
     return [
         [
-            f"scoring (a): vae_core anomaly_score ({s['n_score_samples']} samples of z), "
+            f"scoring (a): vae_core {a_name} ({s['n_score_samples']} samples of z), "
             f"in memory, {rows:,} rows",
             f"{a:,.0f} rows/s",
             "",
@@ -415,8 +420,8 @@ def scoring_rows(s: dict, rows: int) -> list[list[str]]:
             "scoring (c): PyOD VAE decision_function" + extrapolated,
             f"{c:,.0f} rows/s",
             f"(b)/(c) = {b / c:.1f}x",
-            ">= 20x",
-            _met(b / c >= 20),
+            ">= 3x",
+            _met(b / c >= 3),
         ],
     ]
 

@@ -25,8 +25,10 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "script", ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py"]
-)
+    "script",
+    ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py", "train_memory.py",
+     "scale_out.py"],
+)  # fmt: skip
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
     assert done.returncode == 0, done.stderr
@@ -104,3 +106,14 @@ def test_quality_skips_a_set_it_cannot_split_and_goes_on(tmp_path):
     done = _run(str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1", "--methods", "iforest")
     assert done.returncode == 0, done.stderr
     assert "| b_fine |" in done.stdout and "Skipped a_rare" in done.stdout
+
+
+def test_train_memory_trains_on_a_sample_of_a_larger_file(tmp_path):
+    """The table training memory benchmark runs a whole training on a bounded sample."""
+    done = _run(str(BENCH / "train_memory.py"), "--rows", "3000", "--features", "4",
+                "--max-train-rows", "1000", "--workdir", str(tmp_path),
+                "--json", str(tmp_path / "m.json"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert result["file_rows"] == 3000 and result["rows_read"] == 1000
+    assert "| 3,000 |" in done.stdout
