@@ -201,3 +201,29 @@ def test_one_pass_scores_and_contributions_equal_the_separate_methods(fitted_mix
     scores, contrib = fitted_mixed.score_with_contributions(mixed_data)
     np.testing.assert_array_equal(scores, fitted_mixed.anomaly_score(mixed_data))
     pd.testing.assert_frame_equal(contrib, fitted_mixed.feature_contributions(mixed_data))
+
+
+def test_parameters_are_keyword_only_and_documented():
+    """scikit-learn's style: keyword-only arguments, each documented with its type and
+    default, and an Attributes section naming every fitted attribute a fit sets."""
+    import ast
+    import inspect
+    import re
+
+    with pytest.raises(TypeError):
+        VAEDetector(8)
+    params = inspect.signature(VAEDetector.__init__).parameters
+    doc = inspect.getdoc(VAEDetector)
+    documented, attributes = doc.split("Attributes\n----------")
+    for name, param in list(params.items())[1:]:
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY, name
+        line = re.search(rf"^{name} : .*default=(.+)$", documented, re.MULTILINE)
+        assert line, f"{name}: its type and default are not documented"
+        stated = ast.literal_eval(line.group(1))
+        assert stated == param.default, f"{name}: documented {stated!r}, is {param.default!r}"
+    det = VAEDetector(epochs=1, hidden_dims=(4,), latent_dim=2).fit(
+        pd.DataFrame({"a": np.arange(20.0), "b": np.arange(20.0) % 3})
+    )
+    fitted = [k for k in vars(det) if k.endswith("_") and not k.startswith("_")]
+    for name in fitted:
+        assert re.search(rf"^{name} : ", attributes, re.MULTILINE), f"{name}: not in Attributes"

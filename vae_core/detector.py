@@ -55,47 +55,112 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    latent_dim : dimension of z.
-    hidden_dims : widths of the MLP layers (or conv channels for images), encoder order.
-    epochs : maximum number of epochs; early stopping on the validation negative ELBO.
-    batch_size, lr : Adam minibatch size and learning rate.
-    contamination : share of training rows above the threshold set at fit. ``calibrate`` sets a
-        better threshold on held-out data.
-    random_state : seeds initialisation, shuffling, the validation split and scoring noise.
-    device : torch device, "cpu" by default.
-    likelihood : "gaussian" (AEVB appendix C.2) or "bernoulli" for binary data / [0, 1]
-        intensities (appendix C.1).
-    architecture : "mlp" for tables, "conv" for images (n, H, W) or (n, C, H, W).
-    n_score_samples : L, the Monte Carlo samples of z per row for ``anomaly_score`` (8:
-        the knee of the measured curve, mean ROC-AUC within 0.0004 of 1,024 draws on the
-        shared benchmark sets at a quarter of the cost of 32; docs/benchmarks.md).
-    validation_fraction : share of training rows held out for early stopping.
-    kl_warmup_epochs, patience, min_variance, weight_decay, clip_grad_norm : see TrainConfig
-        and VAEConfig.
-    quantization_floor : floor each Gaussian column's variance at its value grid's
-        dequantization variance (``grid_variance``); default True.
-    decoder_variance : "sample" (a function of z per row and column, appendix C.2),
-        "feature" (one per column) or "shared" (one per channel, Rybkin et al. 2021); None
-        (default): "shared" for images, where a per-pixel variance lets the decoder ignore
-        its input, "sample" for tables.
-    max_variance : optional ceiling on the decoder variance (standardised units); None.
-    trim_fraction : share of each minibatch, the rows with the highest loss, left out of the
-        gradient and of the early-stopping loss after 2 epochs (a trimmed likelihood for
-        training data that holds anomalies); default 0.3. 0 trains on the plain negative ELBO.
-    scaling : "robust" (median, IQR / 1.349; default) or "standard" (mean, standard deviation)
-        for numeric columns; both affine, with the exact log-Jacobian in every score.
-    trim_validation : trim the early-stopping loss too (default True).
-    point_mass_share : None (default) or a share in (0, 1]: a numeric column's most frequent
-        value, when held by at least that share of the rows, gets a point mass of its own
-        (``TabularPreprocessor``). With it set, missing values are left out of the Gaussian
-        likelihood (marginalised) instead of scored at the imputed median.
-    encoder_clip : None (default) or c > 0: the encoder sees the Gaussian columns clipped to
-        [-c, c] (model-input units); the likelihood still scores the values themselves.
-    missing : what scoring does with a missing value in a numeric column that had none at
-        fit: "marginalise" (default; the encoder gets the training median and the column is
-        left out of p(x|z), exact for the diagonal Gaussian decoder: the row is scored on its
-        observed columns, and ``missing_columns`` names what was left out) or "refuse"
-        (ValueError naming the column and rows). Gaussian likelihood only.
+    latent_dim : int, default=8
+        Dimension of z.
+    hidden_dims : sequence of int, default=(128, 64)
+        Widths of the MLP layers (or conv channels for images), encoder order.
+    epochs : int, default=200
+        Maximum number of epochs; early stopping on the validation negative ELBO.
+    batch_size : int, default=128
+        Adam minibatch size.
+    lr : float, default=1e-3
+        Adam learning rate.
+    contamination : float in (0, 0.5), default=0.1
+        Share of training rows above the threshold set at fit. ``calibrate`` sets a better
+        threshold on held-out data.
+    random_state : int, default=0
+        Seeds initialisation, shuffling, the validation split and scoring noise.
+    device : str, default="cpu"
+        Torch device.
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        "gaussian" (AEVB appendix C.2) or "bernoulli" for binary data / [0, 1] intensities
+        (appendix C.1).
+    architecture : {"mlp", "conv"}, default="mlp"
+        "mlp" for tables, "conv" for images (n, H, W) or (n, C, H, W).
+    n_score_samples : int, default=8
+        L, the Monte Carlo samples of z per row for ``anomaly_score``: the knee of the
+        measured curve, mean ROC-AUC within 0.0004 of 1,024 draws on the shared benchmark
+        sets at a quarter of the cost of 32 (docs/benchmarks.md).
+    validation_fraction : float in (0, 0.5), default=0.1
+        Share of training rows held out for early stopping.
+    kl_warmup_epochs : int, default=0
+        Epochs over which the KL weight rises to 1 (``TrainConfig``).
+    patience : int, default=5
+        Epochs without a better validation loss before training stops (``TrainConfig``).
+    min_variance : float, default=1e-3
+        Floor on the decoder variance, in model-input units (``VAEConfig``).
+    weight_decay : float, default=0.0
+        Adam weight decay (``TrainConfig``).
+    clip_grad_norm : float or None, default=10.0
+        Gradient norm clipping; None for none (``TrainConfig``).
+    quantization_floor : bool, default=True
+        Floor each Gaussian column's variance at its value grid's dequantization variance
+        (``grid_variance``).
+    decoder_variance : {"sample", "feature", "shared"} or None, default=None
+        "sample" (a function of z per row and column, appendix C.2), "feature" (one per
+        column) or "shared" (one per channel, Rybkin et al. 2021); None: "shared" for
+        images, where a per-pixel variance lets the decoder ignore its input, "sample" for
+        tables.
+    max_variance : float or None, default=None
+        Optional ceiling on the decoder variance (standardised units).
+    trim_fraction : float, default=0.3
+        Share of each minibatch, the rows with the highest loss, left out of the gradient and
+        of the early-stopping loss after 2 epochs (a trimmed likelihood for training data
+        that holds anomalies). 0 trains on the plain negative ELBO.
+    scaling : {"robust", "standard"}, default="robust"
+        Numeric columns scaled by median and IQR / 1.349, or by mean and standard deviation;
+        both affine, with the exact log-Jacobian in every score.
+    trim_validation : bool, default=True
+        Trim the early-stopping loss too.
+    point_mass_share : float in (0, 1] or None, default=None
+        A numeric column's most frequent value, when held by at least that share of the rows,
+        gets a point mass of its own (``TabularPreprocessor``). With it set, missing values
+        are left out of the Gaussian likelihood (marginalised) instead of scored at the
+        imputed median.
+    encoder_clip : float or None, default=None
+        c > 0: the encoder sees the Gaussian columns clipped to [-c, c] (model-input units);
+        the likelihood still scores the values themselves.
+    missing : {"marginalise", "refuse"}, default="marginalise"
+        What scoring does with a missing value in a numeric column that had none at fit:
+        "marginalise" (the encoder gets the training median and the column is left out of
+        p(x|z), exact for the diagonal Gaussian decoder: the row is scored on its observed
+        columns, and ``missing_columns`` names what was left out) or "refuse" (ValueError
+        naming the column and rows). Gaussian likelihood only.
+
+    Attributes
+    ----------
+    threshold_ : float
+        The anomaly threshold in ``threshold_score`` units (nats); a row is an anomaly iff
+        its score is above it. Set at fit (``contamination``), then by ``calibrate``.
+    offset_ : float
+        ``-threshold_``, so that ``decision_function = score_samples - offset_``.
+    model_ : VAE
+        The fitted network (``vae_core.model``), on ``device``.
+    config_ : VAEConfig
+        The network's architecture: likelihood layout, sizes, variance settings.
+    preprocessor_ : TabularPreprocessor or ImagePreprocessor
+        The fitted preprocessing from the data to model input.
+    score_eps_ : torch.Tensor of shape (n_score_samples, 1, latent_dim)
+        The fixed quasi-Monte Carlo noise every score uses (deterministic scores).
+    history_ : list of dict
+        Per epoch: training and validation loss and its terms (``EpochLog.to_dict``).
+    best_epoch_ : int
+        The epoch whose weights were kept (early stopping).
+    training_fingerprint_ : str
+        SHA-256 of the training data's model input (``fingerprint``).
+    n_features_in_ : int
+        Input columns (tables) or values per image (images) seen at fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names; set only when X at fit was a DataFrame.
+    score_kind_ : {"negative_elbo", "iwae"}
+        The score ``threshold_`` applies to (``calibrate(score=...)``).
+    iwae_samples_ : int
+        k of the IWAE score when ``score_kind_ == "iwae"``.
+    calibration_ : dict or None
+        How ``calibrate`` set the threshold (policy, parameters, calibration size and
+        fingerprint, score deciles); None before ``calibrate``.
+    probability_ : AnomalyProbability or None
+        The map from score to anomaly probability fitted by ``calibrate``; None before.
 
     The defaults for tables were chosen on half of the shared benchmark sets and confirmed on
     the other half (docs/benchmarks.md, "What moved the numbers").
@@ -103,6 +168,7 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
+        *,
         latent_dim: int = 8,
         hidden_dims: Sequence[int] = (128, 64),
         epochs: int = 200,
