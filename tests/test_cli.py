@@ -178,13 +178,21 @@ def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(
         assert "models:/fraud@champion -> version 1" in promoted.output
         scored = runner.invoke(
             app, ["score", "--model", "models:/fraud@champion", "--data", "my.parquet",
-                  "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev"],
+                  "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev",
+                  "--top-features", "2"],
         )  # fmt: skip
         assert scored.exit_code == 0, scored.output
     scores = pd.read_parquet(tmp_path / "scores.parquet")
     assert scores["txn_id"].tolist() == table["txn_id"].tolist()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [m.name for m in client.search_registered_models()] == ["fraud"]
+    # the scoring run records the settings it scored with (the flag over the config)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("fraud-dev").experiment_id],
+        filter_string="tags.`vae.step` = 'scoring'",
+    )
+    assert run.data.params["scoring.top_features"] == "2"
+    assert run.data.params["scoring.chunk_rows"] == "100000"
 
 
 def test_the_configs_data_settings_apply_to_its_own_data_only(tmp_path):

@@ -397,6 +397,7 @@ def score(
     is_image_model = isinstance(det.preprocessor_, ImagePreprocessor)
     if _images(cfg) and not is_image_model:
         raise ValueError(f"{model} is a table model, but the config has data.kind images")
+    settings = cfg.scoring
     if is_image_model:
         _no_table_options(id_column=id_column)
         written = _score_images(det, data, out, batch_id, cfg)
@@ -414,10 +415,12 @@ def score(
     from vae_core import registry
 
     target, ref = registry.TrackingTarget.from_config(cfg), registered.ref
+    # the settings it scored with (flags over the config) as the run's parameters, as the flow
+    params = registry.scoring_settings(cfg.model_copy(update={"scoring": settings}))
     if is_image_model:
-        run_id = registry.log_image_batch_scoring(target, ref, written, str(data))
+        run_id = registry.log_image_batch_scoring(target, ref, written, str(data), settings=params)
     else:
-        run_id = registry.log_batch_scoring(target, ref, written, out, str(data))
+        run_id = registry.log_batch_scoring(target, ref, written, out, str(data), settings=params)
     typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
 
 
