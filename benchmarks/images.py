@@ -15,7 +15,7 @@ per-digit tuning), ``random_state=seed``, on the uint8 (n, 28, 28) arrays; ``--e
 
 Beside ROC-AUC, each digit's **reconstruction retrieval**: the share of that digit's test
 images (the normal ones) whose reconstruction is nearer, in pixels / 255, to its own image than
-to every other normal test image (``vae_core.images.reconstruction_retrieval``; chance is
+to every other normal test image (``vae_core.image_maps.reconstruction_retrieval``; chance is
 1 / n). A decoder that ignores its input scores about chance.
 
 Example::
@@ -82,7 +82,7 @@ def fit_and_score(method: str, X_train, X_test, normal, seed: int, vae_params: d
     started = time.perf_counter()
     if method == "vae_core":
         from vae_core import VAEDetector
-        from vae_core.images import reconstruction_retrieval
+        from vae_core.image_maps import reconstruction_retrieval
 
         det = VAEDetector(**{**vae_params, "random_state": seed}).fit(X_train)
         fit_seconds = time.perf_counter() - started

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT
-from vae_core import VAEDetector, image_pipeline
-from vae_core import detector as vd
+from vae_core import VAEDetector, image_pipeline, image_stream
 from vae_core import images as vi
 from vae_core.calibrate import TargetFPR
 from vae_core.config import ImagesConfig, SplitConfig
+from vae_core.input_stats import fingerprint, grid_variance
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
@@ -71,7 +71,7 @@ def test_image_files_index_like_the_array_they_stand_for(zeros):
 def test_a_streamed_fit_is_the_in_memory_fit_and_reads_a_batch_at_a_time(zeros, monkeypatch):
     array, files = zeros
     in_memory = VAEDetector(**SETTINGS).fit(array)
-    monkeypatch.setattr(vd, "_IMAGE_BLOCK", 64)
+    monkeypatch.setattr(image_stream, "IMAGE_BLOCK", 64)
     CountingFiles.reads.clear()
     streamed = VAEDetector(**SETTINGS).fit(files)
     # Nothing decoded the 200 images at once: minibatches (16), validation slices (4 x 16),
@@ -81,7 +81,7 @@ def test_a_streamed_fit_is_the_in_memory_fit_and_reads_a_batch_at_a_time(zeros, 
         torch.testing.assert_close(streamed.model_.state_dict()[name], value, rtol=0, atol=0)
     assert streamed.training_fingerprint_ == in_memory.training_fingerprint_
     whole = in_memory.preprocessor_.transform(array)
-    assert in_memory.training_fingerprint_ == vd.fingerprint(whole)  # the whole-array rule
+    assert in_memory.training_fingerprint_ == fingerprint(whole)  # the whole-array rule
     assert streamed.history_[-1]["val_loss"] == in_memory.history_[-1]["val_loss"]
     assert streamed.threshold_ == in_memory.threshold_
     np.testing.assert_array_equal(
@@ -105,8 +105,10 @@ def test_a_streamed_fit_is_the_in_memory_fit_and_reads_a_batch_at_a_time(zeros, 
 def test_the_block_by_block_floor_equals_the_whole_array_rule(zeros):
     array, files = zeros
     det = VAEDetector(**SETTINGS | {"epochs": 1}).fit(array[:20])
-    whole = vd.grid_variance(det.preprocessor_.transform(array))
-    np.testing.assert_array_equal(det._scan_images(files, floors=True)[0], whole)
+    whole = grid_variance(det.preprocessor_.transform(array))
+    np.testing.assert_array_equal(
+        image_stream.scan_images(det.preprocessor_, files, floors=True)[0], whole
+    )
     assert (whole == 0).any() and (whole > 0).any()  # constant corners and varying pixels
 
 
@@ -116,10 +118,12 @@ def test_the_floor_rule_holds_for_colour_images_in_small_blocks(monkeypatch):
     rgb[:, 1] //= 4  # a channel on a coarser grid: larger gaps, larger floors
     rgb[:, 2, :2] = 7  # constant pixels: no gap, no floor
     det = VAEDetector(**SETTINGS | {"epochs": 1}).fit(rgb)
-    monkeypatch.setattr(vd, "_BLOCK_VALUES", 3 * 8 * 8 * 4)  # blocks of 4 images
-    whole = vd.grid_variance(det.preprocessor_.transform(rgb))
-    np.testing.assert_array_equal(det._scan_images(rgb, floors=True)[0], whole)
-    assert det._image_block() == 4 and (whole == 0).sum() == 16
+    monkeypatch.setattr(image_stream, "BLOCK_VALUES", 3 * 8 * 8 * 4)  # blocks of 4 images
+    whole = grid_variance(det.preprocessor_.transform(rgb))
+    np.testing.assert_array_equal(
+        image_stream.scan_images(det.preprocessor_, rgb, floors=True)[0], whole
+    )
+    assert image_stream.image_block_size(det.preprocessor_) == 4 and (whole == 0).sum() == 16
 
 
 def test_load_images_streams_above_the_memory_limit_with_the_same_data():

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import ROOT, SHARED
-from vae_core import VAEDetector
+from vae_core import VAEDetector, drawing, image_maps
 from vae_core import images as vi
 from vae_core.calibrate import TargetFPR
 from vae_core.config import load_config
@@ -235,11 +235,11 @@ def test_one_class_mnist_reaches_the_roc_auc_floor(digit0, mnist):
 
 def test_anomaly_maps_add_up_with_the_kl_to_the_anomaly_score(digit0, mnist):
     images = mnist[1].images[::7]
-    maps = vi.anomaly_maps(digit0, images)
+    maps = image_maps.anomaly_maps(digit0, images)
     assert maps.shape == (len(images), 28, 28)
     total = maps.sum(axis=(1, 2)) + digit0.kl_divergence(images)
     np.testing.assert_allclose(total, digit0.anomaly_score(images), rtol=1e-6, atol=1e-3)
-    np.testing.assert_array_equal(vi.anomaly_maps(digit0, images, block_size=3), maps)
+    np.testing.assert_array_equal(image_maps.anomaly_maps(digit0, images, block_size=3), maps)
 
 
 def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
@@ -248,7 +248,7 @@ def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
     good = mnist[1].images[mnist[1].labels == 0]
     defect = good.copy()
     defect[(slice(None), *SQUARE)] = 255
-    added = vi.anomaly_maps(digit0, defect) - vi.anomaly_maps(digit0, good)
+    added = image_maps.anomaly_maps(digit0, defect) - image_maps.anomaly_maps(digit0, good)
     inside = np.zeros(SIZE, bool)
     inside[SQUARE] = True
     share = added[:, inside].sum(1) / np.abs(added).sum(axis=(1, 2))
@@ -260,7 +260,7 @@ def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
 
 def test_reconstructions_follow_their_input(digit0, mnist):
     normal = mnist[1].images[mnist[1].labels == 0]  # 50 zeros, chance 0.02
-    retrieval = vi.reconstruction_retrieval(digit0, normal)
+    retrieval = image_maps.reconstruction_retrieval(digit0, normal)
     assert retrieval >= RETRIEVAL_FLOOR, f"reconstruction retrieval {retrieval:.2f}"
 
 
@@ -272,51 +272,53 @@ def test_maps_sum_channels_for_rgb_and_work_for_bernoulli():
         det = VAEDetector(
             architecture="conv", hidden_dims=(4,), latent_dim=2, epochs=2, likelihood=likelihood
         ).fit(images)
-        maps = vi.anomaly_maps(det, images[:5])
+        maps = image_maps.anomaly_maps(det, images[:5])
         terms = det.reconstruction_terms(images[:5]).reshape(5, -1, 8, 8)
         np.testing.assert_allclose(maps, terms.sum(1))
         total = maps.sum(axis=(1, 2)) + det.kl_divergence(images[:5])
         np.testing.assert_allclose(total, det.anomaly_score(images[:5]), rtol=1e-6, atol=1e-3)
-        assert vi.reconstructions(det, images[:5]).shape == images[:5].shape
+        assert image_maps.reconstructions(det, images[:5]).shape == images[:5].shape
 
 
 def test_reconstructions_are_closer_for_the_trained_digit(digit0, mnist):
     test = mnist[1]
-    recon = vi.reconstructions(digit0, test.images)
+    recon = image_maps.reconstructions(digit0, test.images)
     assert recon.shape == test.images.shape and recon.dtype == np.uint8
     error = ((recon.astype("float64") - test.images) ** 2).mean(axis=(1, 2))
     assert error[test.labels == 0].mean() < error[test.labels == 1].mean()
-    assert vi.prior_means(digit0, 5, random_state=1).shape == (5, 1, 28, 28)
+    assert image_maps.prior_means(digit0, 5, random_state=1).shape == (5, 1, 28, 28)
 
 
 def test_maps_need_a_detector_fitted_on_images(fitted_mixed):
     with pytest.raises(ValueError, match="fitted on images"):
-        vi.anomaly_maps(fitted_mixed, np.zeros((2, 28, 28), np.uint8))
+        image_maps.anomaly_maps(fitted_mixed, np.zeros((2, 28, 28), np.uint8))
 
 
 def test_saved_model_gives_the_same_maps(digit0, mnist, tmp_path):
     digit0.save(tmp_path / "model")
     loaded = VAEDetector.load(tmp_path / "model")
     images = mnist[1].images[:4]
-    np.testing.assert_array_equal(vi.anomaly_maps(loaded, images), vi.anomaly_maps(digit0, images))
+    np.testing.assert_array_equal(
+        image_maps.anomaly_maps(loaded, images), image_maps.anomaly_maps(digit0, images)
+    )
 
 
 # ---- pictures and the per-image report -----------------------------------------------------
 def test_image_grid_png_tiles_the_images_pixel_for_pixel(tmp_path, mnist):
     images = mnist[0].images[:10]
-    path = vi.image_grid_png(images, tmp_path / "grid.png", ncols=4, scale=2)
+    path = drawing.image_grid_png(images, tmp_path / "grid.png", ncols=4, scale=2)
     grid = _read_png(path)
     assert grid.shape == (2 * (3 * 30 + 2), 2 * (4 * 30 + 2))
     np.testing.assert_array_equal(grid[4:60:2, 4:60:2], images[0])
     assert (path.stat().st_mode & 0o777) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
     rgb = np.stack([images[:3]] * 3, 1)
-    assert _read_png(vi.image_grid_png(rgb, tmp_path / "rgb.png")).shape[-1] == 3
+    assert _read_png(drawing.image_grid_png(rgb, tmp_path / "rgb.png")).shape[-1] == 3
 
 
 def test_score_images_writes_maps_for_the_top_anomalies(digit0, mnist, tmp_path):
     test = mnist[1]
-    frame = vi.score_images(digit0, test, tmp_path, top_k=3)
+    frame = drawing.score_images(digit0, test, tmp_path, top_k=3)
     assert len(frame) == len(test) and frame["path"].tolist() == test.paths
     np.testing.assert_array_equal(frame["is_anomaly"], digit0.predict(test.images) == -1)
     assert frame["anomaly_probability"].isna().all()  # not calibrated yet
@@ -328,20 +330,41 @@ def test_score_images_writes_maps_for_the_top_anomalies(digit0, mnist, tmp_path)
     assert written["map_path"].tolist() == frame["map_path"].tolist()
     policy = TargetFPR(fpr=0.1, tail_method="quantile")
     calibrated = copy.deepcopy(digit0).calibrate(test.images[test.labels == 0], policy=policy)
-    probs = vi.score_images(calibrated, test, tmp_path, top_k=0)["anomaly_probability"]
+    probs = drawing.score_images(calibrated, test, tmp_path, top_k=0)["anomaly_probability"]
     assert probs.between(0, 1).all()
 
 
 def test_review_grids_for_the_registry(digit0, mnist, tmp_path):
-    paths = vi.write_review_grids(digit0, mnist[1].images, tmp_path, n=12, ncols=8)
+    paths = drawing.write_review_grids(digit0, mnist[1].images, tmp_path, n=12, ncols=8)
     prior, recon = (_read_png(paths[k]) for k in ("prior_samples", "reconstructions"))
     assert prior.shape == (2 * (2 * 30 + 2), 2 * (8 * 30 + 2))  # 28 px digits drawn at 2x
     assert recon.shape == (2 * (4 * 30 + 2), 2 * (8 * 30 + 2))  # originals, reconstructions, x2
 
 
-def test_importing_the_module_loads_neither_pil_nor_matplotlib():
+def test_importing_the_modules_loads_neither_pil_nor_matplotlib():
     code = (
-        "import sys, vae_core.images;print([m for m in ('PIL', 'matplotlib') if m in sys.modules])"
+        "import sys, vae_core.images, vae_core.image_maps, vae_core.drawing;"
+        "print([m for m in ('PIL', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reading_sits_below_the_detector_and_drawing_above_it():
+    """Reading images and streaming them into the model import neither the detector nor the
+    drawing; the detector does not import the drawing (or the maps drawn from it)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(vi.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        return {m.removeprefix("vae_core.") for m in found if m.startswith("vae_core.")}
+
+    above = {"detector", "drawing", "image_maps", "image_pipeline", "latent", "registry", "cli"}
+    for below in ("images", "image_stream", "input_stats"):
+        assert not imports(below) & above, below
+    assert not imports("detector") & {"drawing", "image_maps"}
+    assert not imports("image_maps") & {"drawing"}

@@ -45,16 +45,12 @@ def _id_columns(given, cfg, det, data: Path) -> list[str]:
 
 def _write_pngs(images: np.ndarray, folder: Path, stem: str) -> list[Path]:
     """One PNG per image (uint8 after rounding and clipping), written atomically."""
-    from vae_core.atomic import atomic_write_bytes
-    from vae_core.images import _png_bytes
+    from vae_core.drawing import write_image_png
 
     folder.mkdir(parents=True, exist_ok=True)
-    pixels = np.clip(np.rint(np.asarray(images, dtype="float64")), 0, 255).astype(np.uint8)
-    paths = []
-    for i, image in enumerate(pixels):
-        image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        paths.append(atomic_write_bytes(folder / f"{stem}_{i:04d}.png", _png_bytes(image)))
-    return paths
+    return [
+        write_image_png(image, folder / f"{stem}_{i:04d}.png") for i, image in enumerate(images)
+    ]
 
 
 def _no_images(det, out: Path) -> None:

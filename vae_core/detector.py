@@ -15,7 +15,6 @@ bit-for-bit the same whatever the batch it arrives in (on a given device).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,7 +26,9 @@ from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from vae_core.devices import check_device
+from vae_core.image_stream import PixelRows, image_block_size, image_blocks, scan_images
 from vae_core.images import image_rows
+from vae_core.input_stats import fingerprint, grid_variance
 from vae_core.likelihood import (
     elbo_terms,
     importance_weighted_log_likelihood,
@@ -43,11 +44,6 @@ from vae_core.train import EpochCallback, TrainConfig, train_vae
 # that padding makes scores independent of the caller's batch size (see module docstring).
 _CHUNK_BUDGET = 1 << 18  # about 1 MB of float32 per input column
 _TABLE_BLOCK = 1 << 16  # table rows preprocessed at a time when scoring
-# Images turned into model input at a time where no minibatch applies (variance floors,
-# fingerprints): at most _IMAGE_BLOCK images and _BLOCK_VALUES pixel values (64 MB of float32),
-# so that memory stays bounded for large colour images too.
-_IMAGE_BLOCK = 1024
-_BLOCK_VALUES = 1 << 24
 
 
 class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
@@ -297,7 +293,7 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         self.preprocessor_ = pre
         floored = self.quantization_floor and cfg.layout.n_gaussian > 0
         if images:  # one pass over the images for both
-            floor, self.training_fingerprint_ = self._scan_images(X, floored)
+            floor, self.training_fingerprint_ = scan_images(pre, X, floored)
         else:
             observed = observed_gaussians(torch.from_numpy(u), cfg.layout).numpy() > 0.5
             floor = grid_variance(u[:, : cfg.layout.n_gaussian], observed) if floored else None
@@ -310,8 +306,8 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         n_val = max(1, round(self.validation_fraction * n))
         val_idx, train_idx = order[:n_val], order[n_val:]
         if images:
-            x_train = _PixelRows(X, pre, train_idx, self.device)
-            x_val = _PixelRows(X, pre, val_idx, self.device)
+            x_train = PixelRows(X, pre, train_idx, self.device)
+            x_val = PixelRows(X, pre, val_idx, self.device)
         else:
             x = torch.from_numpy(u).to(self.device)
             x_train, x_val = x[torch.from_numpy(train_idx)], x[torch.from_numpy(val_idx)]
@@ -344,57 +340,15 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         """``model_input`` of all of X in consecutive blocks (images: memory ~ one block)."""
         check_is_fitted(self, "preprocessor_")
         if isinstance(self.preprocessor_, ImagePreprocessor):
-            yield from self._image_blocks(image_rows(X), self._image_block())
+            pre = self.preprocessor_
+            yield from image_blocks(pre, image_rows(X), image_block_size(pre))
         else:
             yield self.preprocessor_.transform(X)
-
-    def _image_blocks(self, X, block: int):
-        """Model input for consecutive blocks of ``block`` images: memory ~ one block."""
-        for start in range(0, len(X), block):
-            yield self.preprocessor_.transform(np.asarray(X[start : start + block]), start)
-
-    def _image_block(self) -> int:
-        """Images per block: _IMAGE_BLOCK, fewer for large images (_BLOCK_VALUES)."""
-        return max(1, min(_IMAGE_BLOCK, _BLOCK_VALUES // math.prod(self.preprocessor_.image_shape)))
-
-    def _scan_images(self, X, floors: bool) -> tuple[np.ndarray | None, str]:
-        """(``grid_variance`` of the images' model input or None, its ``fingerprint``), from
-        one pass over the images, a block at a time.
-
-        uint8 pixels take at most 256 values: the values present per pixel are collected
-        block by block, and the smallest gap between them gives the same floors as
-        ``grid_variance`` on the whole array (same float32 arithmetic). Images already in
-        float are in memory: the whole-array rule applies.
-        """
-        d = math.prod(self.preprocessor_.image_shape)
-        h = hashlib.sha256(str((len(X), d)).encode())  # as fingerprint() of the whole input
-        grid = floors and X.dtype == np.uint8
-        present = np.zeros((d, 256) if grid else (0, 256), dtype=bool)
-        flat = present.reshape(-1)  # pixel j, value v -> j * 256 + v
-        offsets = np.arange(d, dtype=np.int64) * 256
-        block = self._image_block()
-        for start in range(0, len(X), block):
-            raw = np.asarray(X[start : start + block])
-            h.update(np.ascontiguousarray(self.preprocessor_.transform(raw, start)))  # no copy
-            if grid:
-                flat[(offsets + raw.reshape(-1, d)).ravel()] = True  # one block of indices
-        if not floors:
-            return None, h.hexdigest()
-        if not grid:
-            return grid_variance(self.preprocessor_.transform(np.asarray(X))), h.hexdigest()
-        levels = np.arange(256, dtype="float32") / np.float32(self.preprocessor_.pixel_scale)
-        column, value = np.nonzero(present)  # sorted by column, then value
-        same = column[1:] == column[:-1]
-        gaps = levels[value[1:][same]] - levels[value[:-1][same]]
-        smallest = np.full(d, np.inf, dtype="float32")
-        np.minimum.at(smallest, column[1:][same], gaps)
-        floor = np.where(np.isfinite(smallest), smallest**2 / np.float32(12.0), 0.0)
-        return floor.astype("float32"), h.hexdigest()
 
     def _fingerprint(self, X) -> str:
         """``fingerprint`` of X's model input; images are hashed a block at a time."""
         if isinstance(self.preprocessor_, ImagePreprocessor):
-            return self._scan_images(image_rows(X), floors=False)[1]
+            return scan_images(self.preprocessor_, image_rows(X), floors=False)[1]
         return fingerprint(self.preprocessor_.transform(X))
 
     def _noise(self, n_samples: int, salt: int) -> torch.Tensor:
@@ -474,7 +428,7 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
             X = image_rows(X)  # pixels become model input a chunk at a time
             if len(X) == 0:
                 raise ValueError("the input has no images")
-            parts = ((u, None) for u in self._image_blocks(X, chunk))
+            parts = ((u, None) for u in image_blocks(self.preprocessor_, X, chunk))
         else:
             parts = self._table_blocks(X, chunk * max(1, _TABLE_BLOCK // chunk))
         outputs = []
@@ -824,23 +778,6 @@ class VAEDetector(OutlierMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-class _PixelRows:
-    """Training rows read on demand (a row source for ``train_vae``): the images at
-    ``rows[index]`` of X (an ndarray or ``ImageFiles``), as model input on ``device``."""
-
-    def __init__(self, X, pre: ImagePreprocessor, rows: np.ndarray, device: str):
-        self.X, self.pre, self.rows, self.device = X, pre, rows, device
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):
-            index = index.numpy()
-        pixels = np.asarray(self.X[self.rows[index]])
-        return torch.from_numpy(self.pre.transform(pixels)).to(self.device)
-
-
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return (1.0 - t)[:, None] * a[None] + t[:, None] * b[None]
 
@@ -871,31 +808,3 @@ def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
 def _negative_elbo64(t) -> torch.Tensor:
     """KL + reconstruction NLL per row, summed in float64 (one arithmetic for every caller)."""
     return t.kl.double() + t.reconstruction_terms.double().sum(-1)
-
-
-def grid_variance(u: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
-    """Per column, the variance of uniform noise over the spacing of its values: delta^2 / 12.
-
-    A column whose values sit on a grid of step delta (counts, rounded readings, a few levels)
-    carries no information below that step; a Gaussian allowed a narrower variance puts a
-    spike on each grid value and rewards rows for landing on it (the density diverges as the
-    variance shrinks). Flooring the variance at the uniform-dequantization variance (Theis et
-    al., 2016) keeps the likelihood finite and meaningful. For a continuous column delta is the
-    smallest gap between distinct values and the floor is negligible. Only the ``observed``
-    entries (n, d) count where given: values on a point mass or imputed are not the density's.
-    (d,) float32.
-    """
-    floors = np.zeros(u.shape[1], dtype="float32")
-    for j in range(u.shape[1]):
-        column = u[:, j] if observed is None else u[observed[:, j], j]
-        gaps = np.diff(np.unique(column))
-        if gaps.size:
-            floors[j] = gaps.min() ** 2 / 12.0
-    return floors
-
-
-def fingerprint(u: np.ndarray) -> str:
-    """SHA-256 of an array's bytes and shape: identifies the data a model was fitted on."""
-    h = hashlib.sha256(str(u.shape).encode())
-    h.update(np.ascontiguousarray(u).tobytes())
-    return h.hexdigest()

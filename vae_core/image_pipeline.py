@@ -31,6 +31,8 @@ from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
 from vae_core.batch import checked_batch_id, files_identity
 from vae_core.calibrate import flag_anomalies
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
+from vae_core.drawing import score_images, write_review_grids, write_top_maps
+from vae_core.image_maps import reconstruction_retrieval
 from vae_core.images import (
     CHANNELS,
     ImageFiles,
@@ -40,11 +42,7 @@ from vae_core.images import (
     index_images,
     read_image_npz,
     read_images,
-    reconstruction_retrieval,
     require_readable,
-    score_images,
-    write_review_grids,
-    write_top_maps,
 )
 from vae_core.latent import write_latent_review
 from vae_core.pipeline import Splits, split_held_out, split_rows
@@ -179,7 +177,7 @@ def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int)
     ``prior_samples.png`` and ``reconstructions.png`` grids, ``maps/`` (anomaly maps of the
     ``top_maps`` highest scores, beside the original and its reconstruction),
     ``image_scores.csv``, ``review.json`` (the reconstruction retrieval of the normal test
-    images, ``images.reconstruction_retrieval``) and the latent space
+    images, ``image_maps.reconstruction_retrieval``) and the latent space
     (``latent.write_latent_review``: ``latent_map.png``, ``interpolations.png``). Returns
     {name: path}, and the retrieval under ``reconstruction_retrieval`` (None with fewer than
     2 normal test images)."""

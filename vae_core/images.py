@@ -1,4 +1,4 @@
-"""Images end to end: folders and npz arrays in; anomaly maps, reconstructions and grids out.
+"""Reading images: folders and npz arrays in, uint8 arrays (or files read on demand) out.
 
 Ingestion. ``read_image_folder`` reads PNG and JPEG files, grayscale (mode "L") or RGB, at one
 size fixed by the caller (other sizes are resized or rejected, as configured), from
@@ -18,40 +18,24 @@ or a link loop), hold one frame and declare at most ``MAX_PIXELS`` pixels (and, 
 reader nor make it allocate without bound (tests/image_corpus.py is the corpus of such files).
 ``read_image_npz`` reads uint8 arrays from an ``.npz`` file.
 
-Anomaly maps. For a detector fitted on images, the anomaly score (negative ELBO, nats of the
-data as given) splits exactly into the KL term and one reconstruction term per pixel and
-channel, ``E_q[-log p(x_pixel | z)]`` with the pixel scaling's log-Jacobian (``log 255`` per
-pixel for a Gaussian on uint8 data), over the same fixed scoring noise. ``anomaly_maps`` sums
-the channels, so that, per image and up to float rounding,
-
-    anomaly_maps(det, X).sum(axis=(1, 2)) + det.kl_divergence(X) == det.anomaly_score(X).
-
-Everything that takes a detector works in blocks of ``block_size`` images, so memory is
-bounded by the block, not by the number of images (the scores do not depend on the block).
-Files are written atomically (temporary file, then ``os.replace``); PIL and matplotlib are
-imported inside the functions that draw, so importing ``vae_core`` loads neither.
+Anomaly maps, reconstructions and pictures of images are ``vae_core.image_maps`` and
+``vae_core.drawing``. PIL is imported inside the functions that read, so importing
+``vae_core`` does not load it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.utils.validation import check_is_fitted
-
-from vae_core.atomic import atomic_write_bytes
-from vae_core.preprocess import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -525,275 +509,3 @@ def as_image_array(arr, source: str = "images") -> np.ndarray:
     if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
         raise ValueError(f"{source}: expected uint8 pixel values 0..255, got {arr.dtype}")
     return arr.astype(np.uint8)
-
-
-# ---- anomaly maps and reconstructions ---------------------------------------------------------
-def _image_shape(det) -> tuple[int, int, int]:
-    check_is_fitted(det, "model_")
-    if not isinstance(det.preprocessor_, ImagePreprocessor):
-        raise ValueError("this needs a detector fitted on images (architecture='conv')")
-    return det.preprocessor_.image_shape
-
-
-def _in_blocks(fn: Callable, images, block_size: int) -> np.ndarray:
-    """fn applied to consecutive blocks of images, rows concatenated (memory ~ one block)."""
-    if int(block_size) < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size}")
-    images = image_rows(images)
-    if len(images) == 0:
-        raise ValueError("the input has no images")
-    step = int(block_size)
-    return np.concatenate([fn(images[i : i + step]) for i in range(0, len(images), step)])
-
-
-def anomaly_maps(det, images, block_size: int = 1024) -> np.ndarray:
-    """Per-pixel anomaly maps (n, H, W): E_q[-log p(x_pixel | z)] in nats, summed over channels.
-
-    Higher = that pixel made the image more anomalous. Same fixed scoring noise and the same
-    units as ``det.anomaly_score``, so ``maps.sum((1, 2)) + det.kl_divergence(images)`` equals
-    ``det.anomaly_score(images)`` (see the module docstring). A Gaussian pixel's term can be
-    slightly negative (a density above 1 per grey level); a Bernoulli pixel's is >= 0.
-    """
-    channels, height, width = _image_shape(det)
-    terms = _in_blocks(det.reconstruction_terms, images, block_size)
-    return terms.reshape(len(terms), channels, height, width).sum(axis=1)
-
-
-def reconstructions(det, images, block_size: int = 256) -> np.ndarray:
-    """``det.reconstruct``, a block of images at a time: the decoder mean at z = mu(x) as
-    uint8 pixels, shaped as ``images``."""
-    _image_shape(det)
-    return _in_blocks(det.reconstruct, images, block_size)
-
-
-def reconstruction_retrieval(det, images, max_images: int = 1000) -> float:
-    """Share of the images whose reconstruction (``reconstructions``) is nearer, in Euclidean
-    distance in the model's input space, to its own image than to every other image of the
-    set; the first ``max_images`` images are used. Chance is 1 / n; a decoder that ignores
-    its input (every reconstruction the same blur) scores about that.
-
-    Meant for normal images: it asks whether a reconstruction follows its input, which an
-    anomaly map ("original | reconstruction | map") needs in order to point at a defect.
-    """
-    originals = np.asarray(image_rows(images)[: int(max_images)])
-    if len(originals) < 2:
-        raise ValueError("reconstruction retrieval needs at least 2 images")
-    x = det.model_input(originals).astype("float64")
-    r = reconstructions(det, originals).reshape(len(x), -1) / det.preprocessor_.pixel_scale
-    # |r_i - x_j|^2 = |r_i|^2 - 2 r_i.x_j + |x_j|^2; the |r_i|^2 term does not change argmin_j.
-    distances = (x**2).sum(1)[None, :] - 2.0 * r @ x.T
-    return float(np.mean(distances.argmin(1) == np.arange(len(x))))
-
-
-def prior_means(det, n: int, random_state: int = 0) -> np.ndarray:
-    """Decoder means at n draws z ~ N(0, I), uint8 (n, C, H, W): ``det.sample(mean=True)``.
-
-    What the model has learnt, for review. A draw (``mean=False``) adds the per-pixel noise of
-    p(x|z), which with a Gaussian decoder buries the structure under speckle.
-    """
-    _image_shape(det)
-    return det.sample(int(n), random_state=int(random_state), mean=True)
-
-
-# ---- pictures -------------------------------------------------------------------------------
-def _to_display(images, pixel_max: float) -> np.ndarray:
-    """uint8 (n, H, W) or (n, H, W, 3) for drawing, from (n, H, W) or (n, C, H, W) data."""
-    arr = np.asarray(images, dtype="float64")
-    if arr.ndim == 4:
-        arr = arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
-    if arr.ndim not in (3, 4):
-        raise ValueError(f"expected images (n, H, W) or (n, C, H, W), got shape {arr.shape}")
-    return np.clip(np.rint(arr * (255.0 / pixel_max)), 0, 255).astype(np.uint8)
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write_file(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, data)
-
-
-def image_grid_png(
-    images, path, ncols: int = 8, pixel_max: float = 255.0, scale: int = 1, pad: int = 2
-) -> Path:
-    """Write images (n, H, W) or (n, C, H, W) as one PNG grid, row by row; returns the path.
-
-    pixel_max : the value drawn as white (255 for uint8 data). scale : integer upsampling
-    (nearest neighbour, so pixels stay pixels). Tiles are separated by ``pad`` grey pixels.
-    """
-    tiles = _to_display(images, pixel_max)
-    n, h, w = tiles.shape[:3]
-    ncols = max(1, min(int(ncols), n))
-    nrows = math.ceil(n / ncols)
-    canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, *tiles.shape[3:]), 128)
-    for i, tile in enumerate(tiles):
-        top, left = pad + (i // ncols) * (h + pad), pad + (i % ncols) * (w + pad)
-        canvas[top : top + h, left : left + w] = tile
-    canvas = canvas.astype(np.uint8).repeat(int(scale), axis=0).repeat(int(scale), axis=1)
-    return _write_file(path, _png_bytes(canvas))
-
-
-def _map_range(maps: np.ndarray) -> tuple[float, float]:
-    """Colour scale for maps: their minimum to their 99.5th percentile, in nats."""
-    low, high = float(maps.min()), float(np.percentile(maps, 99.5))
-    return low, max(high, low + 1e-6)
-
-
-def save_anomaly_map_png(
-    image,
-    reconstruction,
-    amap,
-    path,
-    title: str | None = None,
-    pixel_max: float = 255.0,
-    map_range: tuple[float, float] | None = None,
-) -> Path:
-    """Write original | reconstruction | anomaly map (nats per pixel) side by side as a PNG.
-
-    image, reconstruction : (H, W) or (C, H, W) in data units. amap : (H, W).
-    map_range : colour scale of the map, (low, high) in nats; share one across images to
-    compare them. By default the map's own minimum and 99.5th percentile, so that one extreme
-    pixel does not wash out the rest (values above are drawn in the top colour).
-    """
-    from matplotlib.figure import Figure  # lazy: importing vae_core must not load matplotlib
-
-    shown = _to_display(np.stack([image, reconstruction]), pixel_max)
-    amap = np.asarray(amap, dtype="float64")
-    low, high = map_range if map_range is not None else _map_range(amap)
-    fig = Figure(figsize=(8.0, 2.9), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, picture, name in zip(axes[:2], shown, ("original", "reconstruction"), strict=True):
-        ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-    heat = axes[2].imshow(amap, cmap="inferno", vmin=low, vmax=high, interpolation="nearest")
-    axes[2].set_title("-log p(pixel | z)", fontsize=9)
-    extend = "max" if amap.max() > high else "neither"
-    fig.colorbar(heat, ax=axes[2], label="nats per pixel", shrink=0.9, extend=extend)
-    for ax in axes:
-        ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return _write_file(path, buf.getvalue())
-
-
-# ---- per-image scoring, with maps for the top anomalies --------------------------------------
-def score_images(
-    det, image_set: ImageSet, out_dir, top_k: int = 10, block_size: int = 1024
-) -> pd.DataFrame:
-    """Score every image; write anomaly-map PNGs for the ``top_k`` highest scores and a CSV.
-
-    Returns one row per image, in input order: path, class, label (when known), score (the
-    score ``threshold_`` applies to; higher = more anomalous), is_anomaly (score >
-    threshold_, the detector's tie rule), anomaly_probability (NaN before ``calibrate``),
-    rank (1 = most anomalous) and map_path (empty outside the top k). Writes
-    ``out_dir/image_scores.csv`` and ``out_dir/maps/rank001_<file>.png`` ...
-    """
-    out_dir = Path(out_dir)
-    scores = _in_blocks(det.threshold_score, image_set.images, block_size)
-    frame = image_set.manifest()
-    frame["score"] = scores
-    frame["is_anomaly"] = scores > det.threshold_  # as det.predict: a tie is normal
-    probability = det.probability_
-    frame["anomaly_probability"] = (
-        probability.probability(scores) if probability is not None else np.nan
-    )
-    order = np.argsort(-scores, kind="stable")
-    frame["rank"] = np.argsort(order) + 1
-    frame["map_path"] = ""
-    top = order[: int(top_k)]
-    if len(top):
-        paths = write_top_maps(det, image_set.take(top), scores[top], out_dir / "maps")
-        frame.loc[top, "map_path"] = [str(p) for p in paths]
-    _write_file(out_dir / "image_scores.csv", frame.to_csv(index=False).encode())
-    return frame
-
-
-def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
-    """Anomaly-map PNGs for images given most anomalous first, on one shared colour scale:
-    ``folder/rank001_<file>.png`` ...; their paths, in order.
-
-    scores : the images' scores (threshold units), shown in the titles.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    originals = np.asarray(top.images)  # the top few, decoded once
-    maps, recons = anomaly_maps(det, originals), reconstructions(det, originals)
-    map_range = _map_range(maps)  # one scale for all, so the maps compare
-    pixel_max = det.preprocessor_.pixel_scale
-    paths = []
-    for i, (source, score) in enumerate(zip(top.paths, scores, strict=True)):
-        rank, source = i + 1, Path(source).name
-        name = re.sub(r"\W+", "_", re.sub(r"(?i)\.(png|jpe?g)$", "", source)).strip("_")
-        title = f"#{rank}   score {score:.1f} nats   {source}"
-        paths.append(
-            save_anomaly_map_png(
-                originals[i],
-                recons[i],
-                maps[i],
-                folder / f"rank{rank:03d}_{name}.png",
-                title,
-                pixel_max,
-                map_range,
-            )
-        )
-    return paths
-
-
-def write_review_grids(
-    det, images, out_dir, n: int = 32, ncols: int = 8, random_state: int = 0
-) -> dict[str, Path]:
-    """PNG grids for the registry review: ``prior_samples.png`` (decoder means at z ~ N(0, I))
-    and ``reconstructions.png`` (rows of originals, each followed by its reconstructions).
-
-    Small images are upsampled (nearest neighbour) to tiles of at least 56 pixels.
-    """
-    _channels, height, width = _image_shape(det)
-    out_dir, pixel_max = Path(out_dir), det.preprocessor_.pixel_scale
-    scale = max(1, math.ceil(56 / min(height, width)))
-    originals = np.asarray(image_rows(images)[: int(n)])
-    recons = reconstructions(det, originals)
-    pairs = []
-    for start in range(0, len(originals), ncols):
-        pairs += [originals[start : start + ncols], recons[start : start + ncols]]
-    prior = prior_means(det, n, random_state)
-    return {
-        "prior_samples": image_grid_png(
-            prior, out_dir / "prior_samples.png", ncols, pixel_max, scale
-        ),
-        "reconstructions": image_grid_png(
-            _pad_rows(pairs, ncols), out_dir / "reconstructions.png", ncols, pixel_max, scale
-        ),
-    }
-
-
-def interpolation_grid_png(det, pairs, path, steps: int = 8) -> Path:
-    """One row per (a, b) pair of images: the original a, the decoded path from a to b
-    (``det.interpolate``, linear, ends included: the reconstructions of a and b), then the
-    original b; upsampled like the review grids."""
-    _channels, height, width = _image_shape(det)
-    scale = max(1, math.ceil(56 / min(height, width)))
-    rows = []
-    for a, b in pairs:
-        walk = det.interpolate(a[None], b[None], steps=steps)
-        ends = [np.asarray(v).reshape(1, *walk.shape[1:]) for v in (a, b)]
-        rows.append(np.concatenate([ends[0], walk, ends[1]]))
-    grid = np.concatenate(rows)
-    return image_grid_png(grid, path, steps + 2, det.preprocessor_.pixel_scale, scale)
-
-
-def _pad_rows(rows: list[np.ndarray], ncols: int) -> np.ndarray:
-    """Stack rows of images, filling a short last row with black so pairs stay aligned."""
-    full = [
-        np.concatenate([r, np.zeros((ncols - len(r), *r.shape[1:]))]) if len(r) < ncols else r
-        for r in rows
-    ]
-    return np.concatenate([np.asarray(r, dtype="float64") for r in full])

@@ -232,7 +232,8 @@ def write_latent_review(det, X, scores, y, out_dir, random_state: int = 0) -> di
     }
     realism = None
     if is_image_model(det):
-        from vae_core.images import image_rows, interpolation_grid_png
+        from vae_core.drawing import interpolation_grid_png
+        from vae_core.images import image_rows
 
         images = image_rows(X)
         normal = np.arange(len(scores)) if y is None else np.flatnonzero(np.asarray(y) == 0)
