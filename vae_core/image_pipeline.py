@@ -32,12 +32,13 @@ from vae_core.batch import checked_batch_id, files_identity
 from vae_core.calibrate import flag_anomalies
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.drawing import score_images, write_review_grids, write_top_maps
+from vae_core.image_input import MODES as MODES  # re-exported: callers read it here
+from vae_core.image_input import packaged_reading, parse_image_input, read_in_chunks
 from vae_core.image_maps import reconstruction_retrieval
 from vae_core.images import (
     CHANNELS,
     ImageFiles,
     ImageSet,
-    as_image_array,
     image_manifest,
     index_images,
     read_image_npz,
@@ -46,8 +47,6 @@ from vae_core.images import (
 )
 from vae_core.latent import write_latent_review
 from vae_core.pipeline import Splits, split_held_out, split_rows
-
-MODES = {1: "L", 3: "RGB"}  # channels of a fitted detector -> the colour mode its files are read in
 
 
 @dataclass
@@ -300,15 +299,7 @@ def score_image_batch(
 
 def _score_in_chunks(det, manifest: pd.DataFrame, cfg: ImagesConfig):
     frames, skipped = [], []
-    step = cfg.chunk_images
-    for start in range(0, len(manifest), step):
-        part = read_images(
-            manifest.iloc[start : start + step],
-            cfg.size,
-            cfg.mode,
-            cfg.on_size_mismatch,
-            cfg.on_error,
-        )
+    for part in read_in_chunks(manifest, cfg):
         skipped += part.skipped
         if len(part):
             frames.append(image_scores(det, part))
@@ -344,42 +335,26 @@ def _replace_folder(new: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def score_image_input(det, model_input, on_size_mismatch: str = "reject") -> pd.DataFrame:
+def score_image_input(
+    det, model_input, on_size_mismatch: str = "reject", chunk_images: int | None = None
+) -> pd.DataFrame:
     """Scores for the packaged model's input, one row per image, in order.
 
     model_input : a DataFrame with a column ``path`` (image files, read at the detector's
-        size and colour mode, 1024 at a time; an unreadable file is a ValueError naming
-        it), or a column
+        size and colour mode, ``chunk_images`` at a time, by default the config's
+        ``images.chunk_images``; an unreadable file is a ValueError naming it), or a column
         ``image`` (per row an (H, W) or (C, H, W) array or nested list of 0..255 integers),
-        or an array of images (n, H, W) / (n, C, H, W).
+        or an array of images (n, H, W) / (n, C, H, W) (``image_input.parse_image_input``).
     Returns ``path`` (for path input), ``anomaly_score``, ``is_anomaly``,
     ``anomaly_probability``.
     """
-    channels, height, width = det.preprocessor_.image_shape
-    if isinstance(model_input, pd.DataFrame):
-        if "path" in model_input.columns and "image" not in model_input.columns:
-            manifest = pd.DataFrame({"path": model_input["path"].astype(str).tolist()})
-            reading = ImagesConfig(
-                size=(height, width), mode=MODES[channels], on_size_mismatch=on_size_mismatch
-            )
-            scores, _ = _score_in_chunks(det, manifest, reading)  # chunk_images at a time
-            return scores.drop(columns="class")
-        if "image" not in model_input.columns:
-            raise ValueError(
-                "expected a column 'path' (image files) or 'image' (arrays), got "
-                f"{list(model_input.columns)}"
-            )
-        model_input = _stack(model_input["image"])
-    arrays = as_image_array(model_input, "model input")
-    images = ImageSet(arrays, [""] * len(arrays), [""] * len(arrays))
+    parsed = parse_image_input(model_input)
+    if isinstance(parsed, pd.DataFrame):
+        reading = packaged_reading(det, on_size_mismatch, chunk_images)
+        scores, _ = _score_in_chunks(det, parsed, reading)
+        return scores.drop(columns="class")
+    images = ImageSet(parsed, [""] * len(parsed), [""] * len(parsed))
     return image_scores(det, images).drop(columns=["path", "class"])
-
-
-def _stack(column: pd.Series) -> np.ndarray:
-    try:
-        return np.stack([np.asarray(v) for v in column])
-    except ValueError as exc:
-        raise ValueError(f"column 'image': the images do not share one shape ({exc})") from exc
 
 
 # ---- training: the image counterpart of pipeline.train_and_evaluate --------------------------

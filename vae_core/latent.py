@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vae_core.image_input import (
+    packaged_reading,
+    parse_image_input,
+    read_in_chunks,
+    reading_as_model,
+)
 from vae_core.preprocess import ImagePreprocessor
 
 # What the packaged model's predict returns, by ``params={"output": ...}``; the first is the
@@ -85,46 +91,30 @@ def find_table_rows(det, source, id_columns, values, chunk_rows: int = 100_000) 
     return [hits[v][0] for v in wanted]
 
 
-def latent_input(det, model_input, on_size_mismatch: str = "reject") -> pd.DataFrame:
+def latent_input(
+    det, model_input, on_size_mismatch: str = "reject", chunk_images: int | None = None
+) -> pd.DataFrame:
     """The packaged model's ``output="latent"``: z0 .. z{k-1} (posterior means) per input row,
     in order, for the inputs ``predict`` takes (a table's columns; for images a ``path``
-    column, kept in the output, an ``image`` column or an array)."""
+    column, kept in the output and read ``chunk_images`` at a time, by default the config's
+    ``images.chunk_images``; an ``image`` column or an array: ``image_input.parse_image_input``)."""
     names = list(det.get_feature_names_out())
     if not is_image_model(det):
         return pd.DataFrame(det.transform(pd.DataFrame(model_input)), columns=names)
-    from vae_core.image_pipeline import MODES, _stack
-    from vae_core.images import as_image_array, read_images
-
-    channels, height, width = det.preprocessor_.image_shape
-    frame = model_input if isinstance(model_input, pd.DataFrame) else None
-    if frame is not None and "path" in frame.columns and "image" not in frame.columns:
-        manifest = pd.DataFrame({"path": frame["path"].astype(str).tolist()})
-        parts = []
-        for start in range(0, len(manifest), 1024):  # bounded memory: 1024 images at a time
-            got = read_images(
-                manifest.iloc[start : start + 1024], (height, width), MODES[channels],
-                on_size_mismatch,
-            )  # fmt: skip
-            parts.append(det.transform(got.images))
-        z = pd.DataFrame(np.concatenate(parts), columns=names)
-        return pd.concat([manifest, z], axis=1)
-    if frame is not None:
-        if "image" not in frame.columns:
-            raise ValueError(
-                f"expected a column 'path' (image files) or 'image' (arrays), got {list(frame)}"
-            )
-        model_input = _stack(frame["image"])
-    return pd.DataFrame(det.transform(as_image_array(model_input, "model input")), columns=names)
+    parsed = parse_image_input(model_input)
+    if isinstance(parsed, pd.DataFrame):
+        reading = packaged_reading(det, on_size_mismatch, chunk_images)
+        parts = [det.transform(part.images) for part in read_in_chunks(parsed, reading)]
+        return pd.concat([parsed, pd.DataFrame(np.concatenate(parts), columns=names)], axis=1)
+    return pd.DataFrame(det.transform(parsed), columns=names)
 
 
 def read_images_as_model(det, source, images_cfg):
     """The ImageSet of a folder or an .npz, read at the model's size and colour mode (the rest
     of ``images_cfg``, such as ``on_error``, applies)."""
-    from vae_core.image_pipeline import MODES, load_images
+    from vae_core.image_pipeline import load_images
 
-    channels, height, width = det.preprocessor_.image_shape
-    read_as = images_cfg.model_copy(update={"size": (height, width), "mode": MODES[channels]})
-    return load_images(source, read_as).images
+    return load_images(source, reading_as_model(det, images_cfg)).images
 
 
 def embed_images(det, images) -> pd.DataFrame:
