@@ -1,0 +1,78 @@
+"""The layers of docs/architecture.md, checked: every vae_core module is placed in one layer,
+and imports only from its own layer or the ones below (at the top of a file or inside a
+function). vae_core never imports the flows."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "vae_core"
+
+
+def layers() -> list[set[str]]:
+    """The layers, top first, from the ```layers block of docs/architecture.md."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = re.search(r"```layers\n(.*?)```", text, re.DOTALL).group(1)
+    return [{m.strip() for m in line.split(":", 1)[1].split(",")} for line in block.splitlines()]
+
+
+def modules() -> dict[str, Path]:
+    """Every vae_core module by its name below the package (``registry``, ``a.b``)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            found[".".join(parts)] = path
+    return found
+
+
+def imported(path: Path, known: set[str]) -> set[str]:
+    """The vae_core modules a file imports (``from vae_core import x`` counts as x)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "vae_core":
+                names |= {a.name for a in node.names if a.name in known}
+            elif node.module.startswith("vae_core."):
+                names.add(node.module.removeprefix("vae_core."))
+        elif isinstance(node, ast.Import):
+            names |= {
+                a.name.removeprefix("vae_core.")
+                for a in node.names
+                if a.name.startswith("vae_core.")
+            }
+    return names
+
+
+def test_every_module_is_in_one_layer():
+    placed = [m for layer in layers() for m in layer]
+    assert len(placed) == len(set(placed)), "a module is in two layers"
+    missing = set(modules()) - set(placed)
+    assert not missing, f"place these in a layer of docs/architecture.md: {sorted(missing)}"
+    assert not set(placed) - set(modules()), "docs/architecture.md names modules that are gone"
+
+
+def test_imports_go_down_the_layers():
+    rank = {m: i for i, layer in enumerate(layers()) for m in layer}  # 0 = the top
+    known = set(modules())
+    upward = [
+        f"{name} ({rank[name]}) imports {other} ({rank[other]})"
+        for name, path in modules().items()
+        if name in rank
+        for other in sorted(imported(path, known))
+        if other in rank and rank[other] < rank[name]
+    ]
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_the_library_never_imports_the_flows():
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("flows"), name
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("flows") for a in node.names), name
