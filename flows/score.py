@@ -137,7 +137,7 @@ def task_runner(cfg: PipelineConfig):
     from prefect_dask import DaskTaskRunner
 
     if cfg.scoring.dask_address:
-        return DaskTaskRunner(address=cfg.scoring.dask_address)
+        return _dask_runner_class()(address=cfg.scoring.dask_address)
     # Threads inside the Dask workers: torch releases the GIL, and worker processes would each
     # start their own temporary Prefect API server unless PREFECT_API_URL points at a server.
     return DaskTaskRunner(
@@ -152,6 +152,27 @@ def task_runner(cfg: PipelineConfig):
             "silence_logs": logging.ERROR,
         }
     )
+
+
+@functools.cache
+def _dask_runner_class():
+    """A DaskTaskRunner that always connects to its ``address``: prefect_dask's own prefers a
+    default Dask client of the process (its cluster) over the address it was given, so a flow
+    run inside a Dask worker, or beside a notebook's client, would score elsewhere than
+    ``scoring.dask_address`` says. Built on first use: dask is imported only when asked for."""
+    from prefect_dask import DaskTaskRunner
+    from prefect_dask.client import PrefectDaskClient
+
+    class DaskAtAddress(DaskTaskRunner):
+        @property
+        def client(self) -> PrefectDaskClient:
+            if not self._client:
+                self._client = self._exit_stack.enter_context(
+                    PrefectDaskClient(self.address, **self.client_kwargs)
+                )
+            return self._client
+
+    return DaskAtAddress
 
 
 @flow(name="score-partitions")

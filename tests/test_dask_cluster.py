@@ -376,3 +376,27 @@ def test_a_folder_the_worker_cannot_see_fails_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=shared):
         score_partition.fn(str(model), *args)
     assert not staging.parent.exists()
+
+
+def test_dask_address_wins_over_a_default_client_of_the_process(tmp_path):
+    """A process that already holds a default Dask client (a flow run inside a Dask worker,
+    a notebook) still scores on ``scoring.dask_address``; prefect_dask's own runner would take
+    the default client's cluster."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    from flows.score import task_runner
+    from vae_core.config import PipelineConfig
+
+    kwargs = dict(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                  host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0",
+                  silence_logs=logging.ERROR)  # fmt: skip
+    with LocalCluster(**kwargs) as wanted, LocalCluster(**kwargs) as other:
+        with Client(other):  # the process's default client, on the other cluster
+            cfg = PipelineConfig.model_validate(
+                {"scoring": {"task_runner": "dask", "dask_address": wanted.scheduler_address}}
+            )
+            with task_runner(cfg) as runner:
+                assert runner.client.scheduler.address == wanted.scheduler_address
+                assert runner.client.scheduler.address != other.scheduler_address
