@@ -128,3 +128,53 @@ def test_a_bad_label_is_named_by_its_line_or_row_in_the_file(tmp_path, suffix, w
         frame.astype({"y": str}).to_parquet(path, index=False)
     with pytest.raises(ValueError, match=rf"t\{suffix}: label column 'y' .* at {where}$"):
         split_columns(read_table(path), "y", source=str(path))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "where"), [(".csv", r"line\(s\) 9"), (".parquet", r"row\(s\) 8")]
+)
+def test_text_among_numbers_is_named_by_its_line_not_read_as_a_category(tmp_path, suffix, where):
+    """A numeric column with a typo ('abc' in data row 7) would be read as a category with a
+    level per number; training refuses it naming the file, column, value and line (row)."""
+    from vae_core.config import PipelineConfig
+    from vae_core.ingest import load_table
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=40).round(3).astype(str), "b": rng.normal(size=40)})
+    frame.loc[7, "a"] = "abc"
+    path = tmp_path / f"t{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    data = PipelineConfig.model_validate({"data": {"label_column": None, "id_columns": []}}).data
+    with pytest.raises(
+        ValueError, match=rf"column 'a' holds numbers but also text: 'abc' at {where}"
+    ):
+        load_table(path, data)
+    with pytest.raises(
+        ValueError, match=r"column 'a' holds numbers but also text: 'abc' at row\(s\) 7"
+    ):
+        VAEDetector(**FAST).fit(frame)  # the library names the DataFrame's index label
+
+
+def test_an_infinite_value_is_named_by_its_line(tmp_path):
+    from vae_core.config import PipelineConfig
+    from vae_core.ingest import load_table
+
+    frame = pd.DataFrame({"a": np.arange(20.0), "b": np.ones(20)})
+    frame.loc[3, "a"] = np.inf
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    data = PipelineConfig.model_validate({"data": {"label_column": None, "id_columns": []}}).data
+    with pytest.raises(ValueError, match=r"t\.csv: column 'a' has infinite values at line\(s\) 5"):
+        load_table(tmp_path / "t.csv", data)
+
+
+def test_categories_and_mostly_text_columns_are_still_categories():
+    """Only a column that is almost all numbers (>= 95%) counts as numbers with typos: codes,
+    and a column with many text values, stay categorical."""
+    from vae_core.ingest import text_among_numbers
+
+    assert text_among_numbers(pd.Series(["A1", "B2", "C3"] * 10)) is None
+    assert text_among_numbers(pd.Series(["1", "2", "x"] * 10)) is None  # 1/3 text
+    assert text_among_numbers(pd.Series(["1.5", "2", None] * 10)) is None  # all numbers
+    assert text_among_numbers(pd.Series(np.arange(30.0))) is None  # a numeric dtype
+    mask = text_among_numbers(pd.Series([str(i) for i in range(39)] + ["n/a"]))
+    assert mask is not None and mask.tolist() == [False] * 39 + [True]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pandas.api import types as ptypes
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -228,6 +229,56 @@ def split_columns(
     return LabelledTable(features, labels, frame[list(id_columns)])
 
 
+NUMERIC_TEXT_SHARE = 0.95  # a text column this much numbers is a numeric column with typos
+
+
+def text_among_numbers(s: pd.Series) -> np.ndarray | None:
+    """The values of a text column that are not numbers, as a mask, when at least
+    ``NUMERIC_TEXT_SHARE`` of its non-missing values are numbers and some are not: a numeric
+    column with a few bad cells ("abc", "n/a", "1,5"), which would otherwise be read as a
+    category with a level per number. None for a numeric or category column."""
+    if not (ptypes.is_string_dtype(s) or ptypes.is_object_dtype(s)):
+        return None
+    present = s.notna().to_numpy()
+    if not present.any():
+        return None
+    numbers = pd.to_numeric(s, errors="coerce").notna().to_numpy()
+    share = numbers[present].mean()
+    if share == 1.0 or share < NUMERIC_TEXT_SHARE:
+        return None
+    return present & ~numbers
+
+
+def numeric_text_message(name: str, bad: pd.Series, where: str) -> str:
+    examples = ", ".join(repr(v) for v in bad.head(3).tolist())
+    return (
+        f"column {name!r} holds numbers but also text: {examples} at {where}; correct "
+        "the value(s), leave them empty (a missing value), or leave the column out "
+        "(data.drop_columns)"
+    )
+
+
+def check_feature_cells(features: pd.DataFrame, source: str) -> None:
+    """ValueError naming the column, the values and the lines (rows) of the file ``source``
+    for an infinite number, or text among the numbers of a numeric column (which would
+    otherwise be read as a category with a level per number). ``features``' index holds
+    the rows' 0-based places in the file. The preprocessor checks the same for a DataFrame
+    handed to the detector, naming index labels; here they are named as in the file."""
+    for name in features.columns:
+        s = features[name]
+        typos = text_among_numbers(s)
+        if typos is not None:
+            where = file_rows(source, s.index[typos])
+            raise ValueError(f"{source}: {numeric_text_message(str(name), s[typos], where)}")
+        if ptypes.is_float_dtype(s):
+            inf = np.isinf(s.to_numpy(dtype="float64", na_value=np.nan))
+            if inf.any():
+                raise ValueError(
+                    f"{source}: column {name!r} has infinite values at "
+                    f"{file_rows(source, s.index[inf])}"
+                )
+
+
 def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
     values = pd.to_numeric(s, errors="coerce")
     bad = ~values.isin([0, 1]).to_numpy()
@@ -245,11 +296,13 @@ def load_table(path: str | Path, data, require_label: bool = False) -> LabelledT
     A table of more than ``data.max_train_rows`` rows (when set) is read as a uniform sample
     of that many rows (``read_table_sample``), so that memory is bounded by the sample, not
     the file; the same file always gives the same sample, so training and a later
-    ``promote`` see the same rows and the same splits.
+    ``promote`` see the same rows and the same splits. An infinite number, or text among the
+    numbers of a numeric column, is an error naming the column, values and lines
+    (``check_feature_cells``).
     """
     max_rows = getattr(data, "max_train_rows", None)
     frame = read_table(path) if max_rows is None else read_table_sample(path, max_rows)
-    return split_columns(
+    table = split_columns(
         frame,
         data.label_column,
         data.id_columns,
@@ -257,6 +310,8 @@ def load_table(path: str | Path, data, require_label: bool = False) -> LabelledT
         source=str(path),
         require_label=require_label,
     )
+    check_feature_cells(table.features, str(path))
+    return table
 
 
 SAMPLE_SEED = 20_140_612  # fixed: the same file gives the same training sample on every run

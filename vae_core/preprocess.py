@@ -28,7 +28,7 @@ from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from vae_core.ingest import check_column_names
+from vae_core.ingest import check_column_names, numeric_text_message, text_among_numbers
 from vae_core.model import FeatureLayout
 
 MISSING_CATEGORY = "<missing>"
@@ -187,6 +187,9 @@ class TabularPreprocessor:
 
     def _inspect(self, s: pd.Series, name: str) -> ColumnSpec:
         dtype = str(s.dtype)
+        typos = text_among_numbers(s)
+        if typos is not None:
+            raise ValueError(numeric_text_message(name, s[typos], _rows(s.index, typos)))
         if _is_numeric(s) or (self.likelihood == "gaussian" and _numeric_strings(s)):
             values = _to_numeric(s, name)
             finite = values[~np.isnan(values)]
