@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vae_core.detector import grid_variance
+from vae_core.input_stats import grid_variance
 from vae_core.preprocess import MISSING_CATEGORY, TabularPreprocessor, _to_category
 
 
