@@ -2,7 +2,8 @@
 (SIGKILL of its process group) in the middle of a registration and restarted on the same
 store, and two real ``vae-anomaly score`` processes writing one sqlite store at once.
 
-Nothing of MLflow is mocked: the only hook wraps one function of ``vae_core.registry`` so that
+Nothing of MLflow is mocked: the only hook wraps one function of the registration
+(``vae_core.tracking.registration``) so that
 the server dies at an exact point of the registration sequence (log run -> create version ->
 description -> alias -> the ``registration_state: incomplete`` tag removed).
 """
@@ -29,6 +30,7 @@ from vae_core import registry
 from vae_core.cli import app
 from vae_core.config import load_config
 from vae_core.promotion import RunRecord, training_fingerprint
+from vae_core.tracking import registration
 
 READY_TIMEOUT_S = 120  # a server start measured 6-32 s on a loaded 2-core box
 MODEL = "vae-anomaly"
@@ -127,7 +129,7 @@ def kill_after_version_is_created(monkeypatch, server: TrackingServer) -> list:
     to write its review (``review_description`` runs between the two). Returns a list that
     records the kill."""
     killed: list[bool] = []
-    real = registry.review_description
+    real = registration.review_description
 
     def review_then_die(*args, **kwargs):
         if not killed:
@@ -135,7 +137,7 @@ def kill_after_version_is_created(monkeypatch, server: TrackingServer) -> list:
             killed.append(True)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "review_description", review_then_die)
+    monkeypatch.setattr(registration, "review_description", review_then_die)
     return killed
 
 

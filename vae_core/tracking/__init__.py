@@ -1,0 +1,35 @@
+"""The tracking layer: MLflow runs, the packaged model and the registry. It logs what the
+pipeline hands it; only this package and ``vae_core/mlflow_model.py`` import MLflow.
+
+One job a module:
+
+- ``store``: where the store is (``TrackingTarget``), whether it answers, the wrapper of every
+  call (bounded retries, ``TrackingUnavailable`` naming the URI).
+- ``provenance``: fingerprints of the data, the code version, the settings a run records.
+- ``training_runs``: a training run, from its parameters to its packaged model.
+- ``packaging``: the detector as an MLflow pyfunc model (models-from-code), and back.
+- ``registration``: versions, the ``challenger`` and ``champion`` aliases, promotion.
+- ``scoring_runs``: registered models loaded for scoring, and scoring runs.
+
+Every function takes plain arguments (a ``TrackingTarget``, config sections, a detector, a
+table) so that a Prefect task is one call; nothing here runs at import time.
+``vae_core.registry`` re-exports the public names. The life of a model, in calls::
+
+    run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
+    train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
+    log_training_run(target, run_id, cfg, table, outcome, data_source)   # the rest; ends it
+        (images: log_image_training_run(..., data, outcome, data_source, review files))
+    register_challenger(target, run_id)            # new version, alias @challenger; a rerun
+                                                   #   finishes or replaces an unfinished one
+    promote_challenger(target, cfg.promotion, *promotion.held_out_rows(table, cfg.split))
+        (images: *image_pipeline.held_out_images(data, cfg.split))
+    load_champion(target)                          # models:/NAME@champion -> VAEDetector
+    log_scoring_run(target, champion.ref, scores, scores_path, threshold)
+        (images: log_image_batch_scoring(target, champion.ref, score_image_batch(...)))
+
+Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest
+version awaiting review), never the deprecated stages. Every promotion decision, including a
+forced one, is written on the version as its ``promotion`` tag and a line in its description.
+A version carries at most ``MAX_VERSION_TAGS`` tags (``version_tags``), so that the versions
+table of the MLflow UI stays readable.
+"""

@@ -1,0 +1,316 @@
+"""The registry: a training run's model registered as a version with the alias
+``challenger`` (resumable after a failure at any step), and promotion, which moves
+``champion`` through the gate and records every decision on the version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from vae_core.config import PromotionConfig
+from vae_core.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionDecision,
+    RunRecord,
+    decide,
+    held_out_metrics,
+    review_description,
+    training_fingerprint,
+)
+from vae_core.tracking.packaging import _load_detector
+from vae_core.tracking.store import (
+    TrackingTarget,
+    TrackingUnavailable,
+    _client,
+    _record,
+    _tracking_call,
+    _unreachable_as_error,
+)
+from vae_core.tracking.training_runs import MODEL_URI_TAG
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One registered model version: ``uri`` is ``models:/NAME/VERSION``."""
+
+    name: str
+    version: str
+    run_id: str | None = None
+    model_id: str | None = None
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _ref(mv, alias: str | None = None) -> ModelVersionRef:
+    model_id = mv.model_id
+    if model_id is None and (mv.source or "").startswith("models:/m-"):
+        model_id = mv.source.removeprefix("models:/")
+    return ModelVersionRef(mv.name, str(mv.version), mv.run_id, model_id, alias)
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _model_version(client: MlflowClient, name: str, version: str | int):
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ValueError(f"registered model {name!r} has no version {version}") from None
+        raise
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(
+            name,
+            description=(
+                "Gaussian VAE anomaly detector (vae_core). Aliases: `champion` is what "
+                f"scheduled scoring loads (models:/{name}@champion); `challenger` is the newest "
+                "trained version awaiting review. Each version's description is its review; "
+                "`vae-anomaly promote` moves `champion` through the gate in mlflow.yml."
+            ),
+        )
+
+
+@_tracking_call
+def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
+    """Register the model a training run logged as a new version with alias ``challenger``,
+    a description written for its reviewer (``promotion.review_description``, which names
+    the columns added and removed against the champion's) and the few tags of
+    ``version_tags`` (test ROC-AUC, threshold, policy, rows, data fingerprint, promotion
+    decision), all read back from the run.
+
+    Safe to rerun after a failure at any step (a tracking server that died, a killed
+    process). The version is created tagged ``registration_state: incomplete``, in the same
+    write as its other tags, and that tag is removed (the version is complete) only after
+    its description and alias are set. A rerun for the same run finishes that version (or
+    returns it, if it was finished) instead of creating another; a rerun of the same training
+    as a new run (the same ``training_fingerprint``: settings and data) deletes the
+    unfinished versions it supersedes. ``promote_challenger`` refuses an unfinished version.
+    """
+    client, name = _client(target), target.model_name
+    run = _record(client.get_run(run_id))
+    model_uri = run.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise ValueError(f"run {run_id} has no packaged model: call log_training_run first")
+    try:
+        with _unreachable_as_error(target):
+            mv = _version_of_run(client, name, run) or _create_version(client, name, run)
+            if mv.tags.get(REGISTRATION_STATE) != INCOMPLETE:  # finished by an earlier call
+                return _ref(mv, CHALLENGER if CHALLENGER in mv.aliases else None)
+            return _finish_registration(client, name, run, str(mv.version))
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(
+            f"{exc}. Registering training run {run_id} did not finish; once the server "
+            "answers, run the registration again (vae-anomaly train, or the train flow): it "
+            f"finishes or replaces the unfinished version ({REGISTRATION_STATE}: {INCOMPLETE}) "
+            "instead of adding another."
+        ) from exc
+
+
+# Version tag: INCOMPLETE from creation until the last step of registration, which removes
+# it (a tag less in the versions table); "complete" on versions registered before that.
+REGISTRATION_STATE = "registration_state"
+INCOMPLETE = "incomplete"
+FINGERPRINT_TAG = "training_fingerprint"  # promotion.training_fingerprint of the run
+
+
+def _version_of_run(client: MlflowClient, name: str, run: RunRecord):
+    """The version registered from ``run`` (finished or not), or None. Unfinished versions
+    of the same training from other runs are deleted: this registration supersedes them."""
+    fingerprint = training_fingerprint(run)
+    found = client.search_model_versions(
+        f"name = '{name}' AND tags.{FINGERPRINT_TAG} = '{fingerprint}'"
+    )
+    ours = None
+    for mv in sorted(found, key=lambda v: int(v.version)):
+        if ours is None and mv.run_id == run.run_id:
+            ours = mv
+        elif mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
+            client.delete_model_version(name, mv.version)
+    return ours
+
+
+def _create_version(client: MlflowClient, name: str, run: RunRecord):
+    """A new version of the run's packaged model, tagged ``registration_state: incomplete``."""
+    _ensure_registered_model(client, name)
+    with contextlib.redirect_stderr(io.StringIO()):  # two progress lines; we report the version
+        return mlflow.register_model(run.tags[MODEL_URI_TAG], name, tags=version_tags(run))
+
+
+def _finish_registration(
+    client: MlflowClient, name: str, run: RunRecord, version: str
+) -> ModelVersionRef:
+    """Write the review, move ``challenger`` to ``version``, and mark it complete (last: the
+    ``registration_state: incomplete`` tag removed)."""
+    champion = _alias_version(client, name, CHAMPION)
+    champion_run = _record_with_schema(client, champion.run_id) if champion else None
+    run = dataclasses.replace(run, schema=_feature_schema(client, run.run_id))
+    old = None if champion is None else str(champion.version)
+    description = review_description(name, version, run, old, champion_run)
+    client.update_model_version(name, version, description=description)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.delete_model_version_tag(name, version, REGISTRATION_STATE)
+    return _ref(client.get_model_version(name, version), CHALLENGER)
+
+
+# The versions table of the MLflow UI shows every tag of every version: at most 8, chosen for
+# scanning (the review in the description, the run's params, tags and metrics hold the rest).
+PROMOTION_TAG = "promotion"  # pending, promoted, forced, rejected, or "replaced by vN"
+MAX_VERSION_TAGS = 8
+
+
+def version_tags(run: RunRecord) -> dict[str, str]:
+    """Model version tags from a training run: what a reviewer scans, sorts and filters on
+    (test ROC-AUC, threshold, calibration policy, rows, data fingerprint, the promotion
+    decision), the fingerprint that registration keys its resume on
+    (``training_fingerprint``), and ``registration_state: incomplete`` until registration
+    finishes. Unlabelled data has no ROC-AUC tag."""
+    out = {
+        "test_roc_auc": _short(run.metrics.get("test_roc_auc")),
+        "threshold": _short(run.metrics.get("threshold")),
+        "policy": run.tags.get("calibration.policy", ""),
+        "rows": run.tags.get("data.rows", ""),
+        "data_sha256": run.tags.get("data.sha256", "")[:16],
+        PROMOTION_TAG: "pending",
+        FINGERPRINT_TAG: training_fingerprint(run),
+        REGISTRATION_STATE: INCOMPLETE,
+    }
+    return {k: v for k, v in out.items() if v != ""}
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.4g}"
+
+
+def _feature_schema(client: MlflowClient, run_id: str) -> dict | None:
+    """A training run's ``feature_schema.json`` (its columns and their kinds), or None."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, "feature_schema.json", tmp)
+            return json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+def _record_with_schema(client: MlflowClient, run_id: str) -> RunRecord:
+    return dataclasses.replace(
+        _record(client.get_run(run_id)), schema=_feature_schema(client, run_id)
+    )
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+@_tracking_call
+def promote_challenger(
+    target: TrackingTarget,
+    gate: PromotionConfig,
+    features: pd.DataFrame | np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    version: str | int | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    data_description: str = "held-out rows",
+) -> PromotionDecision:
+    """Score the challenger (``version``, default the ``challenger`` alias) and the champion
+    on the same held-out rows and move ``champion`` to it iff it passes the gate
+    (``promotion.gate_checks``); ``force`` with a ``reason`` moves it regardless, recorded as
+    a manual override. The decision goes on the version (its ``promotion`` tag, a line in its
+    description); a promoted version loses the ``challenger`` alias.
+
+    features, labels : held-out rows (n, d), or images, and optional labels (n,), 1 = anomaly;
+        use ``promotion.held_out_rows`` (``image_pipeline.held_out_images``).
+    """
+    if force and not (reason and reason.strip()):
+        raise ValueError("a forced promotion needs a reason (--reason TEXT)")
+    client, name = _client(target), target.model_name
+    challenger = _challenger_version(client, name, version)
+    champion = _alias_version(client, name, CHAMPION)
+    old = None if champion is None else str(champion.version)
+    if old == str(challenger.version):
+        return PromotionDecision(name, old, old, "unchanged")
+    ours = held_out_metrics(_load_detector(name, challenger.version), features, labels)
+    theirs = None if old is None else held_out_metrics(_load_detector(name, old), features, labels)
+    note = f"Scored on {data_description} ({len(features)} rows)"
+    decision = decide(
+        name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
+    )
+    if decision.promoted:
+        _move_champion(client, decision)
+    _record_decision(client, decision)
+    return decision
+
+
+def _challenger_version(client: MlflowClient, name: str, version: str | int | None):
+    if version is not None:
+        mv = _model_version(client, name, version)
+    else:
+        mv = _alias_version(client, name, CHALLENGER)
+    if mv is None:
+        raise ValueError(
+            f"registered model {name!r} has no version with alias {CHALLENGER!r}: train one "
+            "(vae-anomaly train) or name it with --version"
+        )
+    if mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
+        raise ValueError(
+            f"version {mv.version} of {name!r} is not fully registered ({REGISTRATION_STATE}: "
+            f"{INCOMPLETE}, run {mv.run_id}): run the registration again "
+            "(vae-anomaly train, or the train flow) to finish or replace it"
+        )
+    return mv
+
+
+def _move_champion(client: MlflowClient, decision: PromotionDecision) -> None:
+    name, version = decision.model_name, decision.version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    current = _alias_version(client, name, CHALLENGER)
+    if current is not None and str(current.version) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def _record_decision(client: MlflowClient, decision: PromotionDecision) -> None:
+    """The outcome as the version's ``promotion`` tag; the whole decision (checks, numbers,
+    held-out rows, a forced promotion's reason) as a line of its description's log."""
+    name, version = decision.model_name, decision.version
+    at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    client.set_model_version_tag(name, version, PROMOTION_TAG, decision.outcome)
+    _append_log(client, name, version, f"- {at}: {decision.summary()}")
+    if decision.promoted and decision.previous_champion:
+        old = decision.previous_champion
+        client.set_model_version_tag(name, old, PROMOTION_TAG, f"replaced by v{version}")
+        _append_log(client, name, old, f"- {at}: replaced as {CHAMPION} by version {version}.")
+
+
+def _append_log(client: MlflowClient, name: str, version: str, line: str) -> None:
+    text = (client.get_model_version(name, version).description or "").rstrip("\n")
+    client.update_model_version(name, version, description=f"{text}\n{line}\n")
