@@ -21,6 +21,7 @@ from vae_core import VAEDetector, drawing, image_maps
 from vae_core import images as vi
 from vae_core.calibrate import TargetFPR
 from vae_core.config import load_config
+from vae_core.image_npz import read_image_npz
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
@@ -185,23 +186,23 @@ def test_read_image_npz(tmp_path):
     path = tmp_path / "digits.npz"
     images, classes = _digits(6), np.array([0, 1, 0, 2, 0, 1])
     np.savez(path, X_train=images, y_train=classes)
-    got = vi.read_image_npz(path, class_key="y_train", normal_classes=[0])
+    got = read_image_npz(path, class_key="y_train", normal_classes=[0])
     np.testing.assert_array_equal(got.images, images)
     assert got.labels.tolist() == [0, 1, 0, 1, 0, 1] and got.classes[3] == "2"
     assert got.paths[1] == f"{path}::images[1]"
     np.savez(path, X=images[..., None].repeat(3, -1).astype(np.int64))  # channels last, int64
-    assert vi.read_image_npz(path).images.shape == (6, 3, 8, 8)
+    assert read_image_npz(path).images.shape == (6, 3, 8, 8)
     with pytest.raises(ValueError, match=r"digits\.npz: no array 'Z' \(arrays: X\)"):
-        vi.read_image_npz(path, key="Z")
+        read_image_npz(path, key="Z")
     np.savez(path, X=images / 255.0)
     with pytest.raises(ValueError, match=r"digits\.npz\[X\]: expected uint8 pixel values"):
-        vi.read_image_npz(path)
+        read_image_npz(path)
     np.savez(path, a=images, b=images)
     with pytest.raises(ValueError, match="pass key="):
-        vi.read_image_npz(path)
+        read_image_npz(path)
     path.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"digits\.npz: cannot be read as \.npz"):
-        vi.read_image_npz(path)
+        read_image_npz(path)
 
 
 def test_embedded_mnist_sample_is_small_real_and_laid_out_like_mvtec(mnist):

@@ -35,13 +35,13 @@ from vae_core.drawing import score_images, write_review_grids, write_top_maps
 from vae_core.image_input import MODES as MODES  # re-exported: callers read it here
 from vae_core.image_input import packaged_reading, parse_image_input, read_in_chunks
 from vae_core.image_maps import reconstruction_retrieval
+from vae_core.image_npz import read_image_npz
 from vae_core.images import (
     CHANNELS,
     ImageFiles,
     ImageSet,
     image_manifest,
     index_images,
-    read_image_npz,
     read_images,
     require_readable,
 )
