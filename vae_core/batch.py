@@ -54,6 +54,7 @@ from vae_core.ingest import (
     file_rows,
     quoted,
 )
+from vae_core.scoring import score_table
 
 _ID = "id column"  # the title that marks an id column in the input schema
 
@@ -319,7 +320,6 @@ def score_partition(
     top_rows: int = 10,
 ) -> StagedPart:
     """Validate, score and stage one partition, chunk by chunk (memory ~ one chunk)."""
-    from vae_core.pipeline import score_table
 
     schema = input_schema(det, id_columns)
     staging.mkdir(parents=True, exist_ok=True)

@@ -80,11 +80,12 @@ def embed(
     Columns: ids (or path), z0..z{k-1} (the posterior means of q(z|x)), anomaly_score."""
     from vae_core import latent
     from vae_core.atomic import atomic_write_frame
+    from vae_core.image_pipeline import read_images_as_model
 
     det, cfg = _model(model, config)
     _table_out(out)
     if latent.is_image_model(det):
-        frame = latent.embed_images(det, latent.read_images_as_model(det, data, cfg.images))
+        frame = latent.embed_images(det, read_images_as_model(det, data, cfg.images))
     else:
         ids = _id_columns(id_column, cfg, det, data)
         frame = latent.embed_table(det, data, ids, cfg.scoring.chunk_rows)
@@ -155,11 +156,12 @@ def interpolate(
     the first and last the reconstructions of the two ends."""
     from vae_core import latent
     from vae_core.atomic import atomic_write_frame
+    from vae_core.image_pipeline import read_images_as_model
 
     det, cfg = _model(model, config)
     if latent.is_image_model(det):
         _no_images(det, out)
-        images = latent.read_images_as_model(det, data, cfg.images)
+        images = read_images_as_model(det, data, cfg.images)
         a, b = (latent.find_image(images, name, data) for name in (from_, to))
         path = det.interpolate(a, b, steps=steps, method=method)
         paths = _write_pngs(path[:, None] if path.ndim == 3 else path, out, "step")

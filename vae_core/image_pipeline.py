@@ -33,7 +33,12 @@ from vae_core.calibrate import flag_anomalies
 from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
 from vae_core.drawing import score_images, write_review_grids, write_top_maps
 from vae_core.image_input import MODES as MODES  # re-exported: callers read it here
-from vae_core.image_input import packaged_reading, parse_image_input, read_in_chunks
+from vae_core.image_input import (
+    packaged_reading,
+    parse_image_input,
+    read_in_chunks,
+    reading_as_model,
+)
 from vae_core.image_maps import reconstruction_retrieval
 from vae_core.image_npz import read_image_npz
 from vae_core.images import (
@@ -79,6 +84,12 @@ class ImageData:
 
     def labels_at(self, rows) -> np.ndarray | None:
         return None if self.labels is None else self.labels[rows]
+
+
+def read_images_as_model(det, source, images_cfg: ImagesConfig):
+    """The ImageSet of a folder or an .npz, read at the model's size and colour mode (the rest
+    of ``images_cfg``, such as ``on_error``, applies)."""
+    return load_images(source, reading_as_model(det, images_cfg)).images
 
 
 def load_images(path: str | Path, cfg: ImagesConfig) -> ImageData:

@@ -20,7 +20,6 @@ from vae_core.image_input import (
     packaged_reading,
     parse_image_input,
     read_in_chunks,
-    reading_as_model,
 )
 from vae_core.preprocess import ImagePreprocessor
 
@@ -107,14 +106,6 @@ def latent_input(
         parts = [det.transform(part.images) for part in read_in_chunks(parsed, reading)]
         return pd.concat([parsed, pd.DataFrame(np.concatenate(parts), columns=names)], axis=1)
     return pd.DataFrame(det.transform(parsed), columns=names)
-
-
-def read_images_as_model(det, source, images_cfg):
-    """The ImageSet of a folder or an .npz, read at the model's size and colour mode (the rest
-    of ``images_cfg``, such as ``on_error``, applies)."""
-    from vae_core.image_pipeline import load_images
-
-    return load_images(source, reading_as_model(det, images_cfg)).images
 
 
 def embed_images(det, images) -> pd.DataFrame:

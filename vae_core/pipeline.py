@@ -4,7 +4,7 @@ The CLI chains them directly; the Prefect flows wrap each in a thin task. Nothin
 about Prefect or MLflow.
 
     split_table -> fit_detector -> calibrate_detector -> evaluate_detector -> (save, register)
-    score_table: a fitted detector and a table -> ids + scores, flags, probabilities, top columns
+    score_table (from vae_core.scoring): a fitted detector and a table -> the scores frame
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from vae_core.calibrate import Calibration, flag_anomalies
+from vae_core.calibrate import Calibration
 from vae_core.config import CalibrationConfig, PipelineConfig, SplitConfig
 from vae_core.detector import VAEDetector
 from vae_core.ingest import LabelledTable
 from vae_core.report import EvaluationReport, evaluate, write_report
+from vae_core.scoring import score_table as score_table  # the scoring doors' frame, here too
+from vae_core.scoring import top_contributors as top_contributors
 from vae_core.train import EpochCallback
 
 
@@ -214,49 +216,3 @@ def save_outcome(
 
 def _at(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
     return None if y is None else y[idx]
-
-
-def score_table(
-    det: VAEDetector,
-    features: pd.DataFrame,
-    ids: pd.DataFrame | None = None,
-    top_features: int = 3,
-) -> pd.DataFrame:
-    """Scores for a batch: ids, then ``anomaly_score`` (threshold units, higher = more
-    anomalous), ``is_anomaly`` (score > threshold), ``missing_columns`` (the columns whose
-    missing value was left out of the row's likelihood, ";"-joined, "" for complete rows),
-    ``anomaly_probability`` (when calibrated) and the ``top_features`` columns that
-    contributed most to each row's score.
-    """
-    contrib = None
-    if top_features > 0 and det.score_kind_ == "negative_elbo":
-        scores, contrib = det.score_with_contributions(features)  # one pass for both
-    else:
-        scores = det.threshold_score(features)
-    if top_features > 0 and contrib is None:
-        contrib = det.feature_contributions(features)
-    out = pd.DataFrame(index=features.index) if ids is None else ids.copy()
-    out["anomaly_score"] = scores
-    out["is_anomaly"] = flag_anomalies(scores, det.threshold_)
-    out["missing_columns"] = det.missing_columns(features).to_numpy()
-    if det.probability_ is not None:
-        out["anomaly_probability"] = det.probability_.probability(scores)
-    if contrib is not None:
-        out = pd.concat(
-            [out.reset_index(drop=True), top_contributors(contrib, top_features)], axis=1
-        )
-        out.index = features.index
-    return out
-
-
-def top_contributors(contrib: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k columns with the largest reconstruction NLL per row, with their nats."""
-    values = contrib.to_numpy()
-    k = min(k, values.shape[1])
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    names = np.asarray(contrib.columns, dtype=object)
-    cols = {}
-    for j in range(k):
-        cols[f"top_feature_{j + 1}"] = names[order[:, j]]
-        cols[f"top_feature_{j + 1}_nats"] = np.take_along_axis(values, order[:, j : j + 1], 1)[:, 0]
-    return pd.DataFrame(cols)
