@@ -15,7 +15,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from vae_core.cli import ConfigOpt, _scoring_model, _user_errors, app
+from vae_core.cli_common import ConfigOpt, _scoring_model, _user_errors, app
 
 
 def _model(model: str, config):
