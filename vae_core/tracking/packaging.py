@@ -46,7 +46,7 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def _input_example(features: pd.DataFrame) -> pd.DataFrame:
+def input_example(features: pd.DataFrame) -> pd.DataFrame:
     """Rows for the signature, integer columns as float: scoring data may hold NaN there
     (MLflow rejects floats for an integer column but accepts integers for a double one)."""
     ints = features.select_dtypes(include=["integer"]).columns
@@ -112,7 +112,7 @@ def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSi
     return ModelSignature(inputs, infer_signature(example, output).outputs, params)
 
 
-def _load_detector(name: str, version: str | int) -> VAEDetector:
+def load_packaged_detector(name: str, version: str | int) -> VAEDetector:
     """The VAEDetector inside a registered version, read with VAEDetector.load (no pickle)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)

@@ -31,14 +31,14 @@ from vae_core.promotion import (
     review_description,
     training_fingerprint,
 )
-from vae_core.tracking.packaging import _load_detector
+from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.store import (
     TrackingTarget,
     TrackingUnavailable,
-    _client,
-    _record,
-    _tracking_call,
-    _unreachable_as_error,
+    mlflow_client,
+    run_record,
+    tracking_call,
+    unreachable_as_error,
 )
 from vae_core.tracking.training_runs import MODEL_URI_TAG
 
@@ -58,14 +58,16 @@ class ModelVersionRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def _ref(mv, alias: str | None = None) -> ModelVersionRef:
+def version_ref(mv, alias: str | None = None) -> ModelVersionRef:
+    """MLflow's ``ModelVersion`` as a ``ModelVersionRef`` (its logged model's id too)."""
     model_id = mv.model_id
     if model_id is None and (mv.source or "").startswith("models:/m-"):
         model_id = mv.source.removeprefix("models:/")
     return ModelVersionRef(mv.name, str(mv.version), mv.run_id, model_id, alias)
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str):
+def version_by_alias(client: MlflowClient, name: str, alias: str):
+    """The version of ``name`` that holds ``alias``, or None."""
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -74,7 +76,8 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
         raise
 
 
-def _model_version(client: MlflowClient, name: str, version: str | int):
+def version_by_number(client: MlflowClient, name: str, version: str | int):
+    """Version ``version`` of ``name``; ``ValueError`` naming both when it does not exist."""
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
@@ -100,7 +103,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         )
 
 
-@_tracking_call
+@tracking_call
 def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
     """Register the model a training run logged as a new version with alias ``challenger``,
     a description written for its reviewer (``promotion.review_description``, which names
@@ -116,16 +119,16 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
     as a new run (the same ``training_fingerprint``: settings and data) deletes the
     unfinished versions it supersedes. ``promote_challenger`` refuses an unfinished version.
     """
-    client, name = _client(target), target.model_name
-    run = _record(client.get_run(run_id))
+    client, name = mlflow_client(target), target.model_name
+    run = run_record(client.get_run(run_id))
     model_uri = run.tags.get(MODEL_URI_TAG)
     if not model_uri:
         raise ValueError(f"run {run_id} has no packaged model: call log_training_run first")
     try:
-        with _unreachable_as_error(target):
+        with unreachable_as_error(target):
             mv = _version_of_run(client, name, run) or _create_version(client, name, run)
             if mv.tags.get(REGISTRATION_STATE) != INCOMPLETE:  # finished by an earlier call
-                return _ref(mv, CHALLENGER if CHALLENGER in mv.aliases else None)
+                return version_ref(mv, CHALLENGER if CHALLENGER in mv.aliases else None)
             return _finish_registration(client, name, run, str(mv.version))
     except TrackingUnavailable as exc:
         raise TrackingUnavailable(
@@ -171,7 +174,7 @@ def _finish_registration(
 ) -> ModelVersionRef:
     """Write the review, move ``challenger`` to ``version``, and mark it complete (last: the
     ``registration_state: incomplete`` tag removed)."""
-    champion = _alias_version(client, name, CHAMPION)
+    champion = version_by_alias(client, name, CHAMPION)
     champion_run = _record_with_schema(client, champion.run_id) if champion else None
     run = dataclasses.replace(run, schema=_feature_schema(client, run.run_id))
     old = None if champion is None else str(champion.version)
@@ -179,7 +182,7 @@ def _finish_registration(
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
     client.delete_model_version_tag(name, version, REGISTRATION_STATE)
-    return _ref(client.get_model_version(name, version), CHALLENGER)
+    return version_ref(client.get_model_version(name, version), CHALLENGER)
 
 
 # The versions table of the MLflow UI shows every tag of every version: at most 8, chosen for
@@ -223,14 +226,14 @@ def _feature_schema(client: MlflowClient, run_id: str) -> dict | None:
 
 def _record_with_schema(client: MlflowClient, run_id: str) -> RunRecord:
     return dataclasses.replace(
-        _record(client.get_run(run_id)), schema=_feature_schema(client, run_id)
+        run_record(client.get_run(run_id)), schema=_feature_schema(client, run_id)
     )
 
 
 # --------------------------------------------------------------------------- promotion
 
 
-@_tracking_call
+@tracking_call
 def promote_challenger(
     target: TrackingTarget,
     gate: PromotionConfig,
@@ -253,14 +256,16 @@ def promote_challenger(
     """
     if force and not (reason and reason.strip()):
         raise ValueError("a forced promotion needs a reason (--reason TEXT)")
-    client, name = _client(target), target.model_name
+    client, name = mlflow_client(target), target.model_name
     challenger = _challenger_version(client, name, version)
-    champion = _alias_version(client, name, CHAMPION)
+    champion = version_by_alias(client, name, CHAMPION)
     old = None if champion is None else str(champion.version)
     if old == str(challenger.version):
         return PromotionDecision(name, old, old, "unchanged")
-    ours = held_out_metrics(_load_detector(name, challenger.version), features, labels)
-    theirs = None if old is None else held_out_metrics(_load_detector(name, old), features, labels)
+    ours = held_out_metrics(load_packaged_detector(name, challenger.version), features, labels)
+    theirs = None
+    if old is not None:
+        theirs = held_out_metrics(load_packaged_detector(name, old), features, labels)
     note = f"Scored on {data_description} ({len(features)} rows)"
     decision = decide(
         name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
@@ -273,9 +278,9 @@ def promote_challenger(
 
 def _challenger_version(client: MlflowClient, name: str, version: str | int | None):
     if version is not None:
-        mv = _model_version(client, name, version)
+        mv = version_by_number(client, name, version)
     else:
-        mv = _alias_version(client, name, CHALLENGER)
+        mv = version_by_alias(client, name, CHALLENGER)
     if mv is None:
         raise ValueError(
             f"registered model {name!r} has no version with alias {CHALLENGER!r}: train one "
@@ -293,7 +298,7 @@ def _challenger_version(client: MlflowClient, name: str, version: str | int | No
 def _move_champion(client: MlflowClient, decision: PromotionDecision) -> None:
     name, version = decision.model_name, decision.version
     client.set_registered_model_alias(name, CHAMPION, version)
-    current = _alias_version(client, name, CHALLENGER)
+    current = version_by_alias(client, name, CHALLENGER)
     if current is not None and str(current.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
 

@@ -22,15 +22,20 @@ from vae_core.detector import VAEDetector
 from vae_core.image_pipeline import ImageBatch
 from vae_core.promotion import CHAMPION
 from vae_core.report import plot_score_histogram
-from vae_core.tracking.packaging import _load_detector
+from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.provenance import source_digest
-from vae_core.tracking.registration import ModelVersionRef, _alias_version, _model_version, _ref
+from vae_core.tracking.registration import (
+    ModelVersionRef,
+    version_by_alias,
+    version_by_number,
+    version_ref,
+)
 from vae_core.tracking.store import (
     NOTE_TAG,
     TrackingTarget,
-    _client,
-    _experiment_id,
-    _tracking_call,
+    experiment_id_of,
+    mlflow_client,
+    tracking_call,
 )
 
 
@@ -56,18 +61,21 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, None, version
 
 
-@_tracking_call
+@tracking_call
 def load_registered(target: TrackingTarget, model_uri: str) -> RegisteredDetector:
     """The detector of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` with its version."""
     name, alias, version = parse_model_uri(model_uri)
-    client = _client(target)
-    mv = _alias_version(client, name, alias) if alias else _model_version(client, name, version)
+    client = mlflow_client(target)
+    if alias:
+        mv = version_by_alias(client, name, alias)
+    else:
+        mv = version_by_number(client, name, version)
     if mv is None:
         raise ValueError(
             f"{model_uri}: no version of {name!r} has alias {alias!r} in {target.uri} "
             "(train and promote one: vae-anomaly train, vae-anomaly promote)"
         )
-    return RegisteredDetector(_ref(mv, alias), _load_detector(name, mv.version))
+    return RegisteredDetector(version_ref(mv, alias), load_packaged_detector(name, mv.version))
 
 
 def load_champion(target: TrackingTarget) -> RegisteredDetector:
@@ -75,7 +83,7 @@ def load_champion(target: TrackingTarget) -> RegisteredDetector:
     return load_registered(target, f"models:/{target.model_name}@{CHAMPION}")
 
 
-@_tracking_call
+@tracking_call
 def log_scoring_run(
     target: TrackingTarget,
     model: ModelVersionRef,
@@ -109,7 +117,7 @@ def log_scoring_run(
     )
 
 
-@_tracking_call
+@tracking_call
 def log_batch_scoring(
     target: TrackingTarget,
     model: ModelVersionRef,
@@ -205,7 +213,7 @@ def _scoring_run(
     artifacts: dict[str, str | Path] | None = None,
     settings: dict[str, str] | None = None,
 ) -> str:
-    client = _client(target)
+    client = mlflow_client(target)
     tags = {
         "vae.step": "scoring",
         "model.name": model.name,
@@ -221,7 +229,7 @@ def _scoring_run(
     tags[NOTE_TAG] = scoring_run_note(model, summary, data_source)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
-        _experiment_id(target), run_name=f"score-v{model.version}-{stamp}", tags=tags
+        experiment_id_of(target), run_name=f"score-v{model.version}-{stamp}", tags=tags
     )
     run_id = run.info.run_id
     try:

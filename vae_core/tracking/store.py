@@ -1,5 +1,5 @@
 """The tracking store: where it is (``TrackingTarget``), whether it answers, and the wrapper
-every call into it goes through (``_tracking_call``: reachability, bounded retries, the URI set
+every call into it goes through (``tracking_call``: reachability, bounded retries, the URI set
 and put back, a store that stops answering reported as ``TrackingUnavailable``).
 """
 
@@ -92,13 +92,13 @@ def check_reachable(target: TrackingTarget) -> None:
 # Process-wide defaults (an explicit environment wins): MLflow's HTTP retries bounded by
 # tracking.max_retries (its default, 7 with exponential backoff, waits minutes on a dead
 # server), and no download progress bars in logs.
-def _mlflow_defaults(target: TrackingTarget) -> None:
+def mlflow_defaults(target: TrackingTarget) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(target.max_retries))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @contextlib.contextmanager
-def _unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
+def unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
     """A store that stops answering mid-call becomes ``TrackingUnavailable`` naming it."""
     try:
         yield
@@ -112,19 +112,19 @@ def _unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
         raise
 
 
-def _tracking_call(fn):
+def tracking_call(fn):
     """Check the store, point MLflow at it, and report it if it stops answering."""
 
     @functools.wraps(fn)
     def wrapper(target: TrackingTarget, *args, **kwargs):
-        _mlflow_defaults(target)
+        mlflow_defaults(target)
         check_reachable(target)
         # set_tracking_uri also exports MLFLOW_TRACKING_URI, which outranks mlflow.yml: put
         # the environment back so a later config in this process is read as written.
         exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(target.uri)
         try:
-            with _unreachable_as_error(target):
+            with unreachable_as_error(target):
                 return fn(target, *args, **kwargs)
         finally:
             if exported is None:
@@ -135,12 +135,14 @@ def _tracking_call(fn):
     return wrapper
 
 
-def _client(target: TrackingTarget) -> MlflowClient:
+def mlflow_client(target: TrackingTarget) -> MlflowClient:
+    """A client of the target's tracking store and registry."""
     return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
 
-def _experiment_id(target: TrackingTarget) -> str:
-    client = _client(target)
+def experiment_id_of(target: TrackingTarget) -> str:
+    """The id of the target's experiment, created if missing; a deleted one is an error."""
+    client = mlflow_client(target)
     exp = client.get_experiment_by_name(target.experiment)
     if exp is None:
         try:
@@ -158,12 +160,13 @@ def _experiment_id(target: TrackingTarget) -> str:
     return exp.experiment_id
 
 
-@_tracking_call
+@tracking_call
 def connect(target: TrackingTarget) -> str:
     """The experiment's id, created with the configured artifact location if missing."""
-    return _experiment_id(target)
+    return experiment_id_of(target)
 
 
-def _record(run) -> RunRecord:
+def run_record(run) -> RunRecord:
+    """An MLflow run as the plain ``RunRecord`` that ``promotion`` reads."""
     data = run.data
     return RunRecord(run.info.run_id, dict(data.params), dict(data.tags), dict(data.metrics))

@@ -22,17 +22,17 @@ from vae_core.image_pipeline import ImageData, image_fingerprint
 from vae_core.ingest import LabelledTable
 from vae_core.pipeline import Splits, TrainOutcome, score_table
 from vae_core.promotion import training_run_note
-from vae_core.tracking.packaging import _input_example, log_packaged_model
+from vae_core.tracking.packaging import input_example, log_packaged_model
 from vae_core.tracking.provenance import code_version, settings_params, table_fingerprint
 from vae_core.tracking.store import (
     NOTE_TAG,
     TrackingTarget,
-    _client,
-    _experiment_id,
-    _mlflow_defaults,
-    _record,
-    _tracking_call,
-    _unreachable_as_error,
+    experiment_id_of,
+    mlflow_client,
+    mlflow_defaults,
+    run_record,
+    tracking_call,
+    unreachable_as_error,
 )
 from vae_core.train import EpochCallback, EpochLog
 
@@ -40,15 +40,15 @@ MODEL_URI_TAG = "vae.model_uri"  # on a training run: the packaged model it logg
 _TOP_ANOMALIES, _PRIOR_SAMPLES, _EXAMPLE_ROWS = 20, 200, 5
 
 
-@_tracking_call
+@tracking_call
 def start_training_run(target: TrackingTarget, cfg: PipelineConfig, data_source: str) -> str:
     """Open a training run (status RUNNING) with every setting as a parameter; its id.
 
     Per-epoch metrics go in through ``epoch_logger``; ``log_training_run`` logs the rest and
     ends the run, ``end_failed_run`` marks it failed.
     """
-    experiment_id = _experiment_id(target)
-    client = _client(target)
+    experiment_id = experiment_id_of(target)
+    client = mlflow_client(target)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     tags = {"vae.step": "training", "data.source": str(data_source), **code_version()}
     run = client.create_run(experiment_id, run_name=f"train-{stamp}", tags=tags)
@@ -60,8 +60,8 @@ def start_training_run(target: TrackingTarget, cfg: PipelineConfig, data_source:
 
 def epoch_logger(target: TrackingTarget, run_id: str) -> EpochCallback:
     """A ``fit`` callback logging each epoch's losses (nats per row), beta and seconds."""
-    _mlflow_defaults(target)
-    client = _client(target)
+    mlflow_defaults(target)
+    client = mlflow_client(target)
 
     def log_epoch(log: EpochLog) -> None:
         now = int(time.time() * 1000)
@@ -72,7 +72,7 @@ def epoch_logger(target: TrackingTarget, run_id: str) -> EpochCallback:
             for key, value in values.items()
             if key != "epoch" and value is not None
         ]
-        with _unreachable_as_error(target):
+        with unreachable_as_error(target):
             client.log_batch(run_id, metrics=metrics)
 
     return log_epoch
@@ -80,10 +80,10 @@ def epoch_logger(target: TrackingTarget, run_id: str) -> EpochCallback:
 
 def end_failed_run(target: TrackingTarget, run_id: str) -> None:
     """Mark a training run FAILED (training or logging raised)."""
-    _client(target).set_terminated(run_id, "FAILED")
+    mlflow_client(target).set_terminated(run_id, "FAILED")
 
 
-@_tracking_call
+@tracking_call
 def log_training_run(
     target: TrackingTarget,
     run_id: str,
@@ -104,7 +104,7 @@ def log_training_run(
         _log_evaluation(outcome)
         _log_examples(outcome, table, cfg.scoring.top_features)
         _log_review(outcome.review)
-        example = _input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
+        example = input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
         info = log_packaged_model(outcome.detector, example, cfg.scoring.top_features)
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         _describe_training_run(target, run_id)
@@ -113,11 +113,11 @@ def log_training_run(
 
 def _describe_training_run(target: TrackingTarget, run_id: str) -> None:
     """The run's description, from what it logged (``promotion.training_run_note``)."""
-    client = _client(target)
-    client.set_tag(run_id, NOTE_TAG, training_run_note(_record(client.get_run(run_id))))
+    client = mlflow_client(target)
+    client.set_tag(run_id, NOTE_TAG, training_run_note(run_record(client.get_run(run_id))))
 
 
-@_tracking_call
+@tracking_call
 def log_image_training_run(
     target: TrackingTarget,
     run_id: str,
