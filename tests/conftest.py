@@ -194,6 +194,20 @@ def config_store():
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+@pytest.fixture(scope="session")
+def harness():
+    """One temporary Prefect API server (sqlite, prefect_test_harness) for every in-process
+    flow test of the session, started by the first test that asks for it: a server start
+    costs seconds, and the flow tests do not depend on each other's runs (each names its
+    batches and reads its own flow runs). Heartbeats off: the runs are short."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
 def prefect_flow_run(api: str, name: str) -> dict:
     """The flow run called ``name`` as a Prefect API at ``api`` returns it ({} while there is
     none), through the REST filter endpoint (no client state)."""

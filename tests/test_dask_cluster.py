@@ -80,16 +80,6 @@ def write_partitions(frame: pd.DataFrame, folder: Path, n: int) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
 class Cluster:
     """A scheduler and two single-threaded workers, each in its own process group."""
 

@@ -23,16 +23,6 @@ def split_rows(frame: pd.DataFrame, n: int) -> list[pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory, harness):
     """A config in a fresh folder (its own sqlite store) and the train flow's result there."""
     from flows.train import train

@@ -49,16 +49,6 @@ def _images(folder, overrides=None):
     return write_pipeline_config(folder, settings)
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
 @pytest.fixture(autouse=True)
 def _own_store():
     with config_store():

@@ -14,16 +14,6 @@ from tests.conftest import CARDIO, config_store, promote, register, write_pipeli
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
-@pytest.fixture(scope="module")
 def champion(tmp_path_factory, cardio_table, trained_cardio):
     """A config in a fresh folder (its own sqlite store) whose champion is the session's
     trained cardio model."""
