@@ -8,7 +8,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
-from tests.conftest import CARDIO
+from tests.helpers import CARDIO
 from vae_core.config import CalibrationConfig, load_config
 from vae_core.ingest import load_table
 from vae_core.pipeline import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def run_cli(*args, cwd=None):
@@ -105,7 +105,7 @@ def test_user_mistakes_give_one_line_and_exit_code_2(args, message, tmp_path):
 def test_score_takes_its_settings_from_the_config_and_a_flag_wins(trained, tmp_path):
     """The same precedence as the score flow: --flag > mlflow.yml (scoring.top_features,
     scoring.chunk_rows, scoring.drift_psi_warning) > the defaults."""
-    from tests.conftest import write_pipeline_config
+    from tests.helpers import write_pipeline_config
 
     out, _ = trained
     scoring = {"top_features": 1, "chunk_rows": 400, "drift_psi_warning": 1e-9}
@@ -127,7 +127,7 @@ def own_table(folder, n: int = 1500):
     ``record_id`` nor ``label``."""
     import numpy as np
 
-    from tests.conftest import mixed_frame
+    from tests.helpers import mixed_frame
 
     table = mixed_frame(n, seed=7)  # enough calibration rows for the default policy
     table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
@@ -148,7 +148,7 @@ def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
-    from tests.conftest import config_store
+    from tests.helpers import config_store
     from vae_core.cli import app
 
     shutil.copy(ROOT / "mlflow.yml", tmp_path / "mlflow.yml")  # the checkout's, unchanged

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, config_store, write_pipeline_config
+from tests.helpers import ROOT, config_store, write_pipeline_config
 from vae_core.cli import app
 
 MNIST = ROOT / "data" / "mnist"

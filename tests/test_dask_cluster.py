@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     CARDIO,
     config_store,
     free_port,

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     CARDIO,
     ROOT,
     free_port,

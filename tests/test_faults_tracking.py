@@ -25,7 +25,7 @@ import requests
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import CARDIO, free_port, promote, register, write_pipeline_config
+from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
 from vae_core import registry
 from vae_core.cli import app
 from vae_core.config import load_config

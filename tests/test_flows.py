@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import CARDIO, ROOT, write_pipeline_config
+from tests.helpers import CARDIO, ROOT, write_pipeline_config
 
 
 def split_rows(frame: pd.DataFrame, n: int) -> list[pd.DataFrame]:

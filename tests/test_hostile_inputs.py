@@ -150,7 +150,7 @@ def test_every_server_the_project_starts_or_prints_binds_loopback():
     import re
 
     from flows.score import task_runner
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
     from vae_core.registry import TrackingTarget
 
     cfg = load_config(None, {"tracking": {"uri": "sqlite:///x.db"}})

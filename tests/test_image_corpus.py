@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests import image_corpus as corpus
-from tests.conftest import write_pipeline_config
+from tests.helpers import write_pipeline_config
 from vae_core.cli import app
 from vae_core.images import index_images, read_image_folder
 

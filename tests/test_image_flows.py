@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.conftest import ROOT, config_store, write_pipeline_config
+from tests.helpers import ROOT, config_store, write_pipeline_config
 from vae_core import VAEDetector, image_pipeline
 from vae_core.config import ImagesConfig, SplitConfig, load_config
 from vae_core.images import ImageSet

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vae_core import VAEDetector, image_input
 from vae_core.config import ImagesConfig
 from vae_core.image_pipeline import score_image_input

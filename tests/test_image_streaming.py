@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vae_core import VAEDetector, image_pipeline, image_stream
 from vae_core import images as vi
 from vae_core.calibrate import TargetFPR

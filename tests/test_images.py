@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from tests.conftest import ROOT, SHARED
+from tests.helpers import ROOT, SHARED
 from vae_core import VAEDetector, drawing, image_maps
 from vae_core import images as vi
 from vae_core.calibrate import TargetFPR

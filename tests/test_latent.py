@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, mixed_frame, write_pipeline_config
+from tests.helpers import ROOT, mixed_frame, write_pipeline_config
 from vae_core import VAEDetector
 from vae_core.cli import app
 from vae_core.latent import sample_realism, top_variance_directions

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import CARDIO, free_port, promote, register, write_pipeline_config
+from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
 from vae_core import registry
 from vae_core.config import load_config
 from vae_core.pipeline import score_table, train_and_evaluate

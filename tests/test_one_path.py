@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import CARDIO, config_store, promote, register, write_pipeline_config
+from tests.helpers import CARDIO, config_store, promote, register, write_pipeline_config
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import CARDIO, ROOT, free_port, prefect_flow_run, write_pipeline_config
+from tests.helpers import CARDIO, ROOT, free_port, prefect_flow_run, write_pipeline_config
 
 pytestmark = pytest.mark.e2e
 PREFECT = [sys.executable, "-m", "prefect"]

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import CARDIO, ROOT, free_port, write_pipeline_config
+from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 from vae_core import VAEDetector
 
 pytestmark = pytest.mark.slow

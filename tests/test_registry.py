@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.conftest import CARDIO, free_port, promote, register, write_pipeline_config
+from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
 from vae_core import registry
 from vae_core.cli import app
 from vae_core.config import PromotionConfig, load_config
@@ -381,7 +381,7 @@ def test_own_table_from_the_command_line_only_in_a_folder_without_a_config(
     the same file, score with models:/NAME@champion."""
     import shutil
 
-    from tests.conftest import config_store, mixed_frame
+    from tests.helpers import config_store, mixed_frame
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

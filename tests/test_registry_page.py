@@ -5,7 +5,7 @@ import dataclasses
 
 from mlflow import MlflowClient
 
-from tests.conftest import promote, register
+from tests.helpers import promote, register
 from vae_core import registry
 from vae_core.batch import BatchSummary
 from vae_core.detector import VAEDetector

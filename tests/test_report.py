@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import train_test_split
 
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 from vae_core.atomic import atomic_write
 from vae_core.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
 from vae_core.report import (
