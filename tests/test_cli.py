@@ -173,9 +173,16 @@ def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(
         assert "registered fraud version 1 as @challenger" in trained.output
         mlflow_script = Path(sys.executable).parent / "mlflow"
         assert f"review it:  {mlflow_script} ui --backend-store-uri" in trained.output
-        promoted = runner.invoke(app, ["promote", *own, "--registered-model", "fraud"])
+        # no --data: the held-out rows of the file version 1 was trained on, as recorded
+        promoted = runner.invoke(app, ["promote", "--registered-model", "fraud"])
         assert promoted.exit_code == 0, promoted.output
+        assert f"held-out rows of {tmp_path / 'my.parquet'}, as version 1" in promoted.output
         assert "models:/fraud@champion -> version 1" in promoted.output
+        (tmp_path / "my.parquet").rename(tmp_path / "moved.parquet")
+        gone = runner.invoke(app, ["promote", "--registered-model", "fraud", "--version", "1"])
+        assert gone.exit_code == 2
+        assert "version 1 was trained on" in gone.output and "give --data" in gone.output
+        (tmp_path / "moved.parquet").rename(tmp_path / "my.parquet")
         scored = runner.invoke(
             app, ["score", "--model", "models:/fraud@champion", "--data", "my.parquet",
                   "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev",

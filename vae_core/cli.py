@@ -174,15 +174,16 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
     from vae_core import registry
 
     target = registry.TrackingTarget.from_config(cfg)
-    run_id = registry.start_training_run(target, cfg, str(data))
+    source = str(Path(data).resolve())  # recorded: promote finds the rows from anywhere
+    run_id = registry.start_training_run(target, cfg, source)
     try:
         outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)])
         if _images(cfg):
             registry.log_image_training_run(
-                target, run_id, cfg, dataset, outcome, str(data), outcome.review
+                target, run_id, cfg, dataset, outcome, source, outcome.review
             )
         else:
-            registry.log_training_run(target, run_id, cfg, dataset, outcome, str(data))
+            registry.log_training_run(target, run_id, cfg, dataset, outcome, source)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             registry.end_failed_run(target, run_id)
@@ -260,9 +261,14 @@ def promote(
         label_column,
         id_column,
     )
+    target = registry.TrackingTarget.from_config(cfg)
+    if data is None and label_column is None and not id_column:
+        # the rows the version was trained and tested on, as its training run recorded them
+        cfg, source = _as_recorded(cfg, registry.training_data_of(target, version))
+    else:
+        source = data or cfg.path(cfg.data.train_path)
     if cfg.data.kind == "images":
         _no_table_options(label_column=label_column, id_column=id_column)
-    source = data or cfg.path(cfg.data.train_path)
     if cfg.data.kind == "images":
         from vae_core.image_pipeline import held_out_images, load_images
 
@@ -270,7 +276,6 @@ def promote(
     else:
         table = load_table(source, cfg.data)
         features, labels = held_out_rows(table, cfg.split)
-    target = registry.TrackingTarget.from_config(cfg)
     decision = registry.promote_challenger(
         target,
         cfg.promotion,
@@ -283,6 +288,48 @@ def promote(
     )
     typer.echo(f"{decision.model_name} {decision.summary()}")
     typer.echo(f"models:/{decision.model_name}@champion -> version {decision.champion or '-'}")
+
+
+def _as_recorded(cfg, record: dict):
+    """(``cfg`` with the data, split and images settings a version's training run recorded,
+    its data source): ``promote`` without --data scores both models on the held-out rows
+    of the file the challenger was trained on, split as it was, whatever the current config
+    says. A run that recorded no source (older versions) keeps the config's own data."""
+    import json
+
+    from vae_core.config import DataConfig, ImagesConfig, SplitConfig
+
+    source = record.get("source")
+    if not source:
+        return cfg, cfg.path(cfg.data.train_path)
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(
+            f"version {record['version']} was trained on {source}, which is not here: give "
+            "--data (with --label-column and --id-column for a table) to promote on other rows"
+        )
+
+    def parsed(text: str):
+        if text == "None":
+            return None
+        if text[:1] in "[{":
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        return text
+
+    sections = {"data": DataConfig, "split": SplitConfig, "images": ImagesConfig}
+    update = {}
+    for section, model in sections.items():
+        recorded = {
+            key.partition(".")[2]: parsed(value)
+            for key, value in record["settings"].items()
+            if key.startswith(f"{section}.") and key.partition(".")[2] in model.model_fields
+        }
+        update[section] = model(**(getattr(cfg, section).model_dump() | recorded))
+    typer.echo(f"held-out rows of {path}, as version {record['version']} was trained")
+    return cfg.model_copy(update=update), path
 
 
 @app.command()

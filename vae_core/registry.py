@@ -26,6 +26,7 @@ from vae_core.tracking.registration import (
     ModelVersionRef,
     promote_challenger,
     register_challenger,
+    training_data_of,
     version_tags,
 )
 from vae_core.tracking.scoring_runs import (
@@ -87,6 +88,7 @@ __all__ = [
     "parse_model_uri",
     "pip_requirements",
     "promote_challenger",
+    "training_data_of",
     "register_challenger",
     "score_distribution",
     "scoring_dataset",

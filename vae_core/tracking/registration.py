@@ -276,6 +276,25 @@ def promote_challenger(
     return decision
 
 
+@tracking_call
+def training_data_of(target: TrackingTarget, version: str | int | None = None) -> dict:
+    """Where a version's held-out rows came from, as its training run recorded it: the
+    version, ``source`` (the run's ``data.source`` tag: the file or folder it was trained
+    on) and ``settings`` (the run's ``data.*``, ``split.*`` and ``images.*`` parameters, as
+    logged). ``version`` None: the ``challenger`` alias."""
+    client, name = mlflow_client(target), target.model_name
+    mv = _challenger_version(client, name, version)
+    run = client.get_run(mv.run_id)
+    settings = {
+        k: v for k, v in run.data.params.items() if k.startswith(("data.", "split.", "images."))
+    }
+    return {
+        "version": str(mv.version),
+        "source": run.data.tags.get("data.source"),
+        "settings": settings,
+    }
+
+
 def _challenger_version(client: MlflowClient, name: str, version: str | int | None):
     if version is not None:
         mv = version_by_number(client, name, version)
