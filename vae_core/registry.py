@@ -88,7 +88,6 @@ __all__ = [
     "parse_model_uri",
     "pip_requirements",
     "promote_challenger",
-    "training_data_of",
     "register_challenger",
     "score_distribution",
     "scoring_dataset",
@@ -99,5 +98,6 @@ __all__ = [
     "start_training_run",
     "table_fingerprint",
     "top_anomalies",
+    "training_data_of",
     "version_tags",
 ]
