@@ -165,7 +165,7 @@ class TrainingConfig(_Section):
 
     epochs: int = Field(200, ge=1, le=1_000_000)
     batch_size: int = Field(128, ge=1, le=1_000_000)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     patience: int = Field(5, ge=1)
     kl_warmup_epochs: int = Field(0, ge=0)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)

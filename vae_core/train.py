@@ -27,7 +27,7 @@ class TrainConfig:
 
     epochs: int = 200
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     kl_warmup_epochs: int = 0  # linear KL weight 0 -> 1 over these epochs (0 = off)
     # Epochs without validation improvement before stopping. Short on purpose: the data are
