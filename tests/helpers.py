@@ -140,3 +140,13 @@ def prefect_flow_run(api: str, name: str) -> dict:
     with urllib.request.urlopen(req, timeout=10) as r:
         runs = json.load(r)
     return runs[0] if runs else {}
+
+
+def own_table(folder: Path, n: int = 1500) -> pd.DataFrame:
+    """A user's table unlike the demo's, written to ``folder/my.parquet``: other columns, its
+    own id and label names (``txn_id``, ``is_fraud``), neither ``record_id`` nor ``label``."""
+    table = mixed_frame(n, seed=7)  # enough calibration rows for the default policy
+    table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
+    table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
+    table.to_parquet(folder / "my.parquet", index=False)
+    return table

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, own_table
 
 
 def run_cli(*args, cwd=None):
@@ -120,20 +120,6 @@ def test_score_takes_its_settings_from_the_config_and_a_flag_wins(trained, tmp_p
     by_flag = run_cli(*args, "--top-features", "2", "--out", tmp_path / "b.parquet")
     assert by_flag.returncode == 0, by_flag.stderr
     assert "top_feature_2" in pd.read_parquet(tmp_path / "b.parquet").columns
-
-
-def own_table(folder, n: int = 1500):
-    """A table unlike the demo's: other columns, its own id and label names, neither
-    ``record_id`` nor ``label``."""
-    import numpy as np
-
-    from tests.helpers import mixed_frame
-
-    table = mixed_frame(n, seed=7)  # enough calibration rows for the default policy
-    table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
-    table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
-    table.to_parquet(folder / "my.parquet", index=False)
-    return table
 
 
 def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(

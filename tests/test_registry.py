@@ -381,15 +381,12 @@ def test_own_table_from_the_command_line_only_in_a_folder_without_a_config(
     the same file, score with models:/NAME@champion."""
     import shutil
 
-    from tests.helpers import config_store, mixed_frame
+    from tests.helpers import config_store, own_table
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     shutil.copy(_mlflow_template_db, tmp_path / "mlflow.db")  # the default store, migrated
-    table = mixed_frame(1500, seed=7)  # enough calibration rows for the default policy
-    table.insert(0, "txn_id", [f"t{i:04d}" for i in range(len(table))])
-    table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
-    table.to_parquet(tmp_path / "my.parquet", index=False)
+    table = own_table(tmp_path)
     own = ["--data", "my.parquet", "--label-column", "is_fraud", "--id-column", "txn_id"]
     runner = CliRunner()
     with config_store():
