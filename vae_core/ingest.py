@@ -152,14 +152,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot be read as {kind} ({exc})") from exc
     check_column_names(frame.columns, path)
-    if kind == "csv" and [str(c) for c in frame.columns] != header:
-        raise ValueError(
-            f"{path}: the header reads as {header} but pandas read the columns "
-            f"{list(frame.columns)}; check the quoting of the header line"
-        )
+    if kind == "csv":
+        _check_header_read(path, header, frame.columns)
     if frame.empty:
         raise ValueError(f"{path}: the file has no data rows")
     return frame
+
+
+def _check_header_read(path: Path, header: list[str], columns) -> None:
+    """ValueError when pandas read other columns than the CSV's header line names."""
+    if [str(c) for c in columns] != header:
+        raise ValueError(
+            f"{path}: the header reads as {header} but pandas read the columns "
+            f"{list(columns)}; check the quoting of the header line"
+        )
 
 
 def _parquet_names(path: Path) -> list[str]:
@@ -413,11 +419,7 @@ def _table_chunks(path: Path):
             )
             with reader:
                 for chunk in reader:
-                    if [str(c) for c in chunk.columns] != header:
-                        raise ValueError(
-                            f"{path}: the header reads as {header} but pandas read the columns "
-                            f"{list(chunk.columns)}; check the quoting of the header line"
-                        )
+                    _check_header_read(path, header, chunk.columns)
                     yield chunk
         else:
             _parquet_names(path)
