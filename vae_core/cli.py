@@ -295,8 +295,7 @@ def _as_recorded(cfg, record: dict):
     its data source): ``promote`` without --data scores both models on the held-out rows
     of the file the challenger was trained on, split as it was, whatever the current config
     says. A run that recorded no source (older versions) keeps the config's own data."""
-    import json
-
+    from vae_core import registry
     from vae_core.config import DataConfig, ImagesConfig, SplitConfig
 
     source = record.get("source")
@@ -309,21 +308,11 @@ def _as_recorded(cfg, record: dict):
             "--data (with --label-column and --id-column for a table) to promote on other rows"
         )
 
-    def parsed(text: str):
-        if text == "None":
-            return None
-        if text[:1] in "[{":
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                return text
-        return text
-
     sections = {"data": DataConfig, "split": SplitConfig, "images": ImagesConfig}
     update = {}
     for section, model in sections.items():
         recorded = {
-            key.partition(".")[2]: parsed(value)
+            key.partition(".")[2]: registry.setting_value(value)
             for key, value in record["settings"].items()
             if key.startswith(f"{section}.") and key.partition(".")[2] in model.model_fields
         }

@@ -13,6 +13,7 @@ from vae_core.tracking.packaging import (
 from vae_core.tracking.provenance import (
     code_version,
     scoring_settings,
+    setting_value,
     settings_params,
     source_digest,
     table_fingerprint,
@@ -93,6 +94,7 @@ __all__ = [
     "scoring_dataset",
     "scoring_run_note",
     "scoring_settings",
+    "setting_value",
     "settings_params",
     "source_digest",
     "start_training_run",

@@ -63,6 +63,19 @@ def settings_params(cfg: PipelineConfig) -> dict[str, str]:
     return flat
 
 
+def setting_value(text: str):
+    """A value as ``settings_params`` logged it, back: "None" -> None, a JSON list -> a list;
+    anything else stays text for the config's validation to read ("0.2", "true")."""
+    if text == "None":
+        return None
+    if text[:1] == "[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
 def scoring_settings(cfg: PipelineConfig) -> dict[str, str]:
     """The settings a scoring run records as parameters: the scoring section (chunk rows,
     top features, missing values, task runner ...), the id columns and, for images, the
