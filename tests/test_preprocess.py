@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vae_core.columns import MISSING_CATEGORY, _to_category
 from vae_core.input_stats import grid_variance
-from vae_core.preprocess import MISSING_CATEGORY, TabularPreprocessor, _to_category
+from vae_core.preprocess import TabularPreprocessor
 
 
 def test_numpy_mapping_equals_the_fitted_column_transformer(mixed_data):

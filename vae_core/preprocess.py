@@ -8,8 +8,8 @@ as plain numbers (medians, means, scales, category lists) and applied with NumPy
 JSON, so a model file cannot run code when loaded and reads the same under any scikit-learn
 version. ``tests/test_preprocess.py`` checks that both give the same matrix.
 
-Images: pixel values are divided by 255 when the array is ``uint8`` (else used as given) and
-flattened; the model reshapes them.
+Images: ``image_preprocess.ImagePreprocessor`` (re-exported here). The column conversions
+and the schema record of one column are in ``columns``.
 
 Every check raises ``ValueError`` with a message that names the column and example rows.
 """
@@ -18,95 +18,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
-from pandas.api import types as ptypes
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import MissingIndicator, SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from vae_core.columns import (
+    MIN_FIT_ROWS,
+    ColumnSpec,
+    _is_numeric,
+    _numeric_strings,
+    _rows,
+    _to_category,
+    _to_numeric,
+    as_frame,
+)
+from vae_core.image_preprocess import ImagePreprocessor  # re-exported: callers import it here
 from vae_core.ingest import check_column_names, numeric_text_message, text_among_numbers
 from vae_core.model import FeatureLayout
-
-MISSING_CATEGORY = "<missing>"
-MIN_FIT_ROWS = 10
-_EXAMPLES = 5  # rows quoted in an error message
-
-
-def _rows(index: pd.Index, mask: np.ndarray) -> str:
-    bad = index[np.asarray(mask)]
-    shown = ", ".join(str(r) for r in bad[:_EXAMPLES])
-    more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
-    return f"row(s) {shown}{more}"
-
-
-def as_frame(X, columns: list[str] | None = None) -> pd.DataFrame:
-    """A DataFrame view of X; arrays get the fitted names, or ``x0 .. x{d-1}`` at fit. Column
-    labels are used as their text (``pd.DataFrame(array)`` labels its columns 0, 1, ...), as
-    the fitted schema records them."""
-    if isinstance(X, pd.DataFrame):
-        if all(isinstance(c, str) for c in X.columns):
-            return X
-        return X.set_axis([str(c) for c in X.columns], axis=1)
-    arr = np.asarray(X)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"expected a 2-D table (rows x columns), got an array of shape {arr.shape}"
-        )
-    if columns is not None and arr.shape[1] != len(columns):
-        raise ValueError(
-            f"expected {len(columns)} columns as at fit ({', '.join(columns[:8])}"
-            f"{', ...' if len(columns) > 8 else ''}), got {arr.shape[1]}"
-        )
-    return pd.DataFrame(arr, columns=columns or [f"x{i}" for i in range(arr.shape[1])])
-
-
-def _is_numeric(s: pd.Series) -> bool:
-    return ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s)
-
-
-def _to_numeric(s: pd.Series, name: str) -> np.ndarray:
-    """Column as float64; unparseable values and infinities raise, naming rows."""
-    if _is_numeric(s):
-        values = s.to_numpy(dtype="float64", na_value=np.nan)
-    else:
-        parsed = pd.to_numeric(s, errors="coerce")
-        bad = parsed.isna().to_numpy() & s.notna().to_numpy()
-        if bad.any():
-            examples = ", ".join(repr(v) for v in s[bad].head(3).tolist())
-            raise ValueError(
-                f"column {name!r} must be numeric: unparseable value(s) {examples} at "
-                f"{_rows(s.index, bad)}"
-            )
-        values = parsed.to_numpy(dtype="float64", na_value=np.nan)
-    inf = np.isinf(values)
-    if inf.any():
-        raise ValueError(f"column {name!r} has infinite values at {_rows(s.index, inf)}")
-    return values
-
-
-def _to_category(s: pd.Series) -> np.ndarray:
-    """Column as strings, missing values as their own category."""
-    return np.where(s.isna().to_numpy(), MISSING_CATEGORY, s.astype(str).to_numpy(dtype=object))
-
-
-@dataclass
-class ColumnSpec:
-    """One column of the feature schema, recorded at fit and checked at scoring."""
-
-    name: str
-    kind: str  # "numeric" | "categorical" | "constant"
-    dtype: str
-    median: float | None = None
-    mean: float | None = None
-    scale: float | None = None
-    missing_indicator: bool = False
-    categories: list[str] = field(default_factory=list)
-    constant_value: float | str | None = None
-    point_mass: float | None = None  # a value held by many rows, modelled as its own outcome
 
 
 class TabularPreprocessor:
@@ -462,101 +395,6 @@ def _point_mass(values: pd.Series, share: float) -> float | None:
     if len(counts) < 2 or counts.iloc[0] < share * len(values):
         return None
     return float(counts.index[0])
-
-
-def _numeric_strings(s: pd.Series) -> bool:
-    """True for a text column whose every non-missing value parses as a number."""
-    if not (ptypes.is_string_dtype(s) or ptypes.is_object_dtype(s)):
-        return False
-    present = s.dropna()
-    return bool(len(present)) and pd.to_numeric(present, errors="coerce").notna().all()
-
-
-class ImagePreprocessor:
-    """Images (n, H, W) or (n, C, H, W) -> flat model input in [0, 1] (uint8 divided by 255)."""
-
-    def __init__(self, likelihood: str = "gaussian"):
-        self.likelihood = likelihood
-        self.image_shape: tuple[int, int, int] | None = None
-        self.pixel_scale = 1.0
-
-    def _as_nchw(self, X) -> np.ndarray:
-        arr = np.asarray(X)
-        if arr.ndim == 3:
-            arr = arr[:, None]
-        if arr.ndim != 4:
-            raise ValueError(f"images must be (n, H, W) or (n, C, H, W), got shape {arr.shape}")
-        if len(arr) == 0:
-            raise ValueError("the input has no images")
-        return arr
-
-    def fit(self, X) -> ImagePreprocessor:
-        """Record the image shape and the pixel scale (255 for uint8). Reads only ``shape``
-        and ``dtype``, so X may be images that stay in their files (``images.ImageFiles``)."""
-        if not isinstance(getattr(X, "dtype", None), np.dtype):
-            X = np.asarray(X)
-        shape = tuple(int(s) for s in X.shape)
-        if len(shape) == 3:
-            shape = (shape[0], 1, *shape[1:])
-        if len(shape) != 4:
-            raise ValueError(f"images must be (n, H, W) or (n, C, H, W), got shape {shape}")
-        if shape[0] < MIN_FIT_ROWS:
-            raise ValueError(f"need at least {MIN_FIT_ROWS} images to fit, got {shape[0]}")
-        self.image_shape = shape[1:]
-        self.pixel_scale = 255.0 if X.dtype == np.uint8 else 1.0
-        return self
-
-    def transform(self, X, first_index: int = 0) -> np.ndarray:
-        """Flat float32 model input (n, C*H*W) in [0, 1] for uint8 images.
-
-        first_index : position of X's first image in the caller's data, so that an error
-        names the caller's index when X is one chunk of it.
-        """
-        arr = self._as_nchw(X)
-        if tuple(arr.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must have shape {self.image_shape}, got {arr.shape[1:]}")
-        flat = arr.reshape(len(arr), -1).astype("float32") / self.pixel_scale
-        bad = ~np.isfinite(flat).all(1)
-        if bad.any():
-            raise ValueError(
-                "images with NaN or infinite pixels at index "
-                f"{np.flatnonzero(bad)[:5] + int(first_index)}"
-            )
-        return flat
-
-    @property
-    def layout(self) -> FeatureLayout:
-        d = math.prod(self.image_shape)
-        return FeatureLayout(d, 0) if self.likelihood == "gaussian" else FeatureLayout(0, d)
-
-    @property
-    def feature_names(self) -> list[str]:
-        c, h, w = self.image_shape
-        return [f"c{k}_y{i}_x{j}" for k in range(c) for i in range(h) for j in range(w)]
-
-    term_columns = feature_names
-
-    @property
-    def term_log_scale(self) -> np.ndarray:
-        scale = math.log(self.pixel_scale) if self.likelihood == "gaussian" else 0.0
-        return np.full(math.prod(self.image_shape), scale)
-
-    def inverse_transform(self, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return (u * self.pixel_scale).reshape(len(u), *self.image_shape)
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": "image",
-            "likelihood": self.likelihood,
-            "image_shape": list(self.image_shape),
-            "pixel_scale": self.pixel_scale,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ImagePreprocessor:
-        pre = cls(d["likelihood"])
-        pre.image_shape, pre.pixel_scale = tuple(d["image_shape"]), float(d["pixel_scale"])
-        return pre
 
 
 def preprocessor_from_dict(d: dict):
