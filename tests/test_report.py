@@ -21,12 +21,12 @@ from tests.helpers import shared_dataset
 from vae_core.atomic import atomic_write
 from vae_core.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
 from vae_core.report import (
-    _histogram_range,
     _labelled_block,
     _resample_counts,
     evaluate,
     write_report,
 )
+from vae_core.report_plots import _histogram_range
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

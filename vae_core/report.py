@@ -11,9 +11,8 @@ metric is computed for a block of resamples at once from cumulative sums over th
 by score, which equals scikit-learn with ``sample_weight`` set to those counts.
 
 ``write_report`` writes ``report.json``, ``report.md`` and PNG plots, each atomically (a temp
-file in the same folder, then ``os.replace``). Plots use matplotlib's object API
-(``matplotlib.figure.Figure``), which renders with Agg without touching the global backend,
-so writing a report from a notebook does not switch the user's backend.
+file in the same folder, then ``os.replace``). The record and its Markdown are in
+``report_record``, the plots in ``report_plots``.
 """
 
 from __future__ import annotations
@@ -21,17 +20,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vae_core.atomic import atomic_write
 from vae_core.calibrate import (
@@ -41,83 +34,21 @@ from vae_core.calibrate import (
     flag_anomalies,
     metrics_at_threshold,
 )
-
-METRIC_LABELS = {
-    "roc_auc": "ROC-AUC",
-    "average_precision": "Average precision",
-    "precision": "Precision",
-    "recall": "Recall",
-    "f1": "F1",
-    "fpr": "False-positive rate",
-    "flagged_share": "Flagged share",
-}
-"""Rates shown in the Markdown table, in order; counts (tn, fp, fn, tp) go in the matrix."""
+from vae_core.report_plots import (
+    plot_latent_map as plot_latent_map,  # re-exported: latent imports it here
+)
+from vae_core.report_plots import (
+    plot_pr_curve,
+    plot_roc_curve,
+    plot_score_histogram,
+    plot_training_curve,
+)
+from vae_core.report_record import (
+    METRIC_LABELS as METRIC_LABELS,  # re-exported: promotion imports it here
+)
+from vae_core.report_record import Estimate, EvaluationReport
 
 _BOOTSTRAP_CELLS = 2_000_000  # resample counts held in memory at once (int64: 16 MB)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate and its percentile bootstrap interval ``[low, high]``."""
-
-    value: float
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class EvaluationReport:
-    """Test-split numbers at one threshold.
-
-    ``metrics`` maps a name to an ``Estimate``: ``flagged_count``, ``flagged_share`` always;
-    with labels also ``roc_auc``, ``average_precision``, ``precision``, ``recall``, ``f1``,
-    ``fpr``, ``tn``, ``fp``, ``fn``, ``tp``. ``score_summary`` describes the score distribution
-    per group (``all``, and ``normal`` / ``anomaly`` with labels).
-    """
-
-    threshold: float
-    n_rows: int
-    n_anomalies: int | None
-    metrics: dict[str, Estimate]
-    score_summary: dict[str, dict[str, float]]
-    n_bootstrap: int
-    confidence: float
-    random_state: int
-    # "Is it better than the simple thing?": IsolationForest on the same split (see
-    # ``pipeline.isolation_forest_baseline``): method, settings, roc_auc, average_precision.
-    baseline: dict[str, Any] | None = None
-
-    @property
-    def flagged_count(self) -> int:
-        return int(self.metrics["flagged_count"].value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (metrics as ``{"value", "low", "high"}``)."""
-        return {
-            "threshold": self.threshold,
-            "tie_rule": "flagged iff anomaly_score > threshold",
-            "n_rows": self.n_rows,
-            "n_anomalies": self.n_anomalies,
-            "metrics": {name: vars(est).copy() for name, est in self.metrics.items()},
-            "score_summary": self.score_summary,
-            "bootstrap": {
-                "n_resamples": self.n_bootstrap,
-                "confidence": self.confidence,
-                "random_state": self.random_state,
-                "scheme": "percentile, resampled within each class",
-            },
-            "baseline": self.baseline,
-        }
-
-    def to_markdown(self, calibration: Calibration | None = None) -> str:
-        """Short summary for a reviewer: threshold and its origin, metrics, confusion matrix."""
-        lines = ["# Anomaly detection: evaluation on the test split", ""]
-        lines += _threshold_lines(self, calibration)
-        lines += _metric_table(self)
-        lines += baseline_lines(self)
-        if self.n_anomalies is not None:
-            lines += _confusion_table(self)
-        return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -278,218 +209,7 @@ def _bootstrap_metrics(
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-# --------------------------------------------------------------------------- markdown
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _threshold_lines(report: EvaluationReport, calibration: Calibration | None) -> list[str]:
-    lines = [
-        f"- Threshold: **{report.threshold:.6g}** (a row is flagged iff its anomaly score is "
-        "strictly greater; a score equal to the threshold is normal)."
-    ]
-    if calibration is not None:
-        params = ", ".join(f"{k}={v}" for k, v in calibration.params.items())
-        anomalies = (
-            "unlabelled"
-            if calibration.n_anomalies is None
-            else f"{calibration.n_anomalies} labelled anomalies"
-        )
-        lines.append(
-            f"- Chosen by policy `{calibration.policy}` ({params}) with method "
-            f"`{calibration.method}` on `{calibration.score_name}` of "
-            f"{calibration.n_calibration} calibration rows ({anomalies})."
-        )
-        if calibration.fallback_reason:
-            lines.append(f"- **Fallback:** {calibration.fallback_reason}.")
-    anomalies = "" if report.n_anomalies is None else f", {report.n_anomalies} anomalies"
-    lines.append(
-        f"- Test split: {report.n_rows} rows{anomalies}; flagged {report.flagged_count} "
-        f"({report.metrics['flagged_share'].value:.2%})."
-    )
-    return [*lines, ""]
-
-
-def _metric_table(report: EvaluationReport) -> list[str]:
-    level = f"{report.confidence:.0%} CI"
-    lines = [f"| metric | value | {level} |", "|---|---|---|"]
-    for name, label in METRIC_LABELS.items():
-        if name in report.metrics:
-            est = report.metrics[name]
-            lines.append(f"| {label} | {_fmt(est.value)} | {_fmt(est.low)} – {_fmt(est.high)} |")
-    lines.append("")
-    lines.append(
-        f"Intervals: percentile bootstrap, {report.n_bootstrap} resamples within each class "
-        f"(seed {report.random_state})."
-    )
-    return [*lines, ""]
-
-
-def baseline_lines(report: EvaluationReport) -> list[str]:
-    """The VAE beside the baseline on the same test rows (threshold-free metrics)."""
-    b = report.baseline
-    if not b or "roc_auc" not in report.metrics:
-        return []
-    lines = [
-        "## Against the simple thing",
-        "",
-        f"{b['method']} ({b['settings']}), fitted on the same training split and scored on",
-        "the same test rows:",
-        "",
-        f"| metric | VAE | {b['method']} |",
-        "|---|---|---|",
-    ]
-    for key in ("roc_auc", "average_precision"):
-        ours = report.metrics[key].value
-        lines.append(f"| {METRIC_LABELS[key]} | {_fmt(ours)} | {_fmt(b[key])} |")
-    return [*lines, ""]
-
-
-def _confusion_table(report: EvaluationReport) -> list[str]:
-    def cell(name: str) -> str:
-        est = report.metrics[name]
-        return f"{est.value:.0f} [{est.low:.0f}, {est.high:.0f}]"
-
-    return [
-        "Confusion matrix at the threshold (count [CI]):",
-        "",
-        "| | predicted normal | predicted anomaly |",
-        "|---|---|---|",
-        f"| actual normal | {cell('tn')} | {cell('fp')} |",
-        f"| actual anomaly | {cell('fn')} | {cell('tp')} |",
-        "",
-    ]
-
-
 # --------------------------------------------------------------------------- files
-
-
-def _save_figure(fig, path: Path) -> Path:
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-
-
-def _new_axes(title: str, xlabel: str, ylabel: str):
-    from matplotlib.figure import Figure  # lazy: importing vae_core must not load matplotlib
-
-    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    return fig, ax
-
-
-def plot_roc_curve(report: EvaluationReport, scores: np.ndarray, y: np.ndarray, path: Path):
-    """ROC curve of the (n,) test scores with the operating point at the threshold."""
-    fpr, tpr, _ = roc_curve(y, scores)
-    m = report.metrics
-    fig, ax = _new_axes(f"ROC (AUC {m['roc_auc'].value:.3f})", "false-positive rate", "recall")
-    ax.plot(fpr, tpr, label="test split")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
-    ax.plot(m["fpr"].value, m["recall"].value, "o", color="C3", label="threshold")
-    ax.legend(loc="lower right")
-    return _save_figure(fig, path)
-
-
-def plot_pr_curve(report: EvaluationReport, scores: np.ndarray, y: np.ndarray, path: Path):
-    """Precision-recall curve of the (n,) test scores with the operating point."""
-    precision, recall, _ = precision_recall_curve(y, scores)
-    m = report.metrics
-    title = f"Precision-recall (AP {m['average_precision'].value:.3f})"
-    fig, ax = _new_axes(title, "recall", "precision")
-    ax.plot(recall, precision, drawstyle="steps-post", label="test split")
-    ax.axhline(y.mean(), ls=":", color="grey", label="prevalence")
-    ax.plot(m["recall"].value, m["precision"].value, "o", color="C3", label="threshold")
-    ax.set(xlim=(0, 1.01), ylim=(0, 1.02))
-    ax.legend(loc="lower left")
-    return _save_figure(fig, path)
-
-
-def _histogram_range(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, str, str]:
-    """Bins for a histogram; log bins when positive scores span 3+ orders of magnitude,
-    else the 0.5-99.5% range (widened to show the threshold) when outliers would squash it."""
-    lo, hi = float(scores.min()), float(scores.max())
-    if lo > 0 and hi / lo >= 1e3:
-        return np.geomspace(lo, hi, 60), "log", ""
-    q_lo, q_hi = np.quantile(scores, [0.005, 0.995])
-    if hi - lo > 10 * (q_hi - q_lo) > 0:
-        q_lo, q_hi = min(q_lo, threshold), max(q_hi, threshold)
-        n_out = int(((scores < q_lo) | (scores > q_hi)).sum())
-        return np.linspace(q_lo, q_hi, 60), "linear", f" ({n_out} rows outside the range)"
-    return np.linspace(lo, hi, 60), "linear", ""
-
-
-def plot_score_histogram(
-    scores: np.ndarray, y: np.ndarray | None, threshold: float, path: Path
-) -> Path:
-    """Density histograms of the (n,) scores per class, with the threshold line."""
-    bins, xscale, note = _histogram_range(scores, threshold)
-    xlabel = "anomaly score (higher = more anomalous)"
-    fig, ax = _new_axes(f"Anomaly scores{note}", xlabel, "density")
-    if y is None:
-        groups = {"all rows": scores}
-    else:
-        groups = {"normal": scores[y == 0], "anomaly": scores[y == 1]}
-    for label, group in groups.items():
-        ax.hist(group, bins=bins, density=True, alpha=0.5, label=f"{label} (n={group.size})")
-    ax.axvline(threshold, color="C3", ls="--", label=f"threshold {_fmt(threshold)}")
-    ax.set_xscale(xscale)
-    ax.legend()
-    return _save_figure(fig, path)
-
-
-def plot_latent_map(
-    coords: np.ndarray,
-    scores: np.ndarray,
-    y: np.ndarray | None,
-    shares: Sequence[float],
-    path: Path,
-) -> Path:
-    """The latent space seen from its two directions of most variance: one point per test row
-    (its posterior mean projected, (n, 2) ``coords``), coloured by anomaly score (colour scale
-    clipped at the 1st and 99th percentiles, so one extreme row does not wash it out), known
-    anomalies circled in red. ``shares`` : the variance share of each direction."""
-    fig, ax = _new_axes(
-        "Latent space of the test split (posterior means)",
-        f"direction 1 ({shares[0]:.0%} of the variance)",
-        f"direction 2 ({shares[1]:.0%} of the variance)" if len(shares) > 1 else "",
-    )
-    lo, hi = np.quantile(scores, [0.01, 0.99])
-    y2 = coords[:, 1] if coords.shape[1] > 1 else np.zeros(len(coords))
-    points = ax.scatter(coords[:, 0], y2, c=scores, cmap="viridis", vmin=lo, vmax=hi, s=12)
-    fig.colorbar(points, ax=ax, label="anomaly score (nats)")
-    if y is not None and (y == 1).any():
-        known = y == 1
-        ax.scatter(coords[known, 0], y2[known], s=40, facecolors="none", edgecolors="C3",
-                   linewidths=1.0, label=f"known anomaly (n={int(known.sum())})")  # fmt: skip
-        ax.legend(loc="best")
-    return _save_figure(fig, path)
-
-
-def _check_history(history: Sequence[dict[str, Any]]) -> None:
-    for i, row in enumerate(history):
-        missing = {"epoch", "train_loss", "val_loss"} - set(row)
-        if missing:
-            raise ValueError(f"history[{i}] lacks key(s) {sorted(missing)}")
-
-
-def plot_training_curve(history: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Training and validation negative ELBO (nats, mean per row) per epoch.
-
-    ``history`` is a list of dicts with keys ``epoch``, ``train_loss``, ``val_loss``; a
-    ``val_loss`` of None (no validation split) is left out of the plot.
-    """
-    _check_history(history)
-    if not history:
-        raise ValueError("history is empty: no epoch to plot")
-    fig, ax = _new_axes("Training", "epoch", "negative ELBO (nats per row)")
-    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
-        points = [(r["epoch"], r[key]) for r in history if r[key] is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker=".", label=label)
-    ax.legend()
-    return _save_figure(fig, path)
 
 
 def write_report(
