@@ -77,17 +77,18 @@ def test_a_table_preprocessed_in_blocks_scores_as_one_block(fitted_mixed, mixed_
     """Scoring preprocesses a large table a block of rows at a time (bounded memory); the
     scores and contributions are bit-identical to one block, for a DataFrame and an array."""
     import vae_core.detector as detector
+    import vae_core.preprocess as preprocess
 
     whole = fitted_mixed.anomaly_score(mixed_data)
     _, whole_terms = fitted_mixed.score_with_contributions(mixed_data)
-    monkeypatch.setattr(detector, "_TABLE_BLOCK", 1)  # one padded chunk per block
+    monkeypatch.setattr(preprocess, "_TABLE_BLOCK", 1)  # one padded chunk per block
     np.testing.assert_array_equal(fitted_mixed.anomaly_score(mixed_data), whole)
     _, terms = fitted_mixed.score_with_contributions(mixed_data)
     pd.testing.assert_frame_equal(terms, whole_terms)
     numeric = mixed_data.select_dtypes("number")
     det = detector.VAEDetector(epochs=2, hidden_dims=(8,), latent_dim=2).fit(numeric.to_numpy())
     blocked = det.anomaly_score(numeric.to_numpy())
-    monkeypatch.setattr(detector, "_TABLE_BLOCK", 1 << 16)
+    monkeypatch.setattr(preprocess, "_TABLE_BLOCK", 1 << 16)
     np.testing.assert_array_equal(det.anomaly_score(numeric.to_numpy()), blocked)
 
 

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from vae_core.detector_scoring import ScoringMixin
 from vae_core.devices import check_device
-from vae_core.image_stream import PixelRows, image_block_size, image_blocks, scan_images
+from vae_core.image_stream import PixelRows, scan_images
 from vae_core.images import image_rows
 from vae_core.input_stats import fingerprint, grid_variance
 from vae_core.latent_space import LatentSpaceMixin
@@ -36,8 +36,6 @@ from vae_core.model import VAE, VAEConfig
 from vae_core.persist import load_detector, save_detector
 from vae_core.preprocess import ImagePreprocessor, TabularPreprocessor
 from vae_core.train import EpochCallback, TrainConfig, train_vae
-
-_TABLE_BLOCK = 1 << 16  # table rows preprocessed at a time when scoring
 
 
 class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
@@ -324,27 +322,12 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         """The rows ``rows`` (positions; default all) of X as the model sees them, float32
         (n, input_dim): standardised numbers, indicators and one-hot blocks, or pixels."""
         check_is_fitted(self, "preprocessor_")
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            X = image_rows(X)
-            return self.preprocessor_.transform(np.asarray(X if rows is None else X[rows]))
-        if rows is not None:
-            X = X.iloc[rows] if isinstance(X, pd.DataFrame) else np.asarray(X)[rows]
-        return self.preprocessor_.transform(X)
+        return self.preprocessor_.transform_rows(X, rows)
 
     def model_input_blocks(self, X):
         """``model_input`` of all of X in consecutive blocks (images: memory ~ one block)."""
         check_is_fitted(self, "preprocessor_")
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            pre = self.preprocessor_
-            yield from image_blocks(pre, image_rows(X), image_block_size(pre))
-        else:
-            yield self.preprocessor_.transform(X)
-
-    def _fingerprint(self, X) -> str:
-        """``fingerprint`` of X's model input; images are hashed a block at a time."""
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            return scan_images(self.preprocessor_, image_rows(X), floors=False)[1]
-        return fingerprint(self.preprocessor_.transform(X))
+        yield from self.preprocessor_.transform_blocks(X)
 
     def calibrate(self, X, y=None, policy=None, score: str = "negative_elbo", k: int = 64):
         """Set ``threshold_`` on held-out calibration data by a policy; returns self.
@@ -369,7 +352,7 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         self.set_threshold(result.threshold)
         normal = scores if y is None else scores[np.asarray(y) == 0]
         data_id = {
-            "calibration_fingerprint": self._fingerprint(X),
+            "calibration_fingerprint": self.preprocessor_.input_fingerprint(X),
             # Reference for drift checks at scoring time (population stability index).
             "score_deciles": np.quantile(normal, np.linspace(0.1, 0.9, 9)).tolist(),
         }
@@ -384,33 +367,11 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
 
     # ---- model input for scoring (the scores: ScoringMixin, in detector_scoring) -------------
     def _scoring_blocks(self, X, chunk: int):
-        """(model input, observed mask or None) of X in blocks for ``_chunked``: images a chunk
-        of ``chunk`` rows at a time, tables ``_TABLE_BLOCK`` rows (whole chunks) at a time."""
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            X = image_rows(X)  # pixels become model input a chunk at a time
-            if len(X) == 0:
-                raise ValueError("the input has no images")
-            return ((u, None) for u in image_blocks(self.preprocessor_, X, chunk))
-        return self._table_blocks(X, chunk * max(1, _TABLE_BLOCK // chunk))
-
-    def _table_blocks(self, X, block: int):
-        """``_table_input`` of consecutive blocks of ``block`` rows: the preprocessing's
-        copies are of one block, not of the whole table (a row's input does not depend on
-        its block)."""
-        n = len(X)
-        if n <= block:
-            yield self._table_input(X)
-            return
-        rows = X.iloc if isinstance(X, pd.DataFrame) else X
-        for start in range(0, n, block):
-            yield self._table_input(rows[start : start + block])
-
-    def _table_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
-        """(model input, observed mask or None) of a table, as ``missing`` says."""
-        if self.missing != "marginalise":
-            return self.preprocessor_.transform(X), None
-        u, unobserved = self.preprocessor_.transform_with_gaps(X)
-        return u, ((~unobserved).astype("float32") if unobserved.any() else None)
+        """(model input, observed mask or None) of X in blocks of whole chunks of ``chunk``
+        rows, for ``_chunked``: the preprocessor's ``scoring_blocks``, missing cells left out
+        of the likelihood as ``missing`` says."""
+        marginalise = self.missing == "marginalise"
+        return self.preprocessor_.scoring_blocks(X, chunk, marginalise)
 
     # ---- the sklearn outlier contract ---------------------------------------------------------
     def score_samples(self, X) -> np.ndarray:

@@ -19,7 +19,6 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from vae_core.likelihood import elbo_terms, importance_weighted_log_likelihood, observed_terms
-from vae_core.preprocess import ImagePreprocessor
 
 # Rows per forward pass at scoring time, times Monte Carlo samples. Fixed for a given model so
 # that padding makes scores independent of the caller's batch size (see module docstring).
@@ -90,12 +89,7 @@ class ScoringMixin:
         ("" for a complete row)."""
         check_is_fitted(self, "preprocessor_")
         index = X.index if isinstance(X, pd.DataFrame) else None
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            return pd.Series("", index=index if index is not None else range(len(X)))
-        names, gaps = self.preprocessor_.unobserved_cells(X)
-        names = np.asarray(names, dtype=object)
-        rows = [";".join(names[np.flatnonzero(g)]) if g.any() else "" for g in gaps]
-        return pd.Series(rows, index=index, dtype=object)
+        return self.preprocessor_.left_out_columns(X, index)
 
     def _log_jacobian(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         """log |dx/du| per row and likelihood term (n, t), float64: the preprocessing's

@@ -22,15 +22,16 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from vae_core.images import image_rows
-from vae_core.preprocess import ImagePreprocessor
 
 
 def detector_image_shape(det) -> tuple[int, int, int]:
-    """(C, H, W) of a detector fitted on images; ValueError for any other detector."""
+    """(C, H, W) of a detector fitted on images; ValueError for any other detector (its
+    preprocessor's ``image_shape`` is None)."""
     check_is_fitted(det, "model_")
-    if not isinstance(det.preprocessor_, ImagePreprocessor):
+    shape = det.preprocessor_.image_shape
+    if shape is None:
         raise ValueError("this needs a detector fitted on images (architecture='conv')")
-    return det.preprocessor_.image_shape
+    return shape
 
 
 def in_blocks(fn: Callable, images, block_size: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Images to the model's input space and back.
 
 Pixel values are divided by 255 when the array is ``uint8`` (else used as given) and
-flattened; the model reshapes them.
+flattened; the model reshapes them. The images come in as an ndarray or as an
+``images.ImageFiles`` read on demand, a block at a time (``image_stream``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from vae_core.columns import MIN_FIT_ROWS
+from vae_core.image_stream import image_block_size, image_blocks, scan_images
+from vae_core.images import image_rows
 from vae_core.model import FeatureLayout
 
 
@@ -66,6 +70,52 @@ class ImagePreprocessor:
             )
         return flat
 
+    # ---- what the detector asks of its preprocessor (as ``TabularPreprocessor``) -------------
+    def transform_rows(self, X, rows=None) -> np.ndarray:
+        """``transform`` of the images at positions ``rows`` of X (default all); X may be an
+        ``ImageFiles``, of which only those images are read."""
+        X = image_rows(X)
+        return self.transform(np.asarray(X if rows is None else X[rows]))
+
+    def transform_blocks(self, X):
+        """``transform`` of all of X in consecutive blocks (``image_stream.image_block_size``
+        images): memory ~ one block."""
+        return image_blocks(self, image_rows(X), image_block_size(self))
+
+    def scoring_blocks(self, X, chunk: int, marginalise: bool):
+        """(model input, None) of X in blocks of ``chunk`` images, turned into model input a
+        block at a time. A pixel is never missing: ``marginalise`` is for tables."""
+        X = image_rows(X)
+        if len(X) == 0:
+            raise ValueError("the input has no images")
+        return ((u, None) for u in image_blocks(self, X, chunk))
+
+    def input_fingerprint(self, X) -> str:
+        """``input_stats.fingerprint`` of X's model input, hashed a block at a time."""
+        return scan_images(self, image_rows(X), floors=False)[1]
+
+    def left_out_columns(self, X, index=None) -> pd.Series:
+        """Per image, the columns left out of the likelihood: "" (a pixel is never missing),
+        labelled ``index`` (default 0..n-1)."""
+        return pd.Series("", index=index if index is not None else range(len(X)))
+
+    def as_one(self, v, name: str) -> np.ndarray:
+        """``v``, one image ((H, W), (C, H, W) or a batch of one), as a batch of one;
+        ValueError naming ``name`` otherwise."""
+        arr = np.asarray(v)
+        if arr.ndim == len(self.image_shape) or (arr.ndim == 2 and self.image_shape[0] == 1):
+            arr = arr[None]
+        if len(arr) != 1:
+            raise ValueError(f"{name}: expected one image, got {len(arr)}")
+        return arr
+
+    def from_model_space(self, u: np.ndarray, like=None, index=None) -> np.ndarray:
+        """Decoder means ``u`` (n, C*H*W) as uint8 images (n, C, H, W), or (n, H, W) where
+        ``like``, the images they stand for, is (n, H, W). ``index`` labels a table's rows."""
+        pixels = np.clip(np.rint(self.inverse_transform(u, None)), 0, 255).astype(np.uint8)
+        return pixels[:, 0] if like is not None and image_rows(like).ndim == 3 else pixels
+
+    # ---- the fitted mapping ----------------------------------------------------------------
     @property
     def layout(self) -> FeatureLayout:
         d = math.prod(self.image_shape)

@@ -3,6 +3,9 @@ minibatch), not by the number of images: training rows read on demand (``PixelRo
 input in consecutive blocks (``image_blocks``), and one pass over the images for the fit's
 variance floors and fingerprint (``scan_images``). X is an ndarray of uint8 images or an
 ``images.ImageFiles`` (decoded when indexed); a row's model input does not depend on its block.
+
+``pre`` is a fitted ``image_preprocess.ImagePreprocessor`` throughout; it is not imported
+here, as that module calls these functions (no import cycle).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import numpy as np
 import torch
 
 from vae_core.input_stats import grid_variance
-from vae_core.preprocess import ImagePreprocessor
 
 # Images turned into model input at a time where no minibatch applies (variance floors,
 # fingerprints): at most IMAGE_BLOCK images and BLOCK_VALUES pixel values (64 MB of float32),
@@ -27,7 +29,7 @@ class PixelRows:
     """Training rows read on demand (a row source for ``train_vae``): the images at
     ``rows[index]`` of X (an ndarray or ``ImageFiles``), as model input on ``device``."""
 
-    def __init__(self, X, pre: ImagePreprocessor, rows: np.ndarray, device: str):
+    def __init__(self, X, pre, rows: np.ndarray, device: str):
         self.X, self.pre, self.rows, self.device = X, pre, rows, device
 
     def __len__(self) -> int:
@@ -40,19 +42,19 @@ class PixelRows:
         return torch.from_numpy(self.pre.transform(pixels)).to(self.device)
 
 
-def image_blocks(pre: ImagePreprocessor, X, block: int):
+def image_blocks(pre, X, block: int):
     """``pre``'s model input for consecutive blocks of ``block`` images of X (an ndarray or
     ``ImageFiles``): memory ~ one block."""
     for start in range(0, len(X), block):
         yield pre.transform(np.asarray(X[start : start + block]), start)
 
 
-def image_block_size(pre: ImagePreprocessor) -> int:
+def image_block_size(pre) -> int:
     """Images per block: IMAGE_BLOCK, fewer for large images (BLOCK_VALUES)."""
     return max(1, min(IMAGE_BLOCK, BLOCK_VALUES // math.prod(pre.image_shape)))
 
 
-def scan_images(pre: ImagePreprocessor, X, floors: bool) -> tuple[np.ndarray | None, str]:
+def scan_images(pre, X, floors: bool) -> tuple[np.ndarray | None, str]:
     """(``grid_variance`` of the images' model input or None, its ``fingerprint``), from
     one pass over the images, a block at a time.
 

@@ -4,9 +4,10 @@ the scikit-learn transformer), their reconstructions, paths between two rows or 
 model (``sample``).
 
 ``LatentSpaceMixin`` holds these methods; ``VAEDetector`` inherits them and supplies what
-they build on: the fitted ``model_``, ``preprocessor_`` and ``config_``, ``_chunked`` (model
-input in fixed-size zero-padded chunks) and ``_decoder_means`` (the decoder's mean at codes,
-in the same chunks), so a row gets the same bits whatever batch it arrives in.
+they build on: the fitted ``model_``, ``preprocessor_`` (its ``from_model_space`` puts
+decoder means back in the data's terms) and ``config_``, ``_chunked`` (model input in
+fixed-size zero-padded chunks) and ``_decoder_means`` (the decoder's mean at codes, in the
+same chunks), so a row gets the same bits whatever batch it arrives in.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import pandas as pd
 import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
-
-from vae_core.images import image_rows
-from vae_core.preprocess import ImagePreprocessor
 
 
 class LatentSpaceMixin(TransformerMixin):
@@ -43,7 +41,8 @@ class LatentSpaceMixin(TransformerMixin):
         )
         z = torch.randn(int(n), int(self.latent_dim), generator=gen)
         if mean:
-            return self._from_model_space(self._decoder_means(z.numpy().astype("float64")))
+            u = self._decoder_means(z.numpy().astype("float64"))
+            return self.preprocessor_.from_model_space(u)
         with torch.no_grad():
             out = self.model_.decode(z.to(self.device))
             std = torch.exp(0.5 * out.log_var)
@@ -87,10 +86,7 @@ class LatentSpaceMixin(TransformerMixin):
         a DataFrame in the original columns for tables (numbers unscaled, a category at its
         most probable label, a value blanked where the decoder says "missing" is more likely
         than not), uint8 images (n, H, W) or (n, C, H, W) shaped as X for images."""
-        out = self._from_model_space(self._decoder_means(self.transform(X)))
-        if isinstance(self.preprocessor_, ImagePreprocessor) and image_rows(X).ndim == 3:
-            return out[:, 0]
-        return out
+        return self.preprocessor_.from_model_space(self._decoder_means(self.transform(X)), like=X)
 
     def interpolate(self, a, b, steps: int = 8, method: str = "linear"):
         """Rows (or images) decoded along the path between the posterior means of ``a`` and
@@ -108,17 +104,14 @@ class LatentSpaceMixin(TransformerMixin):
             raise ValueError(f"method must be 'linear' or 'spherical', got {method!r}")
         if int(steps) < 2:
             raise ValueError(f"steps must be at least 2 (the two endpoints), got {steps}")
-        ends = [self._one(v, name) for v, name in ((a, "a"), (b, "b"))]
+        check_is_fitted(self, "model_")
+        ends = [self.preprocessor_.as_one(v, name) for v, name in ((a, "a"), (b, "b"))]
         mu_a, mu_b = (self.transform(v)[0] for v in ends)  # each as reconstruct sees it
         t = np.linspace(0.0, 1.0, int(steps))
         path = _slerp(mu_a, mu_b, t) if method == "spherical" else _lerp(mu_a, mu_b, t)
         path[0], path[-1] = mu_a, mu_b  # exactly: the endpoints are the reconstructions
-        out = self._from_model_space(self._decoder_means(path))
-        if isinstance(out, pd.DataFrame):
-            out.index = pd.Index(t, name="t")
-        elif ends[0].ndim == 3:
-            out = out[:, 0]
-        return out
+        index = pd.Index(t, name="t")  # the rows of a table
+        return self.preprocessor_.from_model_space(self._decoder_means(path), ends[0], index)
 
     def decode(self, z) -> pd.DataFrame | np.ndarray:
         """The decoder's mean E[x | z] at latent codes ``z`` (n, latent_dim), in the data's
@@ -126,34 +119,7 @@ class LatentSpaceMixin(TransformerMixin):
         z = np.asarray(z, dtype="float64")
         if z.ndim != 2 or z.shape[1] != int(self.latent_dim):
             raise ValueError(f"z must be (n, {self.latent_dim}), got shape {z.shape}")
-        return self._from_model_space(self._decoder_means(z))
-
-    def _one(self, v, name: str):
-        """``v`` as a batch of exactly one row (table) or image."""
-        check_is_fitted(self, "model_")
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            arr = np.asarray(v)
-            if arr.ndim == len(self.preprocessor_.image_shape) or (
-                arr.ndim == 2 and self.preprocessor_.image_shape[0] == 1
-            ):
-                arr = arr[None]
-            if len(arr) != 1:
-                raise ValueError(f"{name}: expected one image, got {len(arr)}")
-            return arr
-        if isinstance(v, pd.Series):
-            v = v.to_frame().T
-        frame = v if isinstance(v, pd.DataFrame) else pd.DataFrame(np.atleast_2d(v))
-        if len(frame) != 1:
-            raise ValueError(f"{name}: expected one row, got {len(frame)}")
-        return frame
-
-    def _from_model_space(self, u: np.ndarray):
-        """Decoder means back in the data's terms: a DataFrame (most probable categories) or
-        uint8 images (n, C, H, W)."""
-        if isinstance(self.preprocessor_, ImagePreprocessor):
-            pixels = self.preprocessor_.inverse_transform(u, None)
-            return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-        return self.preprocessor_.inverse_transform(u, None, most_probable=True)
+        return self.preprocessor_.from_model_space(self._decoder_means(z))
 
     def _discrete_draws(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Bernoulli draws for binary columns; probabilities for categorical blocks."""

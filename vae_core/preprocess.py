@@ -8,7 +8,10 @@ as plain numbers (medians, means, scales, category lists) and applied with NumPy
 JSON, so a model file cannot run code when loaded and reads the same under any scikit-learn
 version. ``tests/test_preprocess.py`` checks that both give the same matrix.
 
-Images: ``image_preprocess.ImagePreprocessor`` (re-exported here). The column conversions
+Images: ``image_preprocess.ImagePreprocessor`` (re-exported here). Both answer the detector
+with the same methods (``transform_rows``, ``transform_blocks``, ``scoring_blocks``,
+``input_fingerprint``, ``left_out_columns``, ``as_one``, ``from_model_space``,
+``image_shape``), so the estimator does not ask which one it holds. The column conversions
 and the schema record of one column are in ``columns``.
 
 Every check raises ``ValueError`` with a message that names the column and example rows.
@@ -39,7 +42,10 @@ from vae_core.columns import (
 )
 from vae_core.image_preprocess import ImagePreprocessor  # re-exported: callers import it here
 from vae_core.ingest import check_column_names, numeric_text_message, text_among_numbers
+from vae_core.input_stats import fingerprint
 from vae_core.model import FeatureLayout
+
+_TABLE_BLOCK = 1 << 16  # table rows preprocessed at a time when scoring
 
 
 class TabularPreprocessor:
@@ -352,6 +358,74 @@ class TabularPreprocessor:
         for c in self._of_kind("constant"):
             out[c.name] = np.full(len(u), c.constant_value)
         return pd.DataFrame({name: out[name] for name in self.feature_names})
+
+    # ---- what the detector asks of its preprocessor (as ``ImagePreprocessor``) -------------
+    image_shape = None  # a table is not an image (``ImagePreprocessor.image_shape``)
+
+    def transform_rows(self, X, rows=None) -> np.ndarray:
+        """``transform`` of the rows at positions ``rows`` of X (default all)."""
+        if rows is not None:
+            X = X.iloc[rows] if isinstance(X, pd.DataFrame) else np.asarray(X)[rows]
+        return self.transform(X)
+
+    def transform_blocks(self, X):
+        """``transform`` of all of X, as one block (images come in several)."""
+        yield self.transform(X)
+
+    def scoring_blocks(self, X, chunk: int, marginalise: bool):
+        """(model input, observed mask or None) of X in consecutive blocks of whole chunks of
+        ``chunk`` rows, about ``_TABLE_BLOCK`` rows: the preprocessing's copies are of one
+        block, not of the whole table (a row's input does not depend on its block).
+
+        marginalise : NaN cells of numeric columns without a missing-value indicator are
+            marked unobserved, 0 in the mask (``transform_with_gaps``); else they raise, as in
+            ``transform``. The mask is None where every cell is observed.
+        """
+        block = chunk * max(1, _TABLE_BLOCK // chunk)
+        if len(X) <= block:
+            yield self._scoring_input(X, marginalise)
+            return
+        rows = X.iloc if isinstance(X, pd.DataFrame) else X
+        for start in range(0, len(X), block):
+            yield self._scoring_input(rows[start : start + block], marginalise)
+
+    def _scoring_input(self, X, marginalise: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if not marginalise:
+            return self.transform(X), None
+        u, unobserved = self.transform_with_gaps(X)
+        return u, ((~unobserved).astype("float32") if unobserved.any() else None)
+
+    def input_fingerprint(self, X) -> str:
+        """``input_stats.fingerprint`` of X's model input."""
+        return fingerprint(self.transform(X))
+
+    def left_out_columns(self, X, index=None) -> pd.Series:
+        """Per row, labelled ``index`` (default 0..n-1), the numeric columns whose missing
+        value the likelihood leaves out (``unobserved_cells``), joined by ";" ("" for a
+        complete row)."""
+        names, gaps = self.unobserved_cells(X)
+        names = np.asarray(names, dtype=object)
+        rows = [";".join(names[np.flatnonzero(g)]) if g.any() else "" for g in gaps]
+        return pd.Series(rows, index=index, dtype=object)
+
+    def as_one(self, v, name: str) -> pd.DataFrame:
+        """``v``, one row (a Series, a one-row DataFrame or a sequence of values), as a
+        one-row DataFrame; ValueError naming ``name`` otherwise."""
+        if isinstance(v, pd.Series):
+            v = v.to_frame().T
+        frame = v if isinstance(v, pd.DataFrame) else pd.DataFrame(np.atleast_2d(v))
+        if len(frame) != 1:
+            raise ValueError(f"{name}: expected one row, got {len(frame)}")
+        return frame
+
+    def from_model_space(self, u: np.ndarray, like=None, index=None) -> pd.DataFrame:
+        """Decoder means ``u`` (n, input_dim) in the original columns (``inverse_transform``,
+        each category at its most probable label), rows labelled ``index`` (default 0..n-1).
+        ``like`` is for images' shape."""
+        frame = self.inverse_transform(u, None, most_probable=True)
+        if index is not None:
+            frame.index = index
+        return frame
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:
