@@ -1,5 +1,5 @@
 """Training memory on tables larger than memory: peak RSS of a whole training run
-(``load_table`` -> ``pipeline.train_and_evaluate``: split, fit, calibrate, evaluate, review)
+(``load_table`` -> ``dataset.train_and_evaluate``: split, fit, calibrate, evaluate, review)
 on synthetic Parquet files of each ``--rows`` size, each in a fresh process.
 
 With ``data.max_train_rows`` (default 500,000) the table is read as a fixed uniform sample
@@ -50,8 +50,8 @@ def child(path: Path, epochs: int, threads: int, max_rows: int | None) -> dict:
     """One training run in this process; its phases' times and peak RSS."""
     protocol.set_torch_threads(threads)
     from vae_core.config import PipelineConfig
+    from vae_core.dataset import train_and_evaluate
     from vae_core.ingest import load_table, table_rows
-    from vae_core.pipeline import train_and_evaluate
 
     cfg = PipelineConfig.model_validate(
         {

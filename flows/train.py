@@ -1,9 +1,9 @@
 """The training flow: ingest -> split -> fit -> calibrate -> evaluate -> log and register as
 @challenger -> promote through the gate in mlflow.yml.
 
-Tables or images, as ``data.kind`` says: the kind-specific tasks (ingest, split, review,
-log_run, promote) each call the table or the image node; the rest take either, through
-``features_at(rows)`` / ``labels_at(rows)``.
+Tables or images, as ``data.kind`` says: ``vae_core.dataset`` reads either into one dataset
+interface (``features_at(rows)`` / ``labels_at(rows)``, ...) and holds what differs (the
+review, the examples a run shows), so no task here asks which kind it has.
 
 Run it: ``python -m flows.train [--config configs/mnist.yml]`` or
 ``prefect deployment run 'train/weekly'``.
@@ -19,35 +19,24 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import image_pipeline, pipeline, registry
+from vae_core import dataset, pipeline, registry
 from vae_core.config import PipelineConfig, load_config
-from vae_core.image_pipeline import ImageData
-from vae_core.ingest import LabelledTable, load_table
-from vae_core.promotion import held_out_rows
+from vae_core.dataset import Data
+from vae_core.image_pipeline import skipped_markdown
+from vae_core.promotion import measure_on
 
 STEP = dict(cache_policy=NO_CACHE)
 IO_RETRIES = STEP | dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
 
 
-Data = LabelledTable | ImageData
-
-
-def _images(cfg: PipelineConfig) -> bool:
-    return cfg.data.kind == "images"
-
-
 @task(**IO_RETRIES)
 def ingest(path: str, cfg: PipelineConfig) -> Data:
-    if _images(cfg):
-        return image_pipeline.load_images(path, cfg.images)
-    return load_table(path, cfg.data)
+    return dataset.load_dataset(path, cfg)
 
 
 @task(**STEP)
 def split(data: Data, cfg: PipelineConfig) -> pipeline.Splits:
-    if _images(cfg):
-        return image_pipeline.split_images(data, cfg.split)
-    return pipeline.split_table(data, cfg.split)
+    return pipeline.split_data(data, cfg.split)
 
 
 @task(**STEP)
@@ -82,11 +71,12 @@ def save(det, report, scores, data: Data, rows, out_dir: str):
 
 @task(**IO_RETRIES)
 def review(det, data: Data, rows, scores, out_dir: str, cfg: PipelineConfig) -> dict:
-    if isinstance(data, ImageData):
-        return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
-    return pipeline.write_table_review(
-        det, data.features_at(rows), data.labels_at(rows), scores, Path(out_dir), cfg
-    )
+    return dataset.write_review(det, data, rows, scores, Path(out_dir), cfg)
+
+
+@task(**STEP)
+def examples(det, data: Data, rows, cfg: PipelineConfig) -> dict:
+    return dataset.examples(det, data, rows, cfg)
 
 
 @task(**IO_RETRIES)
@@ -95,12 +85,8 @@ def start_run(cfg: PipelineConfig, source: str) -> str:
 
 
 @task(**IO_RETRIES)
-def log_run(cfg, run_id, data: Data, outcome, source, review_files: dict | None) -> str:
+def log_run(cfg, run_id, data: Data, outcome, source) -> str:
     target = registry.TrackingTarget.from_config(cfg)
-    if _images(cfg):
-        return registry.log_image_training_run(
-            target, run_id, cfg, data, outcome, source, review_files
-        )
     return registry.log_training_run(target, run_id, cfg, data, outcome, source)
 
 
@@ -111,13 +97,10 @@ def register(cfg: PipelineConfig, run_id: str):
 
 @task(**IO_RETRIES)
 def promote(cfg: PipelineConfig, data: Data, version: str, source: str):
-    held_out = image_pipeline.held_out_images if _images(cfg) else held_out_rows
-    features, labels = held_out(data, cfg.split)
     return registry.promote_challenger(
         registry.TrackingTarget.from_config(cfg),
         cfg.promotion,
-        features,
-        labels,
+        measure_on(*pipeline.held_out(data, cfg.split)),
         version=version,
         data_description=f"the test split of {source}",
     )
@@ -147,19 +130,18 @@ def train(
         report, scores = evaluate(det, data, splits.test, splits.train, cfg)
         paths = save(det, report, scores, data, splits.test, str(out))
         review_files = review(det, data, splits.test, scores, str(out / "review"), cfg)
-        outcome = pipeline.TrainOutcome(det, splits, report, scores, paths, review_files)
-        log_run(cfg, run_id, data, outcome, source, review_files)
+        shown = examples(det, data, splits.test, cfg)
+        outcome = pipeline.TrainOutcome(det, splits, report, scores, paths, review_files, shown)
+        log_run(cfg, run_id, data, outcome, source)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             registry.end_failed_run(registry.TrackingTarget.from_config(cfg), run_id)
         raise
     ref = register(cfg, run_id)
     summary = {"run_id": run_id, "version": ref.version, "promoted": None}
-    text = report.to_markdown()
-    if isinstance(data, ImageData):
-        text += image_pipeline.skipped_markdown(data.images.skipped)
-        for path, reason in data.images.skipped:
-            get_run_logger().warning("skipped image %s: %s", path, reason)
+    text = report.to_markdown() + skipped_markdown(data.skipped)
+    for path, reason in data.skipped:
+        get_run_logger().warning("skipped image %s: %s", path, reason)
     if review_files:
         summary["review"] = str(out / "review")
     if promote_after:

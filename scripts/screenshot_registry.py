@@ -48,9 +48,10 @@ def train_register_promote(store: Path, epochs: int) -> str:
     sys.path.insert(0, str(ROOT))
     from vae_core import registry
     from vae_core.config import load_config
+    from vae_core.dataset import train_and_evaluate
     from vae_core.ingest import load_table
-    from vae_core.pipeline import train_and_evaluate
-    from vae_core.promotion import held_out_rows
+    from vae_core.pipeline import held_out
+    from vae_core.promotion import measure_on
 
     for latent_dim in (4, 8):
         overrides = {
@@ -69,9 +70,11 @@ def train_register_promote(store: Path, epochs: int) -> str:
         outcome = train_and_evaluate(table, cfg, store / f"run-{latent_dim}")
         registry.log_training_run(target, run_id, cfg, table, outcome, source)
         ref = registry.register_challenger(target, run_id)
-        features, labels = held_out_rows(table, cfg.split)
         decision = registry.promote_challenger(
-            target, cfg.promotion, features, labels, data_description=f"the test split of {source}"
+            target,
+            cfg.promotion,
+            measure_on(*held_out(table, cfg.split)),
+            data_description=f"the test split of {source}",
         )
         print(f"version {ref.version}: {decision.outcome}", flush=True)
     return target.model_name

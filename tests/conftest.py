@@ -84,7 +84,7 @@ def cardio_table():
 def trained_cardio(cardio_table, tmp_path_factory):
     """One tiny model trained, calibrated and evaluated on cardio per session (TrainOutcome)."""
     from vae_core.config import load_config
-    from vae_core.pipeline import train_and_evaluate
+    from vae_core.dataset import train_and_evaluate
 
     folder = tmp_path_factory.mktemp("trained-cardio")
     cfg = load_config(write_pipeline_config(folder))

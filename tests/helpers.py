@@ -102,10 +102,11 @@ def register(cfg, table, outcome, source="data/cardio.csv"):
 def promote(target, cfg, table, **kwargs):
     """Promote on the table's test split, as `vae-anomaly promote` does."""
     from vae_core import registry
-    from vae_core.promotion import held_out_rows
+    from vae_core.pipeline import held_out
+    from vae_core.promotion import measure_on
 
-    features, labels = held_out_rows(table, cfg.split)
-    return registry.promote_challenger(target, cfg.promotion, features, labels, **kwargs)
+    measure = measure_on(*held_out(table, cfg.split))
+    return registry.promote_challenger(target, cfg.promotion, measure, **kwargs)
 
 
 @contextlib.contextmanager

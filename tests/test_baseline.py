@@ -10,13 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from tests.helpers import CARDIO
 from vae_core.config import CalibrationConfig, load_config
+from vae_core.dataset import train_and_evaluate
 from vae_core.ingest import load_table
-from vae_core.pipeline import (
-    evaluate_detector,
-    isolation_forest_baseline,
-    split_table,
-    train_and_evaluate,
-)
+from vae_core.pipeline import evaluate_detector, isolation_forest_baseline, split_data
 
 
 def test_the_baseline_is_isolation_forest_on_the_model_input(fitted_mixed, mixed_data):
@@ -53,7 +49,7 @@ def test_train_and_evaluate_writes_the_baseline_in_both_report_files(tmp_path):
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     baseline = saved["baseline"]
     assert baseline == outcome.report.baseline and baseline["method"] == "IsolationForest"
-    splits = split_table(table, cfg.split)
+    splits = split_data(table, cfg.split)
     assert baseline["train_rows"] == len(splits.train)
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Against the simple thing" in text and f"{baseline['roc_auc']:.4g}" in text

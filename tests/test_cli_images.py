@@ -237,6 +237,22 @@ def test_train_without_registering_on_a_labelled_npz(digits_npz, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # the config's store: nothing tracked
 
 
+def test_a_model_trained_on_an_npz_registers_with_arrays_as_its_input_example(digits_npz, tmp_path):
+    """An .npz has no image files to show: the packaged model's input example is the test
+    images' pixels (column ``image``), and the registered model scores them."""
+    import mlflow
+
+    config = _config(tmp_path, {"images": NPZ_KEYS})
+    result = cli("train", "--data", digits_npz, "--out", tmp_path / "run", "-c", config)
+    assert result.exit_code == 0, result.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/digits@challenger")
+    example = model.input_example
+    assert list(example.columns) == ["image"] and len(example) == 5
+    scores = model.predict(example)
+    assert len(scores) == 5 and scores["anomaly_score"].notna().all()
+
+
 def test_mlflow_yml_documents_the_images_keys_at_their_defaults():
     from vae_core.config import ImagesConfig, load_config
 

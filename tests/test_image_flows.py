@@ -21,6 +21,7 @@ from tests.helpers import ROOT, config_store, write_pipeline_config
 from vae_core import VAEDetector, image_pipeline
 from vae_core.config import ImagesConfig, SplitConfig, load_config
 from vae_core.images import ImageSet
+from vae_core.pipeline import held_out, split_data
 
 MNIST = ROOT / "data" / "mnist"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -255,12 +256,12 @@ def test_the_hostile_image_corpus_through_the_score_flow_and_the_packaged_model(
 # ---- the nodes, without the orchestrator ---------------------------------------------------
 def test_mvtec_layout_trains_on_train_and_splits_test_into_calibration_and_test():
     data = image_pipeline.load_images(MNIST, ImagesConfig())
-    splits = image_pipeline.split_images(data, SplitConfig())
+    splits = split_data(data, SplitConfig())
     assert data.n_fit_only == 200 and splits.train.tolist() == list(range(200))
     assert len(splits.calibration) == len(splits.test) == 70
     assert not set(splits.calibration) & set(splits.test)
     assert data.labels_at(splits.test).sum() == data.labels_at(splits.calibration).sum() == 45
-    images, labels = image_pipeline.held_out_images(data, SplitConfig())
+    images, labels = held_out(data, SplitConfig())
     np.testing.assert_array_equal(images, data.images.images[splits.test])
     np.testing.assert_array_equal(labels, data.labels[splits.test])
 
@@ -272,7 +273,7 @@ def test_class_subfolders_are_split_like_table_rows():
         rng.integers(0, 256, (50, 4, 4), dtype=np.uint8), [""] * 50, [""] * 50, labels
     )
     cfg = SplitConfig(train_on_normal_only=True)
-    splits = image_pipeline.split_images(image_pipeline.ImageData(images), cfg)
+    splits = split_data(image_pipeline.ImageData(images), cfg)
     assert labels[splits.train].sum() == 0 and labels[splits.test].sum() == 2
 
 

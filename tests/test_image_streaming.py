@@ -19,6 +19,7 @@ from vae_core import images as vi
 from vae_core.calibrate import TargetFPR
 from vae_core.config import ImagesConfig, SplitConfig
 from vae_core.input_stats import fingerprint, grid_variance
+from vae_core.pipeline import split_data
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
@@ -137,7 +138,7 @@ def test_load_images_streams_above_the_memory_limit_with_the_same_data():
     assert image_pipeline.image_fingerprint(streamed.images) == image_pipeline.image_fingerprint(
         held.images
     )
-    splits = image_pipeline.split_images(streamed, SplitConfig())
+    splits = split_data(streamed, SplitConfig())
     test = streamed.features_at(splits.test)
     assert isinstance(test, vi.ImageFiles) and len(test) == 70
     np.testing.assert_array_equal(np.asarray(test), held.features_at(splits.test))

@@ -23,8 +23,9 @@ import requests
 from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
 from vae_core import registry
 from vae_core.config import load_config
-from vae_core.pipeline import score_table, train_and_evaluate
-from vae_core.promotion import held_out_rows
+from vae_core.dataset import train_and_evaluate
+from vae_core.pipeline import held_out, score_table
+from vae_core.promotion import measure_on
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +111,7 @@ def test_train_register_promote_and_load_through_a_tracking_server(
     registry.log_training_run(target, run_id, cfg, cardio_table, outcome, "data/cardio.csv")
     ref = registry.register_challenger(target, run_id)
     decision = registry.promote_challenger(
-        target, cfg.promotion, *held_out_rows(cardio_table, cfg.split)
+        target, cfg.promotion, measure_on(*held_out(cardio_table, cfg.split))
     )
     assert (ref.version, decision.outcome) == ("1", "promoted")
 

@@ -55,10 +55,10 @@ def _run(args, env, timeout=180):
 
 
 def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
-    from vae_core import pipeline, registry
+    from vae_core import dataset, pipeline, registry
     from vae_core.config import load_config
     from vae_core.ingest import load_table
-    from vae_core.promotion import held_out_rows
+    from vae_core.promotion import measure_on
 
     # A champion in this test's own sqlite store, for the deployment to score with.
     config = write_pipeline_config(tmp_path, {"scoring": {"output_dir": "scores"}})
@@ -66,11 +66,11 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
     target = registry.TrackingTarget.from_config(cfg)
     table = load_table(CARDIO, cfg.data)
     run_id = registry.start_training_run(target, cfg, str(CARDIO))
-    outcome = pipeline.train_and_evaluate(table, cfg, tmp_path / "run")
+    outcome = dataset.train_and_evaluate(table, cfg, tmp_path / "run")
     registry.log_training_run(target, run_id, cfg, table, outcome, str(CARDIO))
     registry.register_challenger(target, run_id)
-    features, labels = held_out_rows(table, cfg.split)
-    assert registry.promote_challenger(target, cfg.promotion, features, labels).promoted
+    measure = measure_on(*pipeline.held_out(table, cfg.split))
+    assert registry.promote_challenger(target, cfg.promotion, measure).promoted
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

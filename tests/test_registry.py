@@ -18,8 +18,9 @@ from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_c
 from vae_core import registry
 from vae_core.cli import app
 from vae_core.config import PromotionConfig, load_config
+from vae_core.dataset import train_and_evaluate
 from vae_core.detector import VAEDetector
-from vae_core.pipeline import score_table, train_and_evaluate
+from vae_core.pipeline import score_table
 from vae_core.promotion import gate_checks
 
 

@@ -8,8 +8,9 @@ from mlflow import MlflowClient
 from tests.helpers import promote, register
 from vae_core import registry
 from vae_core.batch import BatchSummary
+from vae_core.dataset import train_and_evaluate
 from vae_core.detector import VAEDetector
-from vae_core.pipeline import score_table, train_and_evaluate
+from vae_core.pipeline import score_table
 from vae_core.promotion import RunRecord, data_changes
 
 NAME = "vae-anomaly"

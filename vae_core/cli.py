@@ -97,15 +97,9 @@ def train(
     if tracking := _tracking_overrides(registered_model, experiment):
         overrides["tracking"] = tracking
     cfg = _reading(load_config(config, overrides), data, label_column, id_column)
-    if _images(cfg):
-        _no_table_options(label_column=label_column, id_column=id_column)
-        from vae_core.image_pipeline import load_images
+    from vae_core.dataset import load_dataset
 
-        dataset = load_images(data, cfg.images)
-    else:
-        from vae_core.ingest import load_table
-
-        dataset = load_table(data, cfg.data, require_label=label_column is not None)
+    dataset = load_dataset(data, cfg, require_label=label_column is not None)
     if register:
         outcome = _train_registered(dataset, cfg, data, out, config)
     else:
@@ -115,12 +109,9 @@ def train(
 
     typer.echo(outcome.report.to_markdown(Calibration(**det.calibration_)))
     typer.echo(f"\nmodel:  {out / 'model'}\nreport: {out / 'report' / 'report.md'}")
-    if _images(cfg):
-        from vae_core.image_pipeline import skipped_markdown
+    from vae_core.image_pipeline import skipped_markdown
 
-        typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.images.skipped))
-    else:
-        typer.echo(f"review: {out / 'review'} (the latent space: latent_map.png, latent.json)")
+    typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.skipped))
 
 
 def _reading(cfg, data: Path | None, label_column: str | None, id_column: list[str] | None):
@@ -128,7 +119,10 @@ def _reading(cfg, data: Path | None, label_column: str | None, id_column: list[s
     columns only when ``data`` is the config's own data (``DataConfig.for_file``), and the
     flags over them (a flag wins)."""
     from vae_core.config import DataConfig
+    from vae_core.dataset import kind_named
 
+    if not kind_named(cfg.data.kind).columns:
+        _no_table_options(label_column=label_column, id_column=id_column)
     flags = {"label_column": label_column, "id_columns": id_column or None}
     section = cfg.data.for_file(data, cfg.root).model_dump()
     section |= {k: v for k, v in flags.items() if v is not None}
@@ -151,10 +145,7 @@ def _no_table_options(**given) -> None:
 
 
 def _train(dataset, cfg, out: Path, callbacks=()):
-    if _images(cfg):
-        from vae_core.image_pipeline import train_and_evaluate_images as train_and_evaluate
-    else:
-        from vae_core.pipeline import train_and_evaluate
+    from vae_core.dataset import train_and_evaluate
 
     progress, on_epoch = _epoch_progress(cfg.training.epochs)
     with progress:
@@ -178,12 +169,7 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
     run_id = registry.start_training_run(target, cfg, source)
     try:
         outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)])
-        if _images(cfg):
-            registry.log_image_training_run(
-                target, run_id, cfg, dataset, outcome, source, outcome.review
-            )
-        else:
-            registry.log_training_run(target, run_id, cfg, dataset, outcome, source)
+        registry.log_training_run(target, run_id, cfg, dataset, outcome, source)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             registry.end_failed_run(target, run_id)
@@ -249,8 +235,9 @@ def promote(
     in mlflow.yml passes (or with --force --reason). The decision is recorded on the version."""
     from vae_core import registry
     from vae_core.config import load_config
-    from vae_core.ingest import load_table
-    from vae_core.promotion import held_out_rows
+    from vae_core.dataset import load_dataset
+    from vae_core.pipeline import held_out as held_out_of
+    from vae_core.promotion import measure_on
 
     if reason is not None and not force:
         raise ValueError("--reason goes with --force (it records why the gate was overridden)")
@@ -267,20 +254,11 @@ def promote(
         cfg, source = _as_recorded(cfg, registry.training_data_of(target, version))
     else:
         source = data or cfg.path(cfg.data.train_path)
-    if cfg.data.kind == "images":
-        _no_table_options(label_column=label_column, id_column=id_column)
-    if cfg.data.kind == "images":
-        from vae_core.image_pipeline import held_out_images, load_images
-
-        features, labels = held_out_images(load_images(source, cfg.images), cfg.split)
-    else:
-        table = load_table(source, cfg.data)
-        features, labels = held_out_rows(table, cfg.split)
+    held_out = held_out_of(load_dataset(source, cfg), cfg.split)
     decision = registry.promote_challenger(
         target,
         cfg.promotion,
-        features,
-        labels,
+        measure_on(*held_out),
         version=version,
         force=force,
         reason=reason,

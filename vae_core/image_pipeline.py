@@ -1,12 +1,12 @@
-"""The pipeline's steps for images ("nodes"): the image counterparts of ``pipeline``'s.
+"""The pipeline's steps for images ("nodes"); ``vae_core.dataset`` takes them through the
+same path as tables.
 
-    load_images -> split_images -> pipeline.fit_detector / calibrate_detector /
-    evaluate_detector / save_outcome (on ``data.features_at(rows)``) -> write_review
-    held_out_images: the test split promotion scores both models on
+    load_images -> ImageData (the dataset interface: ``features_at(rows)``, ...) ->
+    pipeline.split_data / fit_detector / calibrate_detector / evaluate_detector /
+    save_outcome -> write_review (grids, anomaly maps, image scores, the latent space)
     score_image_batch: a fitted detector and a folder (or .npz) -> one Parquet file (path,
         class, anomaly_score, is_anomaly, anomaly_probability, map_path), anomaly-map PNGs
     score_image_input: the packaged model's input (image paths or arrays) -> scores
-    train_and_evaluate_images: split, fit, calibrate, evaluate, save, review in one call (CLI)
 
 Scores are in threshold units (the negative ELBO in nats unless calibrated on the IWAE
 score); higher = more anomalous; ``is_anomaly`` is ``score > threshold`` (the project's tie
@@ -22,15 +22,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from vae_core import pipeline
 from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
 from vae_core.batch import checked_batch_id, files_identity
 from vae_core.calibrate import flag_anomalies
-from vae_core.config import ImagesConfig, PipelineConfig, SplitConfig
+from vae_core.config import ImagesConfig
 from vae_core.drawing import score_images, write_review_grids, write_top_maps
 from vae_core.image_input import MODES as MODES  # re-exported: callers read it here
 from vae_core.image_input import (
@@ -51,7 +51,6 @@ from vae_core.images import (
     require_readable,
 )
 from vae_core.latent import write_latent_review
-from vae_core.pipeline import Splits, split_held_out, split_rows
 
 
 @dataclass
@@ -67,9 +66,23 @@ class ImageData:
     images: ImageSet
     n_fit_only: int = 0
 
+    kind: ClassVar[str] = "images"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
     @property
     def labels(self) -> np.ndarray | None:
         return self.images.labels
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Files left out while reading under ``on_error: skip``, (path, reason)."""
+        return self.images.skipped
+
+    def fingerprint(self) -> dict[str, str | int]:
+        """``image_fingerprint`` of the images (files that stay on disk are read once)."""
+        return image_fingerprint(self.images)
 
     @property
     def streamed(self) -> bool:
@@ -147,26 +160,6 @@ def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
         labels,
         a.skipped + b.skipped,
     )
-
-
-def split_images(data: ImageData, cfg: SplitConfig) -> Splits:
-    """Train / calibration / test positions. MVTec-like: ``train/`` is the training split and
-    ``test/`` is split (stratified) into calibration and test in the ratio of the two
-    fractions; otherwise as ``pipeline.split_table``."""
-    y = data.labels
-    if not data.n_fit_only:
-        return split_rows(len(data.images), y, cfg)
-    train = np.arange(data.n_fit_only)
-    if cfg.train_on_normal_only and y is not None:
-        train = train[y[train] == 0]
-    cal, test = split_held_out(np.arange(data.n_fit_only, len(data.images)), y, cfg)
-    return Splits(train, cal, test)
-
-
-def held_out_images(data: ImageData, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """The test split (images, labels) as training held it out: what promotion scores."""
-    test = split_images(data, cfg).test
-    return data.features_at(test), data.labels_at(test)
 
 
 def image_fingerprint(images: ImageSet, chunk: int = 1024) -> dict[str, str | int]:
@@ -366,37 +359,3 @@ def score_image_input(
         return scores.drop(columns="class")
     images = ImageSet(parsed, [""] * len(parsed), [""] * len(parsed))
     return image_scores(det, images).drop(columns=["path", "class"])
-
-
-# ---- training: the image counterpart of pipeline.train_and_evaluate --------------------------
-
-
-@dataclass
-class ImageTrainOutcome(pipeline.TrainOutcome):
-    """``pipeline.TrainOutcome`` whose ``review`` holds the files of ``write_review``."""
-
-
-def train_and_evaluate_images(
-    data: ImageData, cfg: PipelineConfig, out_dir: str | Path, callbacks=()
-) -> ImageTrainOutcome:
-    """Split (``split_images``), fit, calibrate, evaluate as ``pipeline.train_and_evaluate``
-    does for a table, without tracking; write ``out_dir/model``, ``out_dir/report`` and
-    ``out_dir/review`` (``write_review`` of the test split). ``callbacks`` run after every
-    epoch (``pipeline.fit_detector``). Returns what ``registry.log_image_training_run`` logs
-    (with ``data`` and the outcome's ``review``) and a caller prints."""
-    out_dir = Path(out_dir)
-    splits = split_images(data, cfg.split)
-    det = pipeline.fit_detector(data.features_at(splits.train), cfg, callbacks)
-    cal, test = splits.calibration, splits.test
-    pipeline.calibrate_detector(det, data.features_at(cal), data.labels_at(cal), cfg.calibration)
-    report, scores = pipeline.evaluate_detector(
-        det,
-        data.features_at(test),
-        data.labels_at(test),
-        cfg.calibration,
-        cfg.split.seed,
-        train_features=data.features_at(splits.train),
-    )
-    paths = pipeline.save_outcome(det, report, scores, data.labels_at(test), out_dir)
-    review = write_review(det, data, test, out_dir / "review", cfg.images.top_maps)
-    return ImageTrainOutcome(det, splits, report, scores, paths, review)

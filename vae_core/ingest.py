@@ -8,8 +8,11 @@ line 1 (one record a line), and a Parquet file's "row N", counting from 1.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -193,11 +196,35 @@ def _check_same_columns(first: pd.Index, first_path: Path, other: pd.Index, path
 
 @dataclass
 class LabelledTable:
-    """Features (n, d), optional labels (n,) with 1 = anomaly, and pass-through id columns."""
+    """Features (n, d), optional labels (n,) with 1 = anomaly, and pass-through id columns.
+
+    A dataset as the pipeline takes one (``vae_core.dataset``; the images' is
+    ``image_pipeline.ImageData``): ``kind``, ``len``, ``n_fit_only``, ``labels``,
+    ``features_at`` / ``labels_at``, ``skipped`` and ``fingerprint``.
+    label_column : the column the labels came from (recorded with a training run), if any.
+    """
 
     features: pd.DataFrame
     labels: np.ndarray | None
     ids: pd.DataFrame
+    label_column: str | None = None
+
+    kind: ClassVar[str] = "table"
+    # Rows that only train (an image layout's train/ folder): none, every row is split.
+    n_fit_only: ClassVar[int] = 0
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Inputs left out while reading, (path, reason): none for a table (a bad row is an
+        error naming it)."""
+        return []
+
+    def fingerprint(self) -> dict[str, str | int]:
+        """SHA-256 of the feature names, values and labels, with the table's shape."""
+        return table_fingerprint(self)
 
     def features_at(self, rows) -> pd.DataFrame:
         """The feature rows at positions ``rows``."""
@@ -206,6 +233,16 @@ class LabelledTable:
     def labels_at(self, rows) -> np.ndarray | None:
         """The labels at positions ``rows``, or None without labels."""
         return None if self.labels is None else self.labels[rows]
+
+
+def table_fingerprint(table: LabelledTable) -> dict[str, str | int]:
+    """SHA-256 of a table's feature names, values and labels, with its shape."""
+    h = hashlib.sha256(json.dumps([str(c) for c in table.features.columns]).encode())
+    h.update(pd.util.hash_pandas_object(table.features, index=False).to_numpy().tobytes())
+    if table.labels is not None:
+        h.update(np.asarray(table.labels, dtype=np.int64).tobytes())
+    rows, columns = table.features.shape
+    return {"sha256": h.hexdigest(), "rows": int(rows), "columns": int(columns)}
 
 
 def split_columns(
@@ -232,7 +269,7 @@ def split_columns(
         )
     excluded = {*id_columns, *drop_columns, *([label_column] if label_column else [])}
     features = frame[[c for c in frame.columns if c not in excluded]]
-    return LabelledTable(features, labels, frame[list(id_columns)])
+    return LabelledTable(features, labels, frame[list(id_columns)], label_column)
 
 
 NUMERIC_TEXT_SHARE = 0.95  # a text column this much numbers is a numeric column with typos

@@ -17,7 +17,7 @@ A detector fitted on images takes a DataFrame with a ``path`` column (image file
 the training size and colour mode; ``on_size_mismatch`` as configured at training) or an
 ``image`` column (per row an (H, W) or (C, H, W) array of 0..255 integers) and returns
 ``path`` (for path input), ``anomaly_score``, ``is_anomaly`` and ``anomaly_probability``
-(see ``image_pipeline.score_image_input``).
+(see ``image_pipeline.score_image_input``; ``dataset.score_model_input`` picks the kind).
 
 ``predict(df, params={"output": "latent"})`` returns instead the latent coordinates
 ``z0`` .. ``z{k-1}`` (the posterior means of q(z|x), ``VAEDetector.transform``) per input row,
@@ -46,8 +46,7 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
         self.on_size_mismatch = str(config.get("on_size_mismatch", "reject"))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from vae_core.pipeline import score_table
-        from vae_core.preprocess import ImagePreprocessor
+        from vae_core.dataset import score_model_input
 
         output = (params or {}).get("output", "scores")
         if output not in PREDICT_OUTPUTS:
@@ -58,14 +57,9 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
             from vae_core.latent import latent_input
 
             return latent_input(self.detector, model_input, self.on_size_mismatch)
-
-        if isinstance(self.detector.preprocessor_, ImagePreprocessor):
-            from vae_core.image_pipeline import score_image_input
-
-            return score_image_input(self.detector, model_input, self.on_size_mismatch)
-        frame = pd.DataFrame(model_input)
-        scores = score_table(self.detector, frame, top_features=self.top_features)
-        return scores.reset_index(drop=True)
+        return score_model_input(
+            self.detector, model_input, self.top_features, self.on_size_mismatch
+        )
 
 
 # The models-from-code entry point: MLflow executes this file when it loads the logged model.

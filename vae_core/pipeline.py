@@ -3,7 +3,7 @@
 The CLI chains them directly; the Prefect flows wrap each in a thin task. Nothing here knows
 about Prefect or MLflow.
 
-    split_table -> fit_detector -> calibrate_detector -> evaluate_detector -> (save, register)
+    split_data -> fit_detector -> calibrate_detector -> evaluate_detector -> (save, register)
     score_table (from vae_core.scoring): a fitted detector and a table -> the scores frame
 """
 
@@ -20,7 +20,6 @@ from sklearn.model_selection import train_test_split
 from vae_core.calibrate import Calibration
 from vae_core.config import CalibrationConfig, PipelineConfig, SplitConfig
 from vae_core.detector import VAEDetector
-from vae_core.ingest import LabelledTable
 from vae_core.report import EvaluationReport, evaluate, write_report
 from vae_core.scoring import score_table as score_table  # the scoring doors' frame, here too
 from vae_core.scoring import top_contributors as top_contributors
@@ -39,14 +38,31 @@ class Splits:
         return {k: len(getattr(self, k)) for k in ("train", "calibration", "test")}
 
 
-def split_table(table: LabelledTable, cfg: SplitConfig) -> Splits:
-    """Disjoint train / calibration / test positions, stratified by label when there are
-    enough anomalies for it; with ``train_on_normal_only`` labelled anomalies leave training."""
-    return split_rows(len(table.features), table.labels, cfg)
+def split_data(data, cfg: SplitConfig) -> Splits:
+    """Disjoint train / calibration / test positions of a dataset (a table's rows or images,
+    ``vae_core.dataset``), stratified by label when there are enough anomalies for it; with
+    ``train_on_normal_only`` labelled anomalies leave training. The first ``data.n_fit_only``
+    (an image layout's ``train/`` folder) are the training split and the rest is split
+    into calibration and test in the ratio of the two fractions."""
+    y = data.labels
+    if not data.n_fit_only:
+        return split_rows(len(data), y, cfg)
+    train = np.arange(data.n_fit_only)
+    if cfg.train_on_normal_only and y is not None:
+        train = train[y[train] == 0]
+    cal, test = split_held_out(np.arange(data.n_fit_only, len(data)), y, cfg)
+    return Splits(train, cal, test)
+
+
+def held_out(data, cfg: SplitConfig):
+    """The test split (features, labels) of a dataset, as training held it out with these
+    settings: the rows or images promotion scores both models on."""
+    test = split_data(data, cfg).test
+    return data.features_at(test), data.labels_at(test)
 
 
 def split_rows(n: int, y: np.ndarray | None, cfg: SplitConfig) -> Splits:
-    """``split_table`` for any n rows (table rows, images) with optional labels y (n,)."""
+    """``split_data`` for any n rows (table rows, images) with optional labels y (n,)."""
     held = cfg.calibration_fraction + cfg.test_fraction
     train, rest = train_test_split(
         np.arange(n), test_size=held, random_state=cfg.seed, stratify=_strata(y)
@@ -147,9 +163,16 @@ def isolation_forest_baseline(det: VAEDetector, train_features, features, labels
 
 @dataclass
 class TrainOutcome:
-    """What training leaves for the tracking layer to log and a caller to print. ``review``:
-    the reviewer's files and numbers ({name: path or value}; ``write_table_review`` for a
-    table, ``image_pipeline.write_review`` for images)."""
+    """What training leaves for the tracking layer to log and a caller to print, all of it
+    computed here (the tracking layer scores nothing).
+
+    review : the reviewer's files and numbers ({name: path or value}; the dataset kind's
+        review, ``vae_core.dataset``).
+    examples : what the run shows of the model (``dataset.DataKind.examples``):
+        ``input_example`` and ``example_output`` (the packaged model's signature),
+        ``top_anomalies`` (tables: the highest test scores with their columns) and
+        ``prior_samples`` (tables: rows decoded from the prior), each None where absent.
+    """
 
     detector: VAEDetector
     splits: Splits
@@ -157,42 +180,7 @@ class TrainOutcome:
     test_scores: np.ndarray
     report_paths: dict[str, Path]
     review: dict = field(default_factory=dict)
-
-
-def train_and_evaluate(
-    table: LabelledTable,
-    cfg: PipelineConfig,
-    out_dir: Path,
-    callbacks: Sequence[EpochCallback] = (),
-) -> TrainOutcome:
-    """Split, fit, calibrate, evaluate; save the model to ``out_dir/model`` and the report to
-    ``out_dir/report``. Returns everything a caller logs or prints."""
-    splits = split_table(table, cfg.split)
-    y = table.labels
-    part = lambda idx: table.features.iloc[idx]  # noqa: E731 - local shorthand
-    det = fit_detector(part(splits.train), cfg, callbacks)
-    calibrate_detector(det, part(splits.calibration), _at(y, splits.calibration), cfg.calibration)
-    report, scores = evaluate_detector(
-        det,
-        part(splits.test),
-        _at(y, splits.test),
-        cfg.calibration,
-        cfg.split.seed,
-        train_features=part(splits.train),
-    )
-    paths = save_outcome(det, report, scores, _at(y, splits.test), out_dir)
-    review = write_table_review(
-        det, part(splits.test), _at(y, splits.test), scores, Path(out_dir) / "review", cfg
-    )
-    return TrainOutcome(det, splits, report, scores, paths, review)
-
-
-def write_table_review(det, features, labels, scores, out_dir: Path, cfg: PipelineConfig) -> dict:
-    """The reviewer's view of a table model's latent space from the test split, in
-    ``out_dir``: ``latent.write_latent_review`` (the latent map, sample realism)."""
-    from vae_core.latent import write_latent_review
-
-    return write_latent_review(det, features, scores, labels, out_dir, cfg.split.seed)
+    examples: dict = field(default_factory=dict)
 
 
 def save_outcome(
@@ -212,7 +200,3 @@ def save_outcome(
         scores=test_scores,
         y=test_labels,
     )
-
-
-def _at(y: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
-    return None if y is None else y[idx]

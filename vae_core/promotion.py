@@ -20,6 +20,7 @@ interrupted attempt left unfinished from a new model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -30,10 +31,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from vae_core.calibrate import flag_anomalies
-from vae_core.config import PromotionConfig, SplitConfig
+from vae_core.config import PromotionConfig
 from vae_core.detector import VAEDetector
-from vae_core.ingest import LabelledTable
-from vae_core.pipeline import split_table
 from vae_core.report import METRIC_LABELS
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -94,16 +93,6 @@ class PromotionDecision:
         return ". ".join([*parts, *self.notes]) + "."
 
 
-def held_out_rows(
-    table: LabelledTable, split: SplitConfig
-) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """The test split (features, labels) of a table, as ``train_and_evaluate`` held it out
-    with these settings: the rows promotion scores both models on."""
-    test = split_table(table, split).test
-    labels = None if table.labels is None else table.labels[test]
-    return table.features.iloc[test], labels
-
-
 def held_out_metrics(
     det: VAEDetector, features: pd.DataFrame | np.ndarray, labels: np.ndarray | None
 ) -> dict:
@@ -118,6 +107,12 @@ def held_out_metrics(
         "flagged_rate": float(flag_anomalies(scores, det.threshold_).mean()),
         "roc_auc": float(roc_auc_score(labels, scores)) if usable else None,
     }
+
+
+def measure_on(features, labels: np.ndarray | None = None):
+    """The ``measure`` that ``registry.promote_challenger`` hands each model to:
+    ``held_out_metrics`` on these held-out rows or images (``pipeline.held_out``)."""
+    return functools.partial(held_out_metrics, features=features, labels=labels)
 
 
 def gate_checks(

@@ -53,10 +53,8 @@ from vae_core.tracking.training_runs import (
     MODEL_URI_TAG,
     end_failed_run,
     epoch_logger,
-    log_image_training_run,
     log_training_run,
     start_training_run,
-    top_anomalies,
 )
 
 __all__ = [
@@ -82,7 +80,6 @@ __all__ = [
     "load_registered",
     "log_batch_scoring",
     "log_image_batch_scoring",
-    "log_image_training_run",
     "log_packaged_model",
     "log_scoring_run",
     "log_training_run",
@@ -99,7 +96,6 @@ __all__ = [
     "source_digest",
     "start_training_run",
     "table_fingerprint",
-    "top_anomalies",
     "training_data_of",
     "version_tags",
 ]

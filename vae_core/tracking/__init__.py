@@ -12,17 +12,16 @@ One job a module:
 - ``scoring_runs``: registered models loaded for scoring, and scoring runs.
 
 Every function takes plain arguments (a ``TrackingTarget``, config sections, a detector, a
-table) so that a Prefect task is one call; nothing here runs at import time.
+dataset) so that a Prefect task is one call; nothing here runs at import time.
 ``vae_core.registry`` re-exports the public names. The life of a model, in calls::
 
     run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
     train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
-    log_training_run(target, run_id, cfg, table, outcome, data_source)   # the rest; ends it
-        (images: log_image_training_run(..., data, outcome, data_source, review files))
+    log_training_run(target, run_id, cfg, data, outcome, data_source)    # the rest; ends it
     register_challenger(target, run_id)            # new version, alias @challenger; a rerun
                                                    #   finishes or replaces an unfinished one
-    promote_challenger(target, cfg.promotion, *promotion.held_out_rows(table, cfg.split))
-        (images: *image_pipeline.held_out_images(data, cfg.split))
+    promote_challenger(target, cfg.promotion,                # scores nothing itself:
+        promotion.measure_on(*pipeline.held_out(data, cfg.split)))   #   loads, hands, records
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
     log_scoring_run(target, champion.ref, scores, scores_path, threshold)
         (images: log_image_batch_scoring(target, champion.ref, score_image_batch(...)))

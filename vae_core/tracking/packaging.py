@@ -18,11 +18,9 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 import vae_core
+from vae_core.dataset import IMAGES, kind_of_model
 from vae_core.detector import VAEDetector
-from vae_core.image_pipeline import score_image_input
 from vae_core.latent import PREDICT_OUTPUTS
-from vae_core.pipeline import score_table
-from vae_core.preprocess import ImagePreprocessor
 
 DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact holding weights.pt + model.json
 # What the packaged model imports when it is loaded; versions are pinned to this environment's.
@@ -46,23 +44,20 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def input_example(features: pd.DataFrame) -> pd.DataFrame:
-    """Rows for the signature, integer columns as float: scoring data may hold NaN there
-    (MLflow rejects floats for an integer column but accepts integers for a double one)."""
-    ints = features.select_dtypes(include=["integer"]).columns
-    return features.astype({c: "float64" for c in ints}).reset_index(drop=True)
-
-
 def log_packaged_model(
     det: VAEDetector,
     example: pd.DataFrame,
+    example_output: pd.DataFrame,
     top_features: int = 3,
     on_size_mismatch: str = "reject",
 ):
     """Log ``det`` as a pyfunc model in the active run (models-from-code, no pickle of
     project classes) with a signature, the input example and pinned requirements.
 
-    example : raw feature rows; for an image detector, a DataFrame of image paths (``path``).
+    example : raw feature rows (``dataset.input_example``); for an image detector, a
+        DataFrame of image paths (``path``).
+    example_output : the packaged model's scores for ``example``, computed by the pipeline
+        (``dataset.score_model_input``): the signature's outputs.
     on_size_mismatch : image models: "reject" or "resize" image files of another size.
     Returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/m-<id>``).
     """
@@ -76,7 +71,7 @@ def log_packaged_model(
             artifacts={DETECTOR_ARTIFACT: str(Path(tmp) / "detector")},
             code_paths=[str(package)],
             model_config=config,
-            signature=_signature(det, example, config),
+            signature=_signature(det, example, example_output),
             input_example=example,
             pip_requirements=pip_requirements(),
         )
@@ -95,14 +90,12 @@ def _without_info(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _signature(det: VAEDetector, example: pd.DataFrame, config: dict) -> ModelSignature:
+def _signature(det: VAEDetector, example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
     """Tables: the example's columns. Images: an optional ``path`` (image file) column or an
-    optional ``image`` column of (H, W) or (C, H, W) integer arrays."""
+    optional ``image`` column of (H, W) or (C, H, W) integer arrays. Outputs: ``output``'s."""
     params = ParamSchema([ParamSpec("output", "string", PREDICT_OUTPUTS[0])])  # predict(params=...)
-    if not isinstance(det.preprocessor_, ImagePreprocessor):
-        output = score_table(det, example, top_features=config["top_features"])
-        return infer_signature(example, output.reset_index(drop=True), params={"output": "scores"})
-    output = score_image_input(det, example, config["on_size_mismatch"])
+    if kind_of_model(det) is not IMAGES:
+        return infer_signature(example, output, params={"output": "scores"})
     pixels = Array(Array("long"))
     if det.preprocessor_.image_shape[0] > 1:
         pixels = Array(pixels)

@@ -1,6 +1,6 @@
-"""Fingerprints and versions a run records: the data (``table_fingerprint``, a scored
-source's ``source_digest``), the code (``code_version``) and the settings
-(``settings_params``, ``scoring_settings``). No MLflow.
+"""Fingerprints and versions a run records: the data (a dataset's own ``fingerprint``,
+re-exported here as ``table_fingerprint``; a scored source's ``source_digest``), the code
+(``code_version``) and the settings (``settings_params``, ``scoring_settings``). No MLflow.
 """
 
 from __future__ import annotations
@@ -11,22 +11,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 import vae_core
 from vae_core.config import PipelineConfig
-from vae_core.ingest import LabelledTable
-
-
-def table_fingerprint(table: LabelledTable) -> dict[str, str | int]:
-    """SHA-256 of a table's feature names, values and labels, with its shape."""
-    h = hashlib.sha256(json.dumps([str(c) for c in table.features.columns]).encode())
-    h.update(pd.util.hash_pandas_object(table.features, index=False).to_numpy().tobytes())
-    if table.labels is not None:
-        h.update(np.asarray(table.labels, dtype=np.int64).tobytes())
-    rows, columns = table.features.shape
-    return {"sha256": h.hexdigest(), "rows": int(rows), "columns": int(columns)}
+from vae_core.dataset import kind_named
+from vae_core.ingest import table_fingerprint as table_fingerprint
 
 
 def code_version() -> dict[str, str]:
@@ -80,7 +68,7 @@ def scoring_settings(cfg: PipelineConfig) -> dict[str, str]:
     """The settings a scoring run records as parameters: the scoring section (chunk rows,
     top features, missing values, task runner ...), the id columns and, for images, the
     image section (chunk images, top maps ...)."""
-    prefixes = ("scoring.", "images.") if cfg.data.kind == "images" else ("scoring.",)
+    prefixes = ("scoring.", *kind_named(cfg.data.kind).settings)
     flat = settings_params(cfg)
     return {k: v for k, v in flat.items() if k.startswith(prefixes) or k == "data.id_columns"}
 

@@ -10,24 +10,24 @@ import dataclasses
 import io
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vae_core.config import PromotionConfig
+from vae_core.detector import VAEDetector
 from vae_core.promotion import (
     CHALLENGER,
     CHAMPION,
     PromotionDecision,
     RunRecord,
     decide,
-    held_out_metrics,
     review_description,
     training_fingerprint,
 )
@@ -237,22 +237,22 @@ def _record_with_schema(client: MlflowClient, run_id: str) -> RunRecord:
 def promote_challenger(
     target: TrackingTarget,
     gate: PromotionConfig,
-    features: pd.DataFrame | np.ndarray,
-    labels: np.ndarray | None = None,
+    measure: Callable[[VAEDetector], dict],
     *,
     version: str | int | None = None,
     force: bool = False,
     reason: str | None = None,
     data_description: str = "held-out rows",
 ) -> PromotionDecision:
-    """Score the challenger (``version``, default the ``challenger`` alias) and the champion
-    on the same held-out rows and move ``champion`` to it iff it passes the gate
+    """Hand the challenger (``version``, default the ``challenger`` alias) and the champion to
+    ``measure`` and move ``champion`` to the challenger iff its numbers pass the gate
     (``promotion.gate_checks``); ``force`` with a ``reason`` moves it regardless, recorded as
     a manual override. The decision goes on the version (its ``promotion`` tag, a line in its
     description); a promoted version loses the ``challenger`` alias.
 
-    features, labels : held-out rows (n, d), or images, and optional labels (n,), 1 = anomaly;
-        use ``promotion.held_out_rows`` (``image_pipeline.held_out_images``).
+    measure : detector -> ``promotion.held_out_metrics``; the pipeline scores, not this
+        layer: ``promotion.measure_on(*pipeline.held_out(data, cfg.split))`` scores both
+        models on the same held-out rows or images.
     """
     if force and not (reason and reason.strip()):
         raise ValueError("a forced promotion needs a reason (--reason TEXT)")
@@ -262,11 +262,9 @@ def promote_challenger(
     old = None if champion is None else str(champion.version)
     if old == str(challenger.version):
         return PromotionDecision(name, old, old, "unchanged")
-    ours = held_out_metrics(load_packaged_detector(name, challenger.version), features, labels)
-    theirs = None
-    if old is not None:
-        theirs = held_out_metrics(load_packaged_detector(name, old), features, labels)
-    note = f"Scored on {data_description} ({len(features)} rows)"
+    ours = measure(load_packaged_detector(name, challenger.version))
+    theirs = None if old is None else measure(load_packaged_detector(name, old))
+    note = f"Scored on {data_description} ({ours['rows']} rows)"
     decision = decide(
         name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
     )

@@ -12,18 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
 
 from vae_core.config import PipelineConfig
-from vae_core.detector import VAEDetector
-from vae_core.image_pipeline import ImageData, image_fingerprint
-from vae_core.ingest import LabelledTable
-from vae_core.pipeline import Splits, TrainOutcome, score_table
+from vae_core.dataset import Data, DataRecord, data_record
+from vae_core.pipeline import TrainOutcome
 from vae_core.promotion import training_run_note
-from vae_core.tracking.packaging import input_example, log_packaged_model
-from vae_core.tracking.provenance import code_version, settings_params, table_fingerprint
+from vae_core.tracking.packaging import log_packaged_model
+from vae_core.tracking.provenance import code_version, settings_params
 from vae_core.tracking.store import (
     NOTE_TAG,
     TrackingTarget,
@@ -37,7 +34,6 @@ from vae_core.tracking.store import (
 from vae_core.train import EpochCallback, EpochLog
 
 MODEL_URI_TAG = "vae.model_uri"  # on a training run: the packaged model it logged
-_TOP_ANOMALIES, _PRIOR_SAMPLES, _EXAMPLE_ROWS = 20, 200, 5
 
 
 @tracking_call
@@ -88,24 +84,35 @@ def log_training_run(
     target: TrackingTarget,
     run_id: str,
     cfg: PipelineConfig,
-    table: LabelledTable,
+    data: Data,
     outcome: TrainOutcome,
     data_source: str,
 ) -> str:
-    """Log the outcome of training into the run opened by ``start_training_run``, end it
-    (FINISHED), and return the packaged model's URI (``models:/m-...``).
+    """Log the outcome of training a table or images into the run opened by
+    ``start_training_run``, end it (FINISHED), and return the packaged model's URI
+    (``models:/m-...``). Computes nothing: the pipeline handed it all (``TrainOutcome``,
+    ``dataset.data_record``).
 
-    Logs the data fingerprint (``log_input``), the feature schema, the test metrics with their
-    intervals, the calibration, the evaluation report and plots, the top anomalies of the
-    test split with their contributing features, samples from the prior, and the model.
+    Logs the data (fingerprint as ``log_input``, ``data.*`` tags; images also
+    ``data/images.csv``, every image with its class, label and split, and
+    ``data/skipped_images.csv``), the feature schema, the test metrics with their intervals,
+    the calibration, the evaluation report and plots, the review (``review/``; images also
+    ``anomaly_maps/`` and ``evaluation/image_scores.csv``), tables' top anomalies of the test
+    split with their contributing columns and samples from the prior, and the model.
     """
+    shown = outcome.examples
     with mlflow.start_run(run_id=run_id):
-        _log_training_data(table, data_source, cfg.data.label_column)
+        _log_data(data_record(data, outcome.splits), data_source)
         _log_evaluation(outcome)
-        _log_examples(outcome, table, cfg.scoring.top_features)
+        _log_examples(shown)
         _log_review(outcome.review)
-        example = input_example(table.features.iloc[outcome.splits.test[:_EXAMPLE_ROWS]])
-        info = log_packaged_model(outcome.detector, example, cfg.scoring.top_features)
+        mlflow.log_dict(outcome.detector.preprocessor_.to_dict(), "feature_schema.json")
+        info = log_packaged_model(
+            outcome.detector,
+            shown["input_example"],
+            shown["example_output"],
+            **shown["model_config"],
+        )
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         _describe_training_run(target, run_id)
     return info.model_uri
@@ -117,76 +124,24 @@ def _describe_training_run(target: TrackingTarget, run_id: str) -> None:
     client.set_tag(run_id, NOTE_TAG, training_run_note(run_record(client.get_run(run_id))))
 
 
-@tracking_call
-def log_image_training_run(
-    target: TrackingTarget,
-    run_id: str,
-    cfg: PipelineConfig,
-    data: ImageData,
-    outcome: TrainOutcome,
-    data_source: str,
-    review: dict[str, Path],
-) -> str:
-    """``log_training_run`` for images; ends the run and returns the packaged model's URI.
-
-    Logs the data (fingerprint, ``data/images.csv``: every image with its class, label and
-    split; ``data/skipped_images.csv``: files left out under ``on_error: skip``), the test
-    metrics and report, the review files of ``image_pipeline.write_review`` (``review/``:
-    prior samples and reconstructions grids; ``anomaly_maps/``: the top test anomalies, each
-    beside its original and reconstruction; ``evaluation/image_scores.csv``) and the model,
-    which takes image paths or arrays.
-    """
-    with mlflow.start_run(run_id=run_id):
-        _log_image_data(data, outcome.splits, data_source)
-        _log_evaluation(outcome)
-        _log_review(review)
-        mlflow.log_dict(outcome.detector.preprocessor_.to_dict(), "feature_schema.json")
-        rows = outcome.splits.test[:_EXAMPLE_ROWS]
-        example = pd.DataFrame({"path": [data.images.paths[i] for i in rows]})
-        info = log_packaged_model(outcome.detector, example, 0, cfg.images.on_size_mismatch)
-        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
-        _describe_training_run(target, run_id)
-    return info.model_uri
-
-
-def _image_label_source(images) -> str:
-    """Where the labels of an image set came from, for the run's tags."""
-    if images.paths and "::" in images.paths[0]:  # file.npz::key[i]
-        return "npz class array (normal classes = 0)"
-    return "folder name (good = 0)"
-
-
-def _log_image_data(data: ImageData, splits: Splits, source: str) -> None:
-    fp, images = image_fingerprint(data.images), data.images
-    with warnings.catch_warnings():
+def _log_data(record: DataRecord, source: str) -> None:
+    fp = record.fingerprint
+    with warnings.catch_warnings():  # source-resolution and integer-column (label) hints
         warnings.simplefilter("ignore", UserWarning)
         described = dict(source=str(source), name=Path(str(source)).name)
         digest = str(fp["sha256"])[:16]
-        if data.streamed:  # too many to hold: the dataset is the list of files
-            dataset = mlflow.data.from_pandas(images.manifest(), digest=digest, **described)
-        else:
+        if record.array is not None:
             dataset = mlflow.data.from_numpy(
-                images.images, targets=images.labels, digest=digest, **described
+                record.array, targets=record.targets, digest=digest, **described
+            )
+        else:
+            dataset = mlflow.data.from_pandas(
+                record.frame, targets=record.targets, digest=digest, **described
             )
         mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
-    manifest = images.manifest().assign(split="")
-    for name in ("train", "calibration", "test"):
-        manifest.loc[getattr(splits, name), "split"] = name
-    mlflow.log_text(manifest.to_csv(index=False), "data/images.csv")
-    if images.skipped:
-        mlflow.log_text(images.skipped_frame().to_csv(index=False), "data/skipped_images.csv")
-    labelled = images.labels is not None
-    tags = {f"data.{k}": str(v) for k, v in fp.items()}
-    _set_tags(
-        tags
-        | {
-            "data.kind": "images",
-            "data.image_shape": "x".join(str(d) for d in images.images.shape[1:]),
-            "data.label_column": _image_label_source(images) if labelled else "",
-            "data.anomalies": str(int(images.labels.sum())) if labelled else "",
-            "data.skipped": str(len(images.skipped)),
-        }
-    )
+    for path, text in record.texts.items():
+        mlflow.log_text(text, path)
+    _set_tags({f"data.{k}": str(v) for k, v in fp.items()} | record.tags)
 
 
 def _set_tags(tags: dict[str, str]) -> None:
@@ -216,26 +171,6 @@ def _log_review(review: dict) -> None:
         mlflow.log_artifacts(str(review["maps"]), "anomaly_maps")
     if review.get("test_scores") is not None:
         mlflow.log_artifact(str(review["test_scores"]), "evaluation")
-
-
-def _log_training_data(table: LabelledTable, source: str, label_column: str | None) -> None:
-    fp = table_fingerprint(table)
-    frame = table.features
-    if table.labels is not None and label_column:
-        frame = frame.assign(**{label_column: table.labels})
-    with warnings.catch_warnings():  # source-resolution and integer-column (label) hints
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            frame,
-            source=str(source),
-            name=Path(str(source)).name,
-            targets=label_column if table.labels is not None else None,
-            digest=str(fp["sha256"])[:16],
-        )
-        mlflow.log_input(dataset, context="training", tags={k: str(v) for k, v in fp.items()})
-    anomalies = "" if table.labels is None else str(int(np.sum(table.labels)))
-    tags = {f"data.{k}": str(v) for k, v in fp.items()}
-    _set_tags(tags | {"data.label_column": label_column or "", "data.anomalies": anomalies})
 
 
 def _log_evaluation(outcome: TrainOutcome) -> None:
@@ -272,25 +207,11 @@ def _log_evaluation(outcome: TrainOutcome) -> None:
         mlflow.log_artifact(str(path), "report")
 
 
-def top_anomalies(
-    det: VAEDetector, table: LabelledTable, rows: np.ndarray, top_features: int = 3, n: int = 20
-) -> pd.DataFrame:
-    """The n highest-scoring of ``rows``: ids, label, score, flag, probability and the
-    columns that contributed most, highest score first."""
-    scored = score_table(det, table.features.iloc[rows], table.ids.iloc[rows], max(top_features, 1))
-    if table.labels is not None:
-        scored["label"] = table.labels[rows]
-    order = np.argsort(-scored["anomaly_score"].to_numpy(), kind="stable")[:n]
-    return scored.iloc[order].reset_index(drop=True)
-
-
-def _log_examples(outcome: TrainOutcome, table: LabelledTable, top_features: int) -> None:
-    det = outcome.detector
-    top = top_anomalies(det, table, outcome.splits.test, top_features, _TOP_ANOMALIES)
-    samples = det.sample(_PRIOR_SAMPLES)
+def _log_examples(shown: dict) -> None:
+    """The test split's top anomalies and the prior samples, where the pipeline made them."""
     with warnings.catch_warnings():  # MLflow's hint on integer columns (the label)
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_table(top, "evaluation/top_anomalies.json")
-        if isinstance(samples, pd.DataFrame):  # image models sample arrays
-            mlflow.log_table(samples, "samples/prior_samples.json")
-    mlflow.log_dict(det.preprocessor_.to_dict(), "feature_schema.json")
+        if shown.get("top_anomalies") is not None:
+            mlflow.log_table(shown["top_anomalies"], "evaluation/top_anomalies.json")
+        if isinstance(shown.get("prior_samples"), pd.DataFrame):
+            mlflow.log_table(shown["prior_samples"], "samples/prior_samples.json")

@@ -1,0 +1,318 @@
+"""One path for tables and images: the dataset interface and the one place the kind is decided.
+
+A dataset is a table (``ingest.LabelledTable``) or images (``image_pipeline.ImageData``);
+both give the pipeline the same interface: ``kind``, ``len``, ``labels``,
+``features_at(rows)`` / ``labels_at(rows)`` (table rows, or images that may stay in their
+files), ``n_fit_only`` (images of a layout's ``train/`` folder: training only), ``skipped``
+(inputs left out while reading) and ``fingerprint()``.
+
+What differs between the kinds is held by one ``DataKind`` each (``TABLE``, ``IMAGES``):
+how to read one, the reviewer's files, what a training run shows of the model, how the
+packaged model scores its input, and what a run records of the data. The kind is decided
+here only: from the config (``load_dataset``, ``kind_named``: ``data.kind``), from a dataset
+(``kind_of``) or from a fitted detector (``kind_of_model``: its preprocessor). Every other
+module asks the ``DataKind`` it is handed.
+
+    load_dataset -> train_and_evaluate (split, fit, calibrate, evaluate, save, review,
+    examples) -> the tracking layer logs the outcome (``data_record``: what it records of
+    the data)
+
+Nothing here knows about Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vae_core import image_pipeline
+from vae_core.config import PipelineConfig
+from vae_core.detector import VAEDetector
+from vae_core.image_pipeline import ImageData
+from vae_core.image_preprocess import ImagePreprocessor
+from vae_core.ingest import LabelledTable, load_table
+from vae_core.latent import write_latent_review
+from vae_core.pipeline import (
+    Splits,
+    TrainOutcome,
+    calibrate_detector,
+    evaluate_detector,
+    fit_detector,
+    save_outcome,
+    split_data,
+)
+from vae_core.scoring import score_table
+from vae_core.train import EpochCallback
+
+Data = LabelledTable | ImageData
+
+# A training run shows the TOP_ANOMALIES highest test scores (tables, with their columns),
+# PRIOR_SAMPLES rows decoded from the prior (tables) and EXAMPLE_ROWS test rows as the
+# packaged model's input example.
+TOP_ANOMALIES, PRIOR_SAMPLES, EXAMPLE_ROWS = 20, 200, 5
+
+
+@dataclass
+class DataRecord:
+    """What a training run records of its data, computed here for the tracking layer.
+
+    fingerprint : {sha256, rows, columns}.
+    frame / array : the data as MLflow's dataset takes it (a DataFrame, or an array of images
+        with ``targets`` the labels); ``targets`` names the label column of ``frame``.
+    tags : ``data.*`` tags besides the fingerprint's ("" values are left out).
+    texts : {artifact path: text} (image runs: the image list with splits, skipped files).
+    """
+
+    fingerprint: dict
+    frame: pd.DataFrame | None = None
+    array: np.ndarray | None = None
+    targets: str | np.ndarray | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What is particular to one kind of data (``data.kind``); see the module doc.
+
+    read(path, cfg, require_label) : the dataset in ``path``.
+    review(det, data, rows, scores, out_dir, cfg) : the reviewer's files from the test split
+        ``rows`` and its ``scores``; {name: path or value}.
+    examples(det, data, rows, cfg) : ``TrainOutcome.examples``.
+    score_input(det, model_input, top_features, on_size_mismatch) : the packaged model's
+        scores frame for its input.
+    record(data, splits) : the ``DataRecord`` a training run logs.
+    settings : the config sections a scoring run records besides ``scoring``.
+    columns : whether label and id columns name anything (tables; an image is identified by
+        its path and labelled by its folder or npz class).
+    """
+
+    name: str
+    read: Callable[..., Data]
+    review: Callable[..., dict]
+    examples: Callable[..., dict]
+    score_input: Callable[..., pd.DataFrame]
+    record: Callable[[Data, Splits], DataRecord]
+    settings: tuple[str, ...] = ()
+    columns: bool = True
+
+
+# ---- tables --------------------------------------------------------------------------------
+def _read_table(path, cfg: PipelineConfig, require_label: bool = False) -> LabelledTable:
+    return load_table(path, cfg.data, require_label=require_label)
+
+
+def _table_review(det, data: LabelledTable, rows, scores, out_dir, cfg: PipelineConfig) -> dict:
+    """The latent space from the test split (``latent.write_latent_review``)."""
+    features, labels = data.features_at(rows), data.labels_at(rows)
+    return write_latent_review(det, features, scores, labels, Path(out_dir), cfg.split.seed)
+
+
+def input_example(features: pd.DataFrame) -> pd.DataFrame:
+    """Rows for the packaged model's signature, integer columns as float: scoring data may
+    hold NaN there (MLflow rejects floats for an integer column but accepts integers for a
+    double one)."""
+    ints = features.select_dtypes(include=["integer"]).columns
+    return features.astype({c: "float64" for c in ints}).reset_index(drop=True)
+
+
+def top_anomalies(
+    det: VAEDetector, table: LabelledTable, rows, top_features: int = 3, n: int = TOP_ANOMALIES
+) -> pd.DataFrame:
+    """The n highest-scoring of ``rows``: ids, label, score, flag, probability and the
+    columns that contributed most, highest score first."""
+    scored = score_table(det, table.features.iloc[rows], table.ids.iloc[rows], max(top_features, 1))
+    if table.labels is not None:
+        scored["label"] = table.labels[rows]
+    order = np.argsort(-scored["anomaly_score"].to_numpy(), kind="stable")[:n]
+    return scored.iloc[order].reset_index(drop=True)
+
+
+def _score_table_input(det, model_input, top_features: int = 3, on_size_mismatch=None):
+    frame = pd.DataFrame(model_input)
+    return score_table(det, frame, top_features=top_features).reset_index(drop=True)
+
+
+def _table_examples(det, data: LabelledTable, rows, cfg: PipelineConfig) -> dict:
+    top_features = cfg.scoring.top_features
+    example = input_example(data.features.iloc[rows[:EXAMPLE_ROWS]])
+    return {
+        "top_anomalies": top_anomalies(det, data, rows, top_features),
+        "prior_samples": det.sample(PRIOR_SAMPLES),
+        "input_example": example,
+        "example_output": _score_table_input(det, example, top_features),
+        "model_config": {"top_features": int(top_features), "on_size_mismatch": "reject"},
+    }
+
+
+def _table_record(data: LabelledTable, splits: Splits) -> DataRecord:
+    frame, label = data.features, data.label_column
+    if data.labels is not None and label:
+        frame = frame.assign(**{label: data.labels})
+    anomalies = "" if data.labels is None else str(int(np.sum(data.labels)))
+    return DataRecord(
+        data.fingerprint(),
+        frame=frame,
+        targets=label if data.labels is not None else None,
+        tags={"data.label_column": label or "", "data.anomalies": anomalies},
+    )
+
+
+TABLE = DataKind(
+    "table", _read_table, _table_review, _table_examples, _score_table_input, _table_record
+)
+
+
+# ---- images --------------------------------------------------------------------------------
+def _read_images(path, cfg: PipelineConfig, require_label: bool = False) -> ImageData:
+    return image_pipeline.load_images(path, cfg.images)
+
+
+def _image_review(det, data: ImageData, rows, scores, out_dir, cfg: PipelineConfig) -> dict:
+    """Grids, anomaly maps, image scores and the latent space (``image_pipeline.write_review``)."""
+    return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
+
+
+def _image_examples(det, data: ImageData, rows, cfg: PipelineConfig) -> dict:
+    rows = rows[:EXAMPLE_ROWS]
+    paths = [data.images.paths[i] for i in rows]
+    if any("::" in p for p in paths):  # an .npz's images (file.npz::key[i]): their pixels
+        pixels = np.asarray(data.features_at(rows))
+        example = pd.DataFrame({"image": [image.tolist() for image in pixels]})
+    else:
+        example = pd.DataFrame({"path": paths})
+    mismatch = cfg.images.on_size_mismatch
+    return {
+        "top_anomalies": None,  # the review's anomaly maps show them
+        "prior_samples": None,  # the review's prior_samples.png shows them
+        "input_example": example,
+        "example_output": image_pipeline.score_image_input(det, example, mismatch),
+        "model_config": {"top_features": 0, "on_size_mismatch": mismatch},
+    }
+
+
+def _score_image_input(det, model_input, top_features=None, on_size_mismatch: str = "reject"):
+    return image_pipeline.score_image_input(det, model_input, on_size_mismatch)
+
+
+def _label_source(paths: list[str]) -> str:
+    """Where the labels of an image set came from, for the run's tags."""
+    if paths and "::" in paths[0]:  # file.npz::key[i]
+        return "npz class array (normal classes = 0)"
+    return "folder name (good = 0)"
+
+
+def _image_record(data: ImageData, splits: Splits) -> DataRecord:
+    images = data.images
+    manifest = images.manifest().assign(split="")
+    for name in ("train", "calibration", "test"):
+        manifest.loc[getattr(splits, name), "split"] = name
+    texts = {"data/images.csv": manifest.to_csv(index=False)}
+    if images.skipped:
+        texts["data/skipped_images.csv"] = images.skipped_frame().to_csv(index=False)
+    labelled = images.labels is not None
+    tags = {
+        "data.kind": "images",
+        "data.image_shape": "x".join(str(d) for d in images.images.shape[1:]),
+        "data.label_column": _label_source(images.paths) if labelled else "",
+        "data.anomalies": str(int(images.labels.sum())) if labelled else "",
+        "data.skipped": str(len(images.skipped)),
+    }
+    if data.streamed:  # too many to hold: the dataset is the list of files
+        return DataRecord(data.fingerprint(), frame=images.manifest(), tags=tags, texts=texts)
+    return DataRecord(
+        data.fingerprint(), array=images.images, targets=images.labels, tags=tags, texts=texts
+    )
+
+
+IMAGES = DataKind(
+    "images",
+    _read_images,
+    _image_review,
+    _image_examples,
+    _score_image_input,
+    _image_record,
+    settings=("images.",),
+    columns=False,
+)
+
+KINDS = {kind.name: kind for kind in (TABLE, IMAGES)}
+
+
+# ---- the decisions -------------------------------------------------------------------------
+def kind_named(name: str) -> DataKind:
+    """The ``DataKind`` of ``data.kind`` ("table" or "images")."""
+    return KINDS[name]
+
+
+def kind_of(data: Data) -> DataKind:
+    """The ``DataKind`` of a dataset."""
+    return KINDS[data.kind]
+
+
+def kind_of_model(det: VAEDetector) -> DataKind:
+    """The ``DataKind`` a fitted detector takes: images when it was fitted on images."""
+    return IMAGES if isinstance(det.preprocessor_, ImagePreprocessor) else TABLE
+
+
+def load_dataset(path: str | Path, cfg: PipelineConfig, require_label: bool = False) -> Data:
+    """The dataset in ``path``, read as ``data.kind`` says: a table (CSV, Parquet, a folder of
+    parts; ``data`` section) or images (a folder or an .npz; ``images`` section).
+    require_label : tables: a named label column must be present."""
+    return kind_named(cfg.data.kind).read(path, cfg, require_label)
+
+
+def write_review(det, data: Data, rows, scores, out_dir, cfg: PipelineConfig) -> dict:
+    """The reviewer's files from the test split ``rows`` and its ``scores`` in ``out_dir``."""
+    return kind_of(data).review(det, data, rows, scores, out_dir, cfg)
+
+
+def examples(det, data: Data, rows, cfg: PipelineConfig) -> dict:
+    """What a training run shows of the model, from the test split (``TrainOutcome``)."""
+    return kind_of(data).examples(det, data, rows, cfg)
+
+
+def data_record(data: Data, splits: Splits) -> DataRecord:
+    """What a training run records of ``data`` split as ``splits``."""
+    return kind_of(data).record(data, splits)
+
+
+def score_model_input(
+    det, model_input, top_features: int = 3, on_size_mismatch: str = "reject"
+) -> pd.DataFrame:
+    """The packaged model's scores frame for its input: table rows, or image paths / arrays
+    (``image_pipeline.score_image_input``), as the detector was fitted."""
+    return kind_of_model(det).score_input(det, model_input, top_features, on_size_mismatch)
+
+
+def train_and_evaluate(
+    data: Data,
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    callbacks: Sequence[EpochCallback] = (),
+) -> TrainOutcome:
+    """Split, fit, calibrate, evaluate a dataset of either kind; save the model to
+    ``out_dir/model``, the report to ``out_dir/report`` and the review to ``out_dir/review``.
+    ``callbacks`` run after every epoch. Returns everything the tracking layer logs and a
+    caller prints."""
+    out_dir = Path(out_dir)
+    splits = split_data(data, cfg.split)
+    train, cal, test = splits.train, splits.calibration, splits.test
+    det = fit_detector(data.features_at(train), cfg, callbacks)
+    calibrate_detector(det, data.features_at(cal), data.labels_at(cal), cfg.calibration)
+    report, scores = evaluate_detector(
+        det,
+        data.features_at(test),
+        data.labels_at(test),
+        cfg.calibration,
+        cfg.split.seed,
+        train_features=data.features_at(train),
+    )
+    paths = save_outcome(det, report, scores, data.labels_at(test), out_dir)
+    review = write_review(det, data, test, scores, out_dir / "review", cfg)
+    shown = examples(det, data, test, cfg)
+    return TrainOutcome(det, splits, report, scores, paths, review, shown)
