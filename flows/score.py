@@ -1,13 +1,14 @@
 """The nightly batch-scoring flow.
 
-    resolve the model (models:/NAME@champion, or a version) -> list the batch's partitions ->
-    score each partition (validated, chunked, staged) on the configured task runner ->
+    resolve the model (models:/NAME@champion, or a version) -> ``dataset.score_batch``, the
+    batch scoring ``vae-anomaly score`` runs too: list the batch's partitions -> score each
+    partition (validated, chunked, staged) as a Prefect task on the configured task runner ->
     commit one Parquet file atomically -> log the run to MLflow -> Prefect artifacts.
 
-For images (``data.kind: images``): resolve the model -> score the folder (or .npz) in
-chunks of ``images.chunk_images``, anomaly maps for the top ``images.top_maps`` -> one
-Parquet file (path, class, anomaly_score, is_anomaly, anomaly_probability, map_path) ->
-an MLflow run with the maps and the skipped files -> Prefect artifacts.
+An image model (``data.kind: images``) scores the folder (or .npz) in chunks of
+``images.chunk_images``, with anomaly maps for the top ``images.top_maps``, into one Parquet
+file (path, class, anomaly_score, is_anomaly, anomaly_probability, map_path); its MLflow run
+also holds the maps and the skipped files.
 
 Run it: ``python -m flows.score [--config configs/mnist.yml]`` or
 ``prefect deployment run 'score/nightly'``.
@@ -23,7 +24,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import batch, image_pipeline
+from vae_core import batch, dataset
 from vae_core.config import PipelineConfig, load_config
 from vae_core.detector import VAEDetector
 
@@ -45,16 +46,6 @@ def fetch_model(cfg: PipelineConfig, model_uri: str):
 @functools.lru_cache(maxsize=4)
 def _detector(folder: str) -> VAEDetector:
     return VAEDetector.load(folder)
-
-
-@task(**IO_RETRIES)
-def list_partitions(source: str) -> list[batch.Partition]:
-    return batch.list_partitions(source)
-
-
-@task(**IO_RETRIES)
-def batch_identity(source: str, batch_id: str | None) -> str:
-    return batch.batch_identity(source, batch_id)
 
 
 @task(**IO_RETRIES)
@@ -90,40 +81,6 @@ def _check_visible(model_dir: str, out_dir: Path) -> None:
                 "scoring.model_cache and scoring.output_dir must be on storage that the flow "
                 "and every worker share, at the same path"
             )
-
-
-@task(**IO_RETRIES)
-def commit_scores(staged: list[batch.StagedPart], dest: str, staging: str) -> str:
-    return str(batch.commit_scores(staged, Path(dest), Path(staging)))
-
-
-@task(**IO_RETRIES)
-def log_scoring_run(
-    cfg: PipelineConfig, model, summary: batch.BatchSummary, dest: str, source: str
-) -> str:
-    from vae_core import registry
-
-    target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
-    return registry.log_batch_scoring(target, model, summary, dest, source, settings=settings)
-
-
-@task(**IO_RETRIES)
-def score_image_batch(
-    model_dir: str, source: str, cfg: PipelineConfig, out_dir: str, batch_id: str | None
-) -> image_pipeline.ImageBatch:
-    return image_pipeline.score_image_batch(
-        _detector(model_dir), source, cfg.images, out_dir, batch_id
-    )
-
-
-@task(**IO_RETRIES)
-def log_image_scoring_run(
-    cfg: PipelineConfig, model, scored: image_pipeline.ImageBatch, source: str
-) -> str:
-    from vae_core import registry
-
-    target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
-    return registry.log_image_batch_scoring(target, model, scored, source, settings=settings)
 
 
 def task_runner(cfg: PipelineConfig):
@@ -193,6 +150,14 @@ def score_partitions(
     return [f.result() for f in futures]
 
 
+@task(**IO_RETRIES)
+def log_scoring_run(cfg: PipelineConfig, model, summary: batch.BatchSummary, source: str) -> str:
+    from vae_core import registry
+
+    target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
+    return registry.log_batch_scoring(target, model, summary, None, source, settings=settings)
+
+
 @flow(name="score", log_prints=True)
 def score(
     data_path: str | None = None,
@@ -203,90 +168,69 @@ def score(
 ) -> dict:
     """Score one batch with the champion (or ``model_uri``) and write
     ``<output_dir>/<batch id>.parquet``: ids, anomaly_score, is_anomaly, anomaly_probability,
-    top contributing columns. Rerunning a batch replaces its output.
+    top contributing columns (images: path, class, scores and ``map_path``, with
+    ``<batch id>.maps/`` and, for skipped files, ``<batch id>.skipped.csv``). Rerunning a
+    batch replaces its output. ``dataset.score_batch`` does the work, as for
+    ``vae-anomaly score``; a table's partitions are Prefect tasks on the configured runner.
     """
     cfg = load_config(config_path)
     logger = get_run_logger()
     source = str(cfg.path(data_path or cfg.data.score_path))
     uri = model_uri or f"models:/{cfg.tracking.registered_model}@champion"
     model, model_dir = fetch_model(cfg, uri)
-    if cfg.data.kind == "images":
-        return _score_images(cfg, model, model_dir, source, batch_id, output_dir)
-    ident = batch_identity(source, batch_id)
     out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / f"{ident}.parquet"
-    parts = list_partitions(source)
-    waiting = functools.partial(logger.warning, "batch %s: waiting for its other run", ident)
-    with batch.staging_for(dest, ident, on_wait=waiting) as staging:
-        runner = score_partitions.with_options(task_runner=task_runner(cfg))
-        staged = runner(model_dir, parts, str(staging), cfg)
-        written = commit_scores(staged, str(dest), str(staging))
-    det = _detector(model_dir)
-    summary = batch.summarise_batch(ident, staged, det.threshold_, cfg.scoring.drift_psi_warning)
-    run_id = log_scoring_run(cfg, model, summary, written, source)
-    text = batch.summary_markdown(summary, f"{model.name} v{model.version}", source, written)
+    runner = score_partitions.with_options(task_runner=task_runner(cfg))
+
+    def score_parts(parts, staging):
+        return runner(model_dir, parts, str(staging), cfg)
+
+    summary = dataset.score_batch(
+        _detector(model_dir),
+        source,
+        cfg,
+        out_dir,
+        batch_id,
+        score_parts=score_parts,
+        on_wait=functools.partial(logger.warning, "batch %s: waiting for its other run"),
+    )
+    run_id = log_scoring_run(cfg, model, summary, source)
+    for path, reason in summary.skipped_files:
+        logger.warning("skipped image %s: %s", path, reason)
     if summary.drift_warning:
         logger.warning("score drift: PSI %.3f > %.3f", summary.psi, cfg.scoring.drift_psi_warning)
+    name, unit = f"{model.name} v{model.version}", summary.unit
+    text = batch.summary_markdown(summary, name, source)
     create_markdown_artifact(
         text + f"\nMLflow run: `{run_id}`\n",
         key="scoring-summary",
-        description=f"Batch {ident}: {summary.flagged} of {summary.rows} rows flagged by "
-        f"{model.name} v{model.version}; drift, output file and MLflow run",
+        description=f"Batch {summary.batch_id}: {summary.flagged} of {summary.rows} {unit} "
+        f"flagged by {name}; drift, output files and MLflow run",
     )
     if len(summary.top):
         create_table_artifact(
             summary.top.round(4).astype(str).to_dict("records"),
             key="top-anomalies",
-            description=f"Batch {ident}: the highest-scoring rows (higher score = more "
-            "anomalous) with their ids and the columns that contributed most",
+            description=f"Batch {summary.batch_id}: the highest-scoring {unit} (higher score = "
+            "more anomalous) with their ids and the columns that contributed most, or their "
+            "anomaly maps",
         )
     print(text)
     return {
-        "batch_id": ident,
-        "output": written,
+        "batch_id": summary.batch_id,
+        "output": str(summary.output),
         "rows": summary.rows,
         "flagged": summary.flagged,
         "psi": summary.psi,
+        "maps": _path(summary.artifacts.get("anomaly_maps")),
+        "skipped": _path(summary.artifacts.get("skipped")),
         "mlflow_run_id": run_id,
         "model_version": model.version,
     }
 
 
-def _score_images(cfg, model, model_dir, source, batch_id, output_dir) -> dict:
-    """The image branch of ``score``: ``<output_dir>/<batch id>.parquet``, ``.maps/`` and,
-    with skipped files, ``.skipped.csv``."""
-    out_dir = cfg.path(output_dir or cfg.scoring.output_dir)
-    scored = score_image_batch(model_dir, source, cfg, str(out_dir), batch_id)
-    run_id = log_image_scoring_run(cfg, model, scored, source)
-    for path, reason in scored.skipped_files:
-        get_run_logger().warning("skipped image %s: %s", path, reason)
-    text = scored.summary_markdown(f"{model.name} v{model.version}", source)
-    create_markdown_artifact(
-        text + f"\nMLflow run: `{run_id}`\n",
-        key="scoring-summary",
-        description=f"Image batch {scored.batch_id}: {scored.flagged} of {len(scored.scores)} "
-        f"images flagged by {model.name} v{model.version}; files and MLflow run",
-    )
-    top = scored.scores.nlargest(cfg.images.top_maps, "anomaly_score")
-    if len(top):
-        create_table_artifact(
-            top.round(4).astype(str).to_dict("records"),
-            key="top-anomalies",
-            description=f"Image batch {scored.batch_id}: the highest-scoring images (higher "
-            "score = more anomalous) and their anomaly maps",
-        )
-    print(text)
-    return {
-        "batch_id": scored.batch_id,
-        "output": str(scored.output),
-        "maps": None if scored.maps is None else str(scored.maps),
-        "skipped": None if scored.skipped is None else str(scored.skipped),
-        "rows": len(scored.scores),
-        "flagged": scored.flagged,
-        "mlflow_run_id": run_id,
-        "model_version": model.version,
-    }
+def _path(path) -> str | None:
+    return None if path is None else str(path)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,16 @@ def population_stability_index(counts: list[int] | np.ndarray, n_bins: int = 10)
 # ---- the batch's summary -------------------------------------------------------------------
 @dataclass
 class BatchSummary:
-    """What a scoring run reports: counts, drift and the top anomalies of the whole batch."""
+    """What a scoring run reports, for a table or a folder of images: counts, drift and the
+    top anomalies of the whole batch, and the files it wrote.
+
+    score_sample : scores to describe the distribution by (at most 2,000 per partition of a
+        table; every image's score).
+    output : the scores file; artifacts : more files a scoring run logs, {artifact folder:
+        path} (images: ``anomaly_maps``, the maps folder; ``skipped``, the list of files
+        left out, each only when written); skipped_files : (path, reason) of those files.
+    unit : what a row is, "rows" or "images".
+    """
 
     batch_id: str
     rows: int
@@ -276,10 +285,58 @@ class BatchSummary:
     drift_warning: bool
     score_sample: np.ndarray
     top: pd.DataFrame
+    output: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    unit: str = "rows"
 
     @property
     def flagged_rate(self) -> float:
         return self.flagged / self.rows if self.rows else 0.0
+
+
+ScoreParts = Callable[[list[Partition], Path], list["StagedPart"]]
+
+
+def score_table_batch(
+    det,
+    source: str | Path,
+    dest: Path,
+    batch_id: str,
+    scoring,
+    id_columns: list[str],
+    *,
+    score_parts: ScoreParts | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> BatchSummary:
+    """Score the table ``source`` (a file, a glob or a folder of partitions) into ``dest``
+    (.parquet or .csv) as one batch: partitions listed, each validated, scored and staged,
+    then committed at once (see the module doc); the summary, with ``output`` set.
+
+    scoring : the ``ScoringConfig`` (chunk_rows, top_features, drift_psi_warning).
+    score_parts : (partitions, staging folder) -> their ``StagedPart``s, in order: how the
+        partitions are scored (the score flow: Prefect tasks on its task runner); default
+        one after another here with ``score_partition``.
+    on_wait : called once if another run of the same batch holds its lock.
+    """
+    parts = list_partitions(source)
+    if score_parts is None:
+
+        def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
+            chunk, top = scoring.chunk_rows, scoring.top_features
+            return [
+                score_partition(det, p, staging, i, id_columns, chunk, top)
+                for i, p in enumerate(parts)
+            ]
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with staging_for(dest, batch_id, on_wait=on_wait) as staging:
+        staged = score_parts(parts, staging)
+        written = commit_scores(staged, dest, staging)
+    summary = summarise_batch(batch_id, staged, det.threshold_, scoring.drift_psi_warning)
+    summary.output = Path(written)
+    return summary
 
 
 def summarise_batch(
@@ -303,14 +360,16 @@ def summarise_batch(
     )
 
 
-def summary_markdown(summary: BatchSummary, model: str, source: str, dest: str) -> str:
+def summary_markdown(summary: BatchSummary, model: str, source: str) -> str:
     """A short Markdown summary of a scoring run, for the Prefect artifact and the logs."""
+    unit = summary.unit
     lines = [
         f"# Scores for batch `{summary.batch_id}`",
         "",
-        f"- Model: `{model}`; input: `{source}`; output: `{dest}`",
-        f"- Rows: {summary.rows:,}; flagged: {summary.flagged:,} ({summary.flagged_rate:.2%}) "
-        f"at threshold {summary.threshold:.4g} (a row is flagged iff its score is greater)",
+        f"- Model: `{model}`; input: `{source}`; output: `{summary.output}`",
+        f"- {unit.capitalize()}: {summary.rows:,}; flagged: {summary.flagged:,} "
+        f"({summary.flagged_rate:.2%}) at threshold {summary.threshold:.4g} (one is flagged "
+        "iff its score is greater)",
     ]
     if summary.psi is not None:
         verdict = (
@@ -319,4 +378,14 @@ def summary_markdown(summary: BatchSummary, model: str, source: str, dest: str) 
             else "no drift warning"
         )
         lines.append(f"- Score drift (PSI vs calibration deciles): {summary.psi:.3f} ({verdict})")
-    return "\n".join(lines) + "\n"
+    if "anomaly_maps" in summary.artifacts:
+        lines.append(f"- Anomaly maps: `{summary.artifacts['anomaly_maps']}`")
+    return "\n".join(lines) + "\n" + skipped_markdown(summary.skipped_files)
+
+
+def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
+    """A Markdown section listing the skipped files (path, reason); "" when none was."""
+    if not skipped:
+        return ""
+    lines = [f"- `{path}`: {reason}" for path, reason in skipped]
+    return f"\n## Skipped files ({len(skipped)})\n\n" + "\n".join(lines) + "\n"

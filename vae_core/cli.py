@@ -129,10 +129,6 @@ def _reading(cfg, data: Path | None, label_column: str | None, id_column: list[s
     return cfg.model_copy(update={"data": DataConfig(**section)})
 
 
-def _images(cfg) -> bool:
-    return cfg.data.kind == "images"
-
-
 def _no_table_options(**given) -> None:
     """ValueError naming the table-only options given for images."""
     named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
@@ -365,57 +361,49 @@ def score(
     chunk_images, top_maps), and writes path, class, label, anomaly_score, is_anomaly,
     anomaly_probability and map_path per image (see image_pipeline.score_image_batch)."""
     from vae_core.config import load_config
-    from vae_core.preprocess import ImagePreprocessor
+    from vae_core.dataset import kind_named, kind_of_model, score_batch
+    from vae_core.ingest import TABLE_SUFFIXES
 
     tracking = _tracking_overrides(None, experiment)
     cfg = _reading(
         load_config(config, {"tracking": tracking} if tracking else None), data, None, id_column
     )
     det, registered = _scoring_model(model, cfg)
-    is_image_model = isinstance(det.preprocessor_, ImagePreprocessor)
-    if _images(cfg) and not is_image_model:
+    kind = kind_of_model(det)
+    if not kind_named(cfg.data.kind).columns and kind.columns:
         raise ValueError(f"{model} is a table model, but the config has data.kind images")
-    settings = cfg.scoring
-    if is_image_model:
+    if not kind.columns:
         _no_table_options(id_column=id_column)
-        written = _score_images(det, data, out, batch_id, cfg)
-    else:
-        if batch_id is not None:
-            raise ValueError("--batch-id is for images; a table's batch is the --out file name")
-        # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
-        settings = cfg.scoring.model_copy(
-            update={k: v for k, v in (("chunk_rows", chunk_rows),
-                                      ("top_features", top_features)) if v is not None}
-        )  # fmt: skip
-        written = _score_table(det, data, out, cfg.data.id_columns, settings)
+    elif batch_id is not None:
+        raise ValueError("--batch-id is for images; a table's batch is the --out file name")
+    elif TABLE_SUFFIXES.get(out.suffix.lower()) is None:
+        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+    # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
+    flags = (("chunk_rows", chunk_rows), ("top_features", top_features))
+    settings = cfg.scoring.model_copy(update={k: v for k, v in flags if v is not None})
+    if chunk_rows is not None:  # images: --chunk-rows is images.chunk_images
+        images = cfg.images.model_copy(update={"chunk_images": chunk_rows})
+        cfg = cfg.model_copy(update={"images": images})
+    cfg = cfg.model_copy(update={"scoring": settings})
+    summary = score_batch(det, data, cfg, out, batch_id, score_parts=_with_progress(det, cfg))
+    _report(summary, cfg)
     if registered is None:
         return
     from vae_core import registry
 
     target, ref = registry.TrackingTarget.from_config(cfg), registered.ref
     # the settings it scored with (flags over the config) as the run's parameters, as the flow
-    params = registry.scoring_settings(cfg.model_copy(update={"scoring": settings}))
-    if is_image_model:
-        run_id = registry.log_image_batch_scoring(target, ref, written, str(data), settings=params)
-    else:
-        run_id = registry.log_batch_scoring(target, ref, written, out, str(data), settings=params)
+    params = registry.scoring_settings(cfg)
+    run_id = registry.log_batch_scoring(target, ref, summary, None, str(data), settings=params)
     typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
 
 
-def _score_table(det, data: Path, out: Path, id_columns, settings):
-    """Score a table in partitions and chunks into ``out`` with the scoring ``settings``
-    (``ScoringConfig``: chunk_rows, top_features, drift_psi_warning); the batch summary."""
-    chunk_rows, top_features = settings.chunk_rows, settings.top_features
+def _with_progress(det, cfg):
+    """``score_parts`` for a table: the partitions one after another, with a progress bar."""
     from vae_core import batch
-    from vae_core.ingest import TABLE_SUFFIXES
 
-    if TABLE_SUFFIXES.get(out.suffix.lower()) is None:
-        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
-    parts = batch.list_partitions(data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = []
-    waiting = lambda: console.print(f"waiting for another run writing {out}")  # noqa: E731
-    with batch.staging_for(out, out.stem, on_wait=waiting) as staging:
+    def score_parts(parts, staging):
+        staged = []
         with Progress(
             TextColumn("[bold]scoring[/]"),
             BarColumn(),
@@ -425,56 +413,38 @@ def _score_table(det, data: Path, out: Path, id_columns, settings):
         ) as progress:
             task = progress.add_task("score", total=len(parts))
             for i, part in enumerate(parts):
-                staged.append(
-                    batch.score_partition(
-                        det, part, staging, i, id_columns, chunk_rows, top_features
-                    )
-                )
+                chunk, top = cfg.scoring.chunk_rows, cfg.scoring.top_features
+                ids = list(cfg.data.id_columns)
+                staged.append(batch.score_partition(det, part, staging, i, ids, chunk, top))
                 progress.update(task, advance=1)
-        batch.commit_scores(staged, out, staging)
-    summary = batch.summarise_batch(
-        out.stem, staged, det.threshold_, psi_warning=settings.drift_psi_warning
-    )
-    typer.echo(
-        f"scored {summary.rows} rows: {summary.flagged} flagged ({summary.flagged_rate:.1%}) "
-        f"at threshold {det.threshold_:.4g} -> {out}"
-    )
-    if summary.drift_warning:
-        console.print(
-            f"[yellow]score drift:[/] PSI {summary.psi:.3f} > {settings.drift_psi_warning:.3f} "
-            "(scoring.drift_psi_warning) against the calibration scores",
-            highlight=False,
-        )
-    return summary
+        return staged
+
+    return score_parts
 
 
-def _score_images(det, data: Path, out: Path, batch_id: str | None, cfg):
-    """Score the images of ``data`` into the folder ``out``; the ImageBatch written."""
-    from vae_core.image_pipeline import MODES, score_image_batch
-    from vae_core.ingest import TABLE_SUFFIXES
-
-    if out.suffix.lower() in TABLE_SUFFIXES:
-        raise ValueError(
-            f"--out {out}: for an image model, a folder (it gets <batch id>.parquet and "
-            "<batch id>.maps/; --batch-id names them)"
-        )
-    channels, height, width = det.preprocessor_.image_shape
-    # The model's own size and colour mode: what it was trained on, whatever the config says.
-    read_as = cfg.images.model_copy(update={"size": (height, width), "mode": MODES[channels]})
-    with console.status("scoring images"):
-        scored = score_image_batch(det, data, read_as, out, batch_id)
-    for path, reason in scored.skipped_files:
+def _report(summary, cfg) -> None:
+    """What a scored batch wrote and found, on the console."""
+    for path, reason in summary.skipped_files:
         console.print(
             f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True
         )
-    n = len(scored.scores)
     typer.echo(
-        f"scored {n} images: {scored.flagged} flagged ({scored.flagged / n:.1%}) at threshold "
-        f"{scored.threshold:.4g} -> {scored.output}\nanomaly maps: {scored.maps or '-'}"
+        f"scored {summary.rows} {summary.unit}: {summary.flagged} flagged "
+        f"({summary.flagged_rate:.1%}) at threshold {summary.threshold:.4g} -> {summary.output}"
     )
-    if scored.skipped is not None:
-        typer.echo(f"skipped {len(scored.skipped_files)} files, listed in {scored.skipped}")
-    return scored
+    if "anomaly_maps" in summary.artifacts or summary.unit == "images":
+        typer.echo(f"anomaly maps: {summary.artifacts.get('anomaly_maps') or '-'}")
+    if "skipped" in summary.artifacts:
+        typer.echo(
+            f"skipped {len(summary.skipped_files)} files, listed in {summary.artifacts['skipped']}"
+        )
+    if summary.drift_warning:
+        console.print(
+            f"[yellow]score drift:[/] PSI {summary.psi:.3f} > "
+            f"{cfg.scoring.drift_psi_warning:.3f} (scoring.drift_psi_warning) against the "
+            "calibration scores",
+            highlight=False,
+        )
 
 
 # embed, sample and interpolate (the latent space) live in their own module and register here.

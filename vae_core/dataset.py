@@ -8,14 +8,16 @@ files), ``n_fit_only`` (images of a layout's ``train/`` folder: training only), 
 
 What differs between the kinds is held by one ``DataKind`` each (``TABLE``, ``IMAGES``):
 how to read one, the reviewer's files, what a training run shows of the model, how the
-packaged model scores its input, and what a run records of the data. The kind is decided
-here only: from the config (``load_dataset``, ``kind_named``: ``data.kind``), from a dataset
-(``kind_of``) or from a fitted detector (``kind_of_model``: its preprocessor). Every other
-module asks the ``DataKind`` it is handed.
+packaged model scores its input, what a run records of the data, and how a batch is scored.
+The kind is decided here only: from the config (``load_dataset``, ``kind_named``:
+``data.kind``), from a dataset (``kind_of``) or from a fitted detector (``kind_of_model``:
+its preprocessor). Every other module asks the ``DataKind`` it is handed.
 
     load_dataset -> train_and_evaluate (split, fit, calibrate, evaluate, save, review,
     examples) -> the tracking layer logs the outcome (``data_record``: what it records of
     the data)
+    score_batch: a fitted detector and a batch -> the scores file (and maps) and its
+        ``batch.BatchSummary``, for ``vae-anomaly score`` and the score flow alike
 
 Nothing here knows about Prefect or MLflow.
 """
@@ -30,11 +32,12 @@ import numpy as np
 import pandas as pd
 
 from vae_core import image_pipeline
+from vae_core.batch import BatchSummary, ScoreParts, batch_identity, score_table_batch
 from vae_core.config import PipelineConfig
 from vae_core.detector import VAEDetector
 from vae_core.image_pipeline import ImageData
 from vae_core.image_preprocess import ImagePreprocessor
-from vae_core.ingest import LabelledTable, load_table
+from vae_core.ingest import TABLE_SUFFIXES, LabelledTable, load_table
 from vae_core.latent import write_latent_review
 from vae_core.pipeline import (
     Splits,
@@ -86,6 +89,8 @@ class DataKind:
     score_input(det, model_input, top_features, on_size_mismatch) : the packaged model's
         scores frame for its input.
     record(data, splits) : the ``DataRecord`` a training run logs.
+    score_batch(det, source, cfg, out, batch_id, score_parts, on_wait) : a batch scored into
+        ``out`` (``score_batch``).
     settings : the config sections a scoring run records besides ``scoring``.
     columns : whether label and id columns name anything (tables; an image is identified by
         its path and labelled by its folder or npz class).
@@ -97,6 +102,7 @@ class DataKind:
     examples: Callable[..., dict]
     score_input: Callable[..., pd.DataFrame]
     record: Callable[[Data, Splits], DataRecord]
+    score_batch: Callable[..., BatchSummary]
     settings: tuple[str, ...] = ()
     columns: bool = True
 
@@ -162,8 +168,34 @@ def _table_record(data: LabelledTable, splits: Splits) -> DataRecord:
     )
 
 
+def _score_table_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, score_parts, on_wait):
+    """A table batch into the file ``out`` (.csv or .parquet; its name is the batch id) or
+    into ``out/<batch id>.parquet`` (the id ``batch_id``, or a hash of the input's files)."""
+    if TABLE_SUFFIXES.get(out.suffix.lower()) is not None:
+        if batch_id is not None:
+            raise ValueError(
+                f"a batch id ({batch_id!r}) names the file in an output folder; the batch "
+                f"written to {out} is named by that file"
+            )
+        dest, ident = out, out.stem
+    else:
+        ident = batch_identity(source, batch_id)
+        dest = out / f"{ident}.parquet"
+    waiting = None if on_wait is None else (lambda: on_wait(ident))
+    id_columns = list(cfg.data.id_columns)
+    return score_table_batch(
+        det, source, dest, ident, cfg.scoring, id_columns, score_parts=score_parts, on_wait=waiting
+    )
+
+
 TABLE = DataKind(
-    "table", _read_table, _table_review, _table_examples, _score_table_input, _table_record
+    "table",
+    _read_table,
+    _table_review,
+    _table_examples,
+    _score_table_input,
+    _table_record,
+    _score_table_batch,
 )
 
 
@@ -229,6 +261,17 @@ def _image_record(data: ImageData, splits: Splits) -> DataRecord:
     )
 
 
+def _score_image_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, score_parts, on_wait):
+    """Images into the folder ``out``: ``<batch id>.parquet``, ``.maps/``, ``.skipped.csv``
+    (``image_pipeline.score_image_batch``)."""
+    if TABLE_SUFFIXES.get(out.suffix.lower()) is not None:
+        raise ValueError(
+            f"{out}: for an image model, a folder (it gets <batch id>.parquet and "
+            "<batch id>.maps/; the batch id names them)"
+        )
+    return image_pipeline.score_image_batch(det, source, cfg.images, out, batch_id)
+
+
 IMAGES = DataKind(
     "images",
     _read_images,
@@ -236,6 +279,7 @@ IMAGES = DataKind(
     _image_examples,
     _score_image_input,
     _image_record,
+    _score_image_batch,
     settings=("images.",),
     columns=False,
 )
@@ -287,6 +331,35 @@ def score_model_input(
     """The packaged model's scores frame for its input: table rows, or image paths / arrays
     (``image_pipeline.score_image_input``), as the detector was fitted."""
     return kind_of_model(det).score_input(det, model_input, top_features, on_size_mismatch)
+
+
+def score_batch(
+    det,
+    source: str | Path,
+    cfg: PipelineConfig,
+    out: str | Path,
+    batch_id: str | None = None,
+    *,
+    score_parts: ScoreParts | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> BatchSummary:
+    """Score one batch with ``det`` as the config says; the one batch scoring of
+    ``vae-anomaly score`` and the score flow, so that both write the same file.
+
+    A table model scores a table (a file, a glob or a folder of partitions; ``data.id_columns``
+    pass through, ``scoring.chunk_rows`` / ``top_features`` / ``drift_psi_warning`` apply)
+    into ``out``: a .csv or .parquet file, or a folder that gets ``<batch id>.parquet``
+    (``batch.score_table_batch``). An image model scores a folder of images or an .npz into
+    the folder ``out`` (``image_pipeline.score_image_batch``; the ``images`` section applies).
+    Rerunning a batch replaces its output.
+
+    batch_id : the batch's name in an output folder (default: a hash of the input's files).
+    score_parts : tables: how the partitions are scored (the flow: Prefect tasks).
+    on_wait : tables: called with the batch id if another run of it holds the batch's lock.
+    """
+    return kind_of_model(det).score_batch(
+        det, source, cfg, Path(out), batch_id, score_parts, on_wait
+    )
 
 
 def train_and_evaluate(

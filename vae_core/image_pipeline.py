@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
-from vae_core.batch import checked_batch_id, files_identity
+from vae_core.batch import BatchSummary, checked_batch_id, files_identity
+from vae_core.batch import skipped_markdown as skipped_markdown  # re-exported
 from vae_core.calibrate import flag_anomalies
 from vae_core.config import ImagesConfig
 from vae_core.drawing import score_images, write_review_grids, write_top_maps
@@ -210,14 +211,6 @@ def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int)
     )
 
 
-def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
-    """A Markdown section listing the skipped files (path, reason); "" when none was."""
-    if not skipped:
-        return ""
-    lines = [f"- `{path}`: {reason}" for path, reason in skipped]
-    return f"\n## Skipped files ({len(skipped)})\n\n" + "\n".join(lines) + "\n"
-
-
 # ---- scoring ---------------------------------------------------------------------------------
 def image_scores(det, images: ImageSet) -> pd.DataFrame:
     """path, class, label (when known), anomaly_score, is_anomaly, anomaly_probability (NaN
@@ -231,37 +224,11 @@ def image_scores(det, images: ImageSet) -> pd.DataFrame:
     return frame
 
 
-@dataclass
-class ImageBatch:
-    """What ``score_image_batch`` wrote: the scores file, the maps folder (None without
-    maps), the CSV of skipped files (None when none was), and what they hold."""
-
-    batch_id: str
-    output: Path
-    maps: Path | None
-    skipped: Path | None
-    scores: pd.DataFrame
-    skipped_files: list[tuple[str, str]]
-    threshold: float
-
-    @property
-    def flagged(self) -> int:
-        return int(self.scores["is_anomaly"].sum())
-
-    def summary_markdown(self, model: str, source: str) -> str:
-        """The batch for a Prefect artifact or a console: counts, files, skipped files."""
-        return (
-            f"# Image scoring: batch `{self.batch_id}`\n\n{model} scored {len(self.scores)} "
-            f"images of `{source}`: {self.flagged} flagged (score > {self.threshold:.6g}).\n\n"
-            f"- scores: `{self.output}`\n- anomaly maps: `{self.maps}`\n"
-            + skipped_markdown(self.skipped_files)
-        )
-
-
 def score_image_batch(
     det, source: str | Path, cfg: ImagesConfig, out_dir: str | Path, batch_id: str | None = None
-) -> ImageBatch:
-    """Score every image of ``source`` and write, replacing an earlier run of the same batch:
+) -> BatchSummary:
+    """Score every image of ``source``, read at the detector's size and colour mode (the rest
+    of ``cfg`` applies), and write, replacing an earlier run of the same batch:
 
     * ``out_dir/<batch id>.parquet``: ``image_scores`` and ``map_path`` (empty outside the
       top ``cfg.top_maps``), written under a temporary name and renamed;
@@ -272,7 +239,10 @@ def score_image_batch(
         that memory is bounded by one chunk whatever the number of files; or an ``.npz``
         file (read whole). The batch id is ``batch_id``, or a hash of the files' names and
         bytes.
+    Returns the ``batch.BatchSummary`` (unit "images"; every score in ``score_sample``, the
+    top ``cfg.top_maps`` in ``top``, the maps folder and the skipped list in ``artifacts``).
     """
+    cfg = reading_as_model(det, cfg)
     if _is_npz(source):
         images = _read_npz(Path(source), cfg)
         files, scores, skipped = [source], image_scores(det, images), []
@@ -297,8 +267,22 @@ def score_image_batch(
         else:
             skipped_path.unlink(missing_ok=True)  # from an earlier run of this batch
         output = atomic_write_frame(scores, out_dir / f"{ident}.parquet")
-    listed = skipped_path if skipped else None
-    return ImageBatch(ident, output, maps, listed, scores, skipped, det.threshold_)
+    artifacts = {"anomaly_maps": maps, "skipped": skipped_path if skipped else None}
+    values = scores["anomaly_score"].to_numpy(dtype="float64")
+    return BatchSummary(
+        batch_id=ident,
+        rows=len(scores),
+        flagged=int(scores["is_anomaly"].sum()),
+        threshold=float(det.threshold_),
+        psi=None,
+        drift_warning=False,
+        score_sample=values,
+        top=scores.nlargest(cfg.top_maps, "anomaly_score"),
+        output=Path(output),
+        artifacts={k: Path(v) for k, v in artifacts.items() if v is not None},
+        skipped_files=list(skipped),
+        unit="images",
+    )
 
 
 def _score_in_chunks(det, manifest: pd.DataFrame, cfg: ImagesConfig):

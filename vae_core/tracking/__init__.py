@@ -23,8 +23,8 @@ dataset) so that a Prefect task is one call; nothing here runs at import time.
     promote_challenger(target, cfg.promotion,                # scores nothing itself:
         promotion.measure_on(*pipeline.held_out(data, cfg.split)))   #   loads, hands, records
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
-    log_scoring_run(target, champion.ref, scores, scores_path, threshold)
-        (images: log_image_batch_scoring(target, champion.ref, score_image_batch(...)))
+    log_batch_scoring(target, champion.ref, dataset.score_batch(...), data_source)
+    log_scoring_run(target, champion.ref, scores, scores_path, threshold)   # in-memory scores
 
 Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest
 version awaiting review), never the deprecated stages. Every promotion decision, including a

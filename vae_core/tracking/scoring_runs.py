@@ -18,8 +18,8 @@ from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Pa
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vae_core.batch import BatchSummary
 from vae_core.detector import VAEDetector
-from vae_core.image_pipeline import ImageBatch
 from vae_core.promotion import CHAMPION
 from vae_core.report import plot_score_histogram
 from vae_core.tracking.packaging import load_packaged_detector
@@ -121,15 +121,17 @@ def log_scoring_run(
 def log_batch_scoring(
     target: TrackingTarget,
     model: ModelVersionRef,
-    batch,
-    scores_path: str | Path,
+    batch: BatchSummary,
+    scores_path: str | Path | None = None,
     data_source: str | None = None,
     *,
     settings: dict[str, str] | None = None,
 ) -> str:
-    """``log_scoring_run`` for a batch scored in partitions (``batch.BatchSummary``): exact
-    row and flagged counts and the drift PSI; quantiles and the histogram come from the
-    summary's score sample (at most 2,000 rows per partition), so memory stays bounded."""
+    """``log_scoring_run`` for a batch of table rows or images (``batch.BatchSummary``, as
+    ``dataset.score_batch`` returns it): exact row and flagged counts, the drift PSI when
+    measured, the scores file (``scores_path``, default the batch's ``output``) and the
+    batch's other files (``artifacts``: anomaly maps, skipped files). Quantiles and the
+    histogram come from the summary's score sample, so memory stays bounded."""
     summary = score_distribution(batch.score_sample, batch.rows, batch.flagged, batch.threshold)
     if batch.psi is not None:
         summary["score_psi"] = batch.psi
@@ -138,35 +140,11 @@ def log_batch_scoring(
         model,
         summary,
         batch.score_sample,
-        scores_path,
+        scores_path or batch.output,
         data_source,
         {"batch.id": batch.batch_id},
-        None,
+        batch.artifacts,
         settings,
-    )
-
-
-def log_image_batch_scoring(
-    target: TrackingTarget,
-    model: ModelVersionRef,
-    scored: ImageBatch,
-    data_source: str | None = None,
-    *,
-    settings: dict[str, str] | None = None,
-) -> str:
-    """``log_scoring_run`` for ``image_pipeline.score_image_batch``'s output: the scores
-    file, the anomaly maps (``anomaly_maps/``) and the list of skipped files (``skipped/``)
-    when there are any. Returns the run id."""
-    artifacts = {"anomaly_maps": scored.maps, "skipped": scored.skipped}
-    return log_scoring_run(
-        target,
-        model,
-        scored.scores,
-        scored.output,
-        scored.threshold,
-        data_source,
-        {k: v for k, v in artifacts.items() if v is not None},
-        settings={**(settings or {}), "batch.id": scored.batch_id},
     )
 
 
