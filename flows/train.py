@@ -75,8 +75,8 @@ def review(det, data: Data, rows, scores, out_dir: str, cfg: PipelineConfig) -> 
 
 
 @task(**STEP)
-def examples(det, data: Data, rows, cfg: PipelineConfig) -> dict:
-    return dataset.examples(det, data, rows, cfg)
+def examples(det, data: Data, rows, scores, cfg: PipelineConfig) -> dict:
+    return dataset.examples(det, data, rows, scores, cfg)
 
 
 @task(**IO_RETRIES)
@@ -96,11 +96,12 @@ def register(cfg: PipelineConfig, run_id: str):
 
 
 @task(**IO_RETRIES)
-def promote(cfg: PipelineConfig, data: Data, version: str, source: str):
+def promote(cfg: PipelineConfig, data: Data, rows, version: str, source: str):
+    """Through the gate on the test split ``rows`` this run held out (not split again)."""
     return registry.promote_challenger(
         registry.TrackingTarget.from_config(cfg),
         cfg.promotion,
-        measure_on(*pipeline.held_out(data, cfg.split)),
+        measure_on(data.features_at(rows), data.labels_at(rows)),
         version=version,
         data_description=f"the test split of {source}",
     )
@@ -130,7 +131,7 @@ def train(
         report, scores = evaluate(det, data, splits.test, splits.train, cfg)
         paths = save(det, report, scores, data, splits.test, str(out))
         review_files = review(det, data, splits.test, scores, str(out / "review"), cfg)
-        shown = examples(det, data, splits.test, cfg)
+        shown = examples(det, data, splits.test, scores, cfg)
         outcome = pipeline.TrainOutcome(det, splits, report, scores, paths, review_files, shown)
         log_run(cfg, run_id, data, outcome, source)
     except BaseException:
@@ -145,7 +146,7 @@ def train(
     if review_files:
         summary["review"] = str(out / "review")
     if promote_after:
-        decision = promote(cfg, data, ref.version, source)
+        decision = promote(cfg, data, splits.test, ref.version, source)
         summary["promoted"] = decision.promoted
         text += f"\n## Promotion\n\n{decision.summary()}\n"
     promoted = {None: "promotion not run", True: "promoted", False: "not promoted (gate)"}

@@ -11,7 +11,7 @@ from tests.helpers import ROOT
 from vae_core import VAEDetector, image_input
 from vae_core.config import ImagesConfig
 from vae_core.image_pipeline import score_image_input
-from vae_core.latent import latent_input
+from vae_core.latent import latent_image_input
 
 MNIST = ROOT / "data" / "mnist"
 
@@ -51,7 +51,7 @@ def test_parse_gives_a_manifest_or_images(conv, files):
     np.testing.assert_array_equal(image_input.parse_image_input(digits), digits)
 
 
-@pytest.mark.parametrize("output", [score_image_input, latent_input])
+@pytest.mark.parametrize("output", [score_image_input, latent_image_input])
 def test_both_outputs_refuse_the_same_input_with_the_same_message(conv, output):
     det, _digits = conv
     with pytest.raises(ValueError, match=r"expected a column 'path' \(image files\) or 'image'"):
@@ -60,7 +60,7 @@ def test_both_outputs_refuse_the_same_input_with_the_same_message(conv, output):
         output(det, pd.DataFrame({"image": [np.zeros((28, 28)), np.zeros((27, 28))]}))
 
 
-@pytest.mark.parametrize("output", [score_image_input, latent_input])
+@pytest.mark.parametrize("output", [score_image_input, latent_image_input])
 def test_paths_are_read_chunk_images_at_a_time_with_the_same_result(conv, files, reads, output):
     det, digits = conv
     paths = pd.DataFrame({"path": files})

@@ -1,8 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, then a rename over it.
 
 Readers (a worker, a reviewer, a second scoring run) see the old file or the whole new one,
-never a part, and a crash leaves no half-written file where they look. ``exclusive`` is the
-lock that lets only one run of a batch write its outputs at a time.
+never a part, and a crash leaves no half-written file where they look. ``replace_folder``
+does the same for a folder (anomaly maps). ``exclusive`` is the lock that lets only one run
+of a batch write its outputs at a time.
 """
 
 from __future__ import annotations
@@ -10,10 +11,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` at ``dest``, replacing what was there, by two renames in the
+    same parent folder (``dest`` is never half-written: the old folder or the whole new one;
+    between the renames, briefly absent)."""
+    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from vae_core.cli_common import ConfigOpt, _scoring_model, _user_errors, app
@@ -25,37 +24,17 @@ def _model(model: str, config):
     return _scoring_model(model, cfg)[0], cfg
 
 
-def _table_out(out: Path) -> None:
-    from vae_core.ingest import TABLE_SUFFIXES
-
-    if TABLE_SUFFIXES.get(out.suffix.lower()) is None:
-        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
-
-
-def _id_columns(given, cfg, det, data: Path) -> list[str]:
+def _id_columns(given, cfg, det, data: Path, kind) -> list[str]:
     """--id-column, else the config's data.id_columns where ``data`` is the config's own data
     (``DataConfig.for_file``: a demo's id columns never apply to a user's file) and the model
     does not use them as features; [] means rows are named by their 1-based position
-    (column ``row``)."""
+    (column ``row``). None for images, named by their paths."""
+    if not kind.columns:
+        return []
     if given:
         return list(given)
     features = set(det.preprocessor_.feature_names)
     return [c for c in cfg.data.for_file(data, cfg.root).id_columns if c not in features]
-
-
-def _write_pngs(images: np.ndarray, folder: Path, stem: str) -> list[Path]:
-    """One PNG per image (uint8 after rounding and clipping), written atomically."""
-    from vae_core.drawing import write_image_png
-
-    folder.mkdir(parents=True, exist_ok=True)
-    return [
-        write_image_png(image, folder / f"{stem}_{i:04d}.png") for i, image in enumerate(images)
-    ]
-
-
-def _no_images(det, out: Path) -> None:
-    if out.suffix:
-        raise ValueError(f"--out {out}: for an image model, a folder (one PNG per image)")
 
 
 @app.command()
@@ -78,17 +57,13 @@ def embed(
     """Write the latent coordinates of every row or image.
 
     Columns: ids (or path), z0..z{k-1} (the posterior means of q(z|x)), anomaly_score."""
-    from vae_core import latent
     from vae_core.atomic import atomic_write_frame
-    from vae_core.image_pipeline import read_images_as_model
+    from vae_core.dataset import kind_of_model, table_output
 
     det, cfg = _model(model, config)
-    _table_out(out)
-    if latent.is_image_model(det):
-        frame = latent.embed_images(det, read_images_as_model(det, data, cfg.images))
-    else:
-        ids = _id_columns(id_column, cfg, det, data)
-        frame = latent.embed_table(det, data, ids, cfg.scoring.chunk_rows)
+    table_output(out)
+    kind = kind_of_model(det)
+    frame = kind.embed(det, data, cfg, _id_columns(id_column, cfg, det, data, kind))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_frame(frame, out)
     typer.echo(f"embedded {len(frame)} rows in {det.latent_dim} dimensions -> {out}")
@@ -113,19 +88,12 @@ def sample(
     config: ConfigOpt = None,
 ) -> None:
     """Generate new rows or images: z ~ N(0, I), then x ~ p(x|z) (or its mean)."""
-    from vae_core import latent
-    from vae_core.atomic import atomic_write_frame
+    from vae_core.dataset import kind_of_model
 
     det, _ = _model(model, config)
-    if latent.is_image_model(det):
-        _no_images(det, out)
-        paths = _write_pngs(det.sample(n, random_state=seed, mean=mean), out, "sample")
-        typer.echo(f"wrote {len(paths)} images -> {out}")
-        return
-    _table_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_frame(det.sample(n, random_state=seed, mean=mean), out)
-    typer.echo(f"wrote {n} rows -> {out}")
+    decoded = det.sample(n, random_state=seed, mean=mean)
+    count, unit = kind_of_model(det).write_decoded(decoded, out, "sample")
+    typer.echo(f"wrote {count} {unit} -> {out}")
 
 
 @app.command()
@@ -154,23 +122,12 @@ def interpolate(
 
     `steps` rows or images along the line (or great circle) between the two posterior means,
     the first and last the reconstructions of the two ends."""
-    from vae_core import latent
-    from vae_core.atomic import atomic_write_frame
-    from vae_core.image_pipeline import read_images_as_model
+    from vae_core.dataset import kind_of_model
 
     det, cfg = _model(model, config)
-    if latent.is_image_model(det):
-        _no_images(det, out)
-        images = read_images_as_model(det, data, cfg.images)
-        a, b = (latent.find_image(images, name, data) for name in (from_, to))
-        path = det.interpolate(a, b, steps=steps, method=method)
-        paths = _write_pngs(path[:, None] if path.ndim == 3 else path, out, "step")
-        typer.echo(f"wrote {len(paths)} images from {from_} to {to} -> {out}")
-        return
-    _table_out(out)
-    ids = _id_columns(id_column, cfg, det, data)
-    a, b = latent.find_table_rows(det, data, ids, (from_, to), cfg.scoring.chunk_rows)
+    kind = kind_of_model(det)
+    ids = _id_columns(id_column, cfg, det, data, kind)
+    a, b = kind.ends(det, data, cfg, ids, (from_, to))
     path = det.interpolate(a, b, steps=steps, method=method)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_frame(path.reset_index(), out)
-    typer.echo(f"wrote {steps} rows from {from_} to {to} -> {out}")
+    count, unit = kind.write_decoded(path, out, "step")
+    typer.echo(f"wrote {count} {unit} from {from_} to {to} -> {out}")

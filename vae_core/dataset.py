@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vae_core import image_pipeline
+from vae_core import image_pipeline, latent
+from vae_core.atomic import atomic_write_frame
 from vae_core.batch import BatchSummary, ScoreParts, batch_identity, score_table_batch
 from vae_core.config import PipelineConfig
 from vae_core.detector import VAEDetector
+from vae_core.drawing import write_image_png
 from vae_core.image_pipeline import ImageData
 from vae_core.image_preprocess import ImagePreprocessor
 from vae_core.ingest import TABLE_SUFFIXES, LabelledTable, load_table
@@ -85,12 +87,18 @@ class DataKind:
     read(path, cfg, require_label) : the dataset in ``path``.
     review(det, data, rows, scores, out_dir, cfg) : the reviewer's files from the test split
         ``rows`` and its ``scores``; {name: path or value}.
-    examples(det, data, rows, cfg) : ``TrainOutcome.examples``.
+    examples(det, data, rows, scores, cfg) : ``TrainOutcome.examples``.
     score_input(det, model_input, top_features, on_size_mismatch) : the packaged model's
         scores frame for its input.
     record(data, splits) : the ``DataRecord`` a training run logs.
     score_batch(det, source, cfg, out, batch_id, score_parts, on_wait) : a batch scored into
         ``out`` (``score_batch``).
+    latent_input(det, model_input, on_size_mismatch) : the packaged model's latent output.
+    embed(det, source, cfg, id_columns) : latent coordinates of every row or image of a source.
+    ends(det, source, cfg, id_columns, names) : the two rows (by id) or images (by file name)
+        of a source that a latent path joins.
+    write_decoded(decoded, out, stem) : decoded rows (a .csv or .parquet file) or images (a
+        folder of PNGs, ``<stem>_0000.png`` ...) written; (how many, "rows" or "images").
     settings : the config sections a scoring run records besides ``scoring``.
     columns : whether label and id columns name anything (tables; an image is identified by
         its path and labelled by its folder or npz class).
@@ -103,6 +111,10 @@ class DataKind:
     score_input: Callable[..., pd.DataFrame]
     record: Callable[[Data, Splits], DataRecord]
     score_batch: Callable[..., BatchSummary]
+    latent_input: Callable[..., pd.DataFrame]
+    embed: Callable[..., pd.DataFrame]
+    ends: Callable[..., tuple]
+    write_decoded: Callable[..., tuple[int, str]]
     settings: tuple[str, ...] = ()
     columns: bool = True
 
@@ -115,7 +127,8 @@ def _read_table(path, cfg: PipelineConfig, require_label: bool = False) -> Label
 def _table_review(det, data: LabelledTable, rows, scores, out_dir, cfg: PipelineConfig) -> dict:
     """The latent space from the test split (``latent.write_latent_review``)."""
     features, labels = data.features_at(rows), data.labels_at(rows)
-    return write_latent_review(det, features, scores, labels, Path(out_dir), cfg.split.seed)
+    seed = cfg.split.seed
+    return write_latent_review(det, features, scores, labels, Path(out_dir), seed, realism=True)
 
 
 def input_example(features: pd.DataFrame) -> pd.DataFrame:
@@ -127,15 +140,23 @@ def input_example(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_anomalies(
-    det: VAEDetector, table: LabelledTable, rows, top_features: int = 3, n: int = TOP_ANOMALIES
+    det: VAEDetector,
+    table: LabelledTable,
+    rows,
+    scores,
+    top_features: int = 3,
+    n: int = TOP_ANOMALIES,
 ) -> pd.DataFrame:
-    """The n highest-scoring of ``rows``: ids, label, score, flag, probability and the
-    columns that contributed most, highest score first."""
-    scored = score_table(det, table.features.iloc[rows], table.ids.iloc[rows], max(top_features, 1))
+    """The n highest-scoring of ``rows`` by their ``scores`` (the evaluation's, threshold
+    units): ids, label, score, flag, probability and the columns that contributed most,
+    highest score first. Only those n rows are scored again, for their columns (a row's
+    score does not depend on the rows scored beside it)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:n]
+    top = np.asarray(rows)[order]
+    scored = score_table(det, table.features.iloc[top], table.ids.iloc[top], max(top_features, 1))
     if table.labels is not None:
-        scored["label"] = table.labels[rows]
-    order = np.argsort(-scored["anomaly_score"].to_numpy(), kind="stable")[:n]
-    return scored.iloc[order].reset_index(drop=True)
+        scored["label"] = table.labels[top]
+    return scored.reset_index(drop=True)
 
 
 def _score_table_input(det, model_input, top_features: int = 3, on_size_mismatch=None):
@@ -143,11 +164,11 @@ def _score_table_input(det, model_input, top_features: int = 3, on_size_mismatch
     return score_table(det, frame, top_features=top_features).reset_index(drop=True)
 
 
-def _table_examples(det, data: LabelledTable, rows, cfg: PipelineConfig) -> dict:
+def _table_examples(det, data: LabelledTable, rows, scores, cfg: PipelineConfig) -> dict:
     top_features = cfg.scoring.top_features
     example = input_example(data.features.iloc[rows[:EXAMPLE_ROWS]])
     return {
-        "top_anomalies": top_anomalies(det, data, rows, top_features),
+        "top_anomalies": top_anomalies(det, data, rows, scores, top_features),
         "prior_samples": det.sample(PRIOR_SAMPLES),
         "input_example": example,
         "example_output": _score_table_input(det, example, top_features),
@@ -188,6 +209,28 @@ def _score_table_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, sc
     )
 
 
+def _embed_table(det, source, cfg: PipelineConfig, id_columns) -> pd.DataFrame:
+    return latent.embed_table(det, source, id_columns, cfg.scoring.chunk_rows)
+
+
+def _table_ends(det, source, cfg: PipelineConfig, id_columns, names) -> tuple:
+    return latent.find_table_rows(det, source, id_columns, names, cfg.scoring.chunk_rows)
+
+
+def table_output(out: Path) -> None:
+    """ValueError unless ``out`` names a table file (.csv or .parquet)."""
+    if TABLE_SUFFIXES.get(Path(out).suffix.lower()) is None:
+        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+
+
+def _write_rows(decoded: pd.DataFrame, out: Path, stem: str) -> tuple[int, str]:
+    table_output(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = decoded if isinstance(decoded.index, pd.RangeIndex) else decoded.reset_index()
+    atomic_write_frame(frame, out)
+    return len(decoded), "rows"
+
+
 TABLE = DataKind(
     "table",
     _read_table,
@@ -196,6 +239,10 @@ TABLE = DataKind(
     _score_table_input,
     _table_record,
     _score_table_batch,
+    lambda det, model_input, on_size_mismatch=None: latent.latent_table_input(det, model_input),
+    _embed_table,
+    _table_ends,
+    _write_rows,
 )
 
 
@@ -206,10 +253,11 @@ def _read_images(path, cfg: PipelineConfig, require_label: bool = False) -> Imag
 
 def _image_review(det, data: ImageData, rows, scores, out_dir, cfg: PipelineConfig) -> dict:
     """Grids, anomaly maps, image scores and the latent space (``image_pipeline.write_review``)."""
-    return image_pipeline.write_review(det, data, rows, Path(out_dir), cfg.images.top_maps)
+    top_maps = cfg.images.top_maps
+    return image_pipeline.write_review(det, data, rows, Path(out_dir), top_maps, scores)
 
 
-def _image_examples(det, data: ImageData, rows, cfg: PipelineConfig) -> dict:
+def _image_examples(det, data: ImageData, rows, scores, cfg: PipelineConfig) -> dict:
     rows = rows[:EXAMPLE_ROWS]
     paths = [data.images.paths[i] for i in rows]
     if any("::" in p for p in paths):  # an .npz's images (file.npz::key[i]): their pixels
@@ -272,6 +320,26 @@ def _score_image_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, sc
     return image_pipeline.score_image_batch(det, source, cfg.images, out, batch_id)
 
 
+def _embed_images(det, source, cfg: PipelineConfig, id_columns=()) -> pd.DataFrame:
+    return latent.embed_images(det, image_pipeline.read_images_as_model(det, source, cfg.images))
+
+
+def _image_ends(det, source, cfg: PipelineConfig, id_columns, names) -> tuple:
+    images = image_pipeline.read_images_as_model(det, source, cfg.images)
+    return tuple(latent.find_image(images, name, source) for name in names)
+
+
+def _write_images(decoded: np.ndarray, out: Path, stem: str) -> tuple[int, str]:
+    """One PNG per image (uint8 after rounding and clipping), written atomically."""
+    if out.suffix:
+        raise ValueError(f"--out {out}: for an image model, a folder (one PNG per image)")
+    images = decoded[:, None] if decoded.ndim == 3 else decoded
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        write_image_png(image, out / f"{stem}_{i:04d}.png")
+    return len(images), "images"
+
+
 IMAGES = DataKind(
     "images",
     _read_images,
@@ -280,6 +348,10 @@ IMAGES = DataKind(
     _score_image_input,
     _image_record,
     _score_image_batch,
+    latent.latent_image_input,
+    _embed_images,
+    _image_ends,
+    _write_images,
     settings=("images.",),
     columns=False,
 )
@@ -315,9 +387,10 @@ def write_review(det, data: Data, rows, scores, out_dir, cfg: PipelineConfig) ->
     return kind_of(data).review(det, data, rows, scores, out_dir, cfg)
 
 
-def examples(det, data: Data, rows, cfg: PipelineConfig) -> dict:
-    """What a training run shows of the model, from the test split (``TrainOutcome``)."""
-    return kind_of(data).examples(det, data, rows, cfg)
+def examples(det, data: Data, rows, scores, cfg: PipelineConfig) -> dict:
+    """What a training run shows of the model, from the test split ``rows`` and their
+    ``scores`` (``TrainOutcome.examples``)."""
+    return kind_of(data).examples(det, data, rows, scores, cfg)
 
 
 def data_record(data: Data, splits: Splits) -> DataRecord:
@@ -362,6 +435,11 @@ def score_batch(
     )
 
 
+def latent_model_input(det, model_input, on_size_mismatch: str = "reject") -> pd.DataFrame:
+    """The packaged model's ``output="latent"``: z0 .. z{k-1} per input row or image."""
+    return kind_of_model(det).latent_input(det, model_input, on_size_mismatch)
+
+
 def train_and_evaluate(
     data: Data,
     cfg: PipelineConfig,
@@ -387,5 +465,5 @@ def train_and_evaluate(
     )
     paths = save_outcome(det, report, scores, data.labels_at(test), out_dir)
     review = write_review(det, data, test, scores, out_dir / "review", cfg)
-    shown = examples(det, data, test, cfg)
+    shown = examples(det, data, test, scores, cfg)
     return TrainOutcome(det, splits, report, scores, paths, review, shown)

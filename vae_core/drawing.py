@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from vae_core.atomic import atomic_write_bytes
+from vae_core.calibrate import flag_anomalies
 from vae_core.image_maps import (
     anomaly_maps,
     detector_image_shape,
@@ -124,9 +125,11 @@ def save_anomaly_map_png(
 
 
 def score_images(
-    det, image_set: ImageSet, out_dir, top_k: int = 10, block_size: int = 1024
+    det, image_set: ImageSet, out_dir, top_k: int = 10, block_size: int = 1024, scores=None
 ) -> pd.DataFrame:
-    """Score every image; write anomaly-map PNGs for the ``top_k`` highest scores and a CSV.
+    """Score every image (or take its ``scores``, threshold units, where the caller has them:
+    the evaluation's of the test split); write anomaly-map PNGs for the ``top_k`` highest
+    scores and a CSV.
 
     Returns one row per image, in input order: path, class, label (when known), score (the
     score ``threshold_`` applies to; higher = more anomalous), is_anomaly (score >
@@ -135,10 +138,12 @@ def score_images(
     ``out_dir/image_scores.csv`` and ``out_dir/maps/rank001_<file>.png`` ...
     """
     out_dir = Path(out_dir)
-    scores = in_blocks(det.threshold_score, image_set.images, block_size)
+    if scores is None:
+        scores = in_blocks(det.threshold_score, image_set.images, block_size)
+    scores = np.asarray(scores)
     frame = image_set.manifest()
     frame["score"] = scores
-    frame["is_anomaly"] = scores > det.threshold_  # as det.predict: a tie is normal
+    frame["is_anomaly"] = flag_anomalies(scores, det.threshold_)  # a tie is normal
     probability = det.probability_
     frame["anomaly_probability"] = (
         probability.probability(scores) if probability is not None else np.nan

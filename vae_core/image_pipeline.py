@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from vae_core.atomic import atomic_write, atomic_write_frame, exclusive
+from vae_core.atomic import atomic_write, atomic_write_frame, exclusive, replace_folder
 from vae_core.batch import BatchSummary, checked_batch_id, files_identity
 from vae_core.batch import skipped_markdown as skipped_markdown  # re-exported
 from vae_core.calibrate import flag_anomalies
@@ -176,7 +175,9 @@ def image_fingerprint(images: ImageSet, chunk: int = 1024) -> dict[str, str | in
     return {"sha256": h.hexdigest(), "rows": n, "columns": columns}
 
 
-def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int) -> dict:
+def write_review(
+    det, data: ImageData, rows, out_dir: str | Path, top_maps: int, scores=None
+) -> dict:
     """What a reviewer looks at, from the images at ``rows`` (the test split), in ``out_dir``:
     ``prior_samples.png`` and ``reconstructions.png`` grids, ``maps/`` (anomaly maps of the
     ``top_maps`` highest scores, beside the original and its reconstruction),
@@ -184,13 +185,16 @@ def write_review(det, data: ImageData, rows, out_dir: str | Path, top_maps: int)
     images, ``image_maps.reconstruction_retrieval``) and the latent space
     (``latent.write_latent_review``: ``latent_map.png``, ``interpolations.png``). Returns
     {name: path}, and the retrieval under ``reconstruction_retrieval`` (None with fewer than
-    2 normal test images)."""
+    2 normal test images). scores : the test images' scores where the caller has them (the
+    evaluation's), so they are not scored again."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir / "maps", ignore_errors=True)  # an earlier run's maps
     test = data.images.take(rows)
     paths = write_review_grids(det, test.images, out_dir)
-    scored = score_images(det, test, out_dir, top_k=top_maps)
-    latent = write_latent_review(det, test.images, scored["score"].to_numpy(), test.labels, out_dir)
+    scored = score_images(det, test, out_dir, top_k=top_maps, scores=scores)
+    latent = write_latent_review(
+        det, test.images, scored["score"].to_numpy(), test.labels, out_dir, interpolations=True
+    )
     normal = np.arange(len(test)) if test.labels is None else np.flatnonzero(test.labels == 0)
     retrieval = (
         reconstruction_retrieval(det, test.take(normal).images) if len(normal) >= 2 else None
@@ -307,20 +311,11 @@ def _write_batch_maps(det, scores: pd.DataFrame, reread, top_maps: int, folder: 
     try:
         top_scores = scores["anomaly_score"].to_numpy()[order]
         written = write_top_maps(det, reread(order), top_scores, staging)
-        _replace_folder(staging, folder)
+        replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     scores.loc[order, "map_path"] = [str(folder / p.name) for p in written]
     return folder
-
-
-def _replace_folder(new: Path, dest: Path) -> None:
-    """Put the folder ``new`` at ``dest``, replacing what was there (two renames)."""
-    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.old")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def score_image_input(

@@ -21,15 +21,10 @@ from vae_core.image_input import (
     parse_image_input,
     read_in_chunks,
 )
-from vae_core.preprocess import ImagePreprocessor
 
 # What the packaged model's predict returns, by ``params={"output": ...}``; the first is the
 # default (declared in the model's signature as a predict parameter).
 PREDICT_OUTPUTS = ("scores", "latent")
-
-
-def is_image_model(det) -> bool:
-    return isinstance(det.preprocessor_, ImagePreprocessor)
 
 
 def embed_table(det, source, id_columns=(), chunk_rows: int = 100_000) -> pd.DataFrame:
@@ -90,16 +85,21 @@ def find_table_rows(det, source, id_columns, values, chunk_rows: int = 100_000) 
     return [hits[v][0] for v in wanted]
 
 
-def latent_input(
+def latent_table_input(det, model_input) -> pd.DataFrame:
+    """The packaged model's ``output="latent"`` for a table model: z0 .. z{k-1} (posterior
+    means) per input row, in order."""
+    names = list(det.get_feature_names_out())
+    return pd.DataFrame(det.transform(pd.DataFrame(model_input)), columns=names)
+
+
+def latent_image_input(
     det, model_input, on_size_mismatch: str = "reject", chunk_images: int | None = None
 ) -> pd.DataFrame:
-    """The packaged model's ``output="latent"``: z0 .. z{k-1} (posterior means) per input row,
-    in order, for the inputs ``predict`` takes (a table's columns; for images a ``path``
-    column, kept in the output and read ``chunk_images`` at a time, by default the config's
-    ``images.chunk_images``; an ``image`` column or an array: ``image_input.parse_image_input``)."""
+    """The packaged model's ``output="latent"`` for an image model: z0 .. z{k-1} per input
+    image, in order, for a ``path`` column (kept in the output, read ``chunk_images`` at a
+    time, by default the config's ``images.chunk_images``), an ``image`` column or an array
+    (``image_input.parse_image_input``)."""
     names = list(det.get_feature_names_out())
-    if not is_image_model(det):
-        return pd.DataFrame(det.transform(pd.DataFrame(model_input)), columns=names)
     parsed = parse_image_input(model_input)
     if isinstance(parsed, pd.DataFrame):
         reading = packaged_reading(det, on_size_mismatch, chunk_images)
@@ -155,7 +155,7 @@ def sample_realism(det, real: pd.DataFrame, random_state: int = 0, folds: int = 
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from threadpoolctl import threadpool_limits
 
-    if is_image_model(det):
+    if det.preprocessor_.image_shape is not None:
         raise ValueError("sample realism is measured for tables")
     n = len(real)
     if n < 2 * folds:
@@ -183,16 +183,26 @@ def top_variance_directions(z: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.n
     return vt[:k], var[:k] / total
 
 
-def write_latent_review(det, X, scores, y, out_dir, random_state: int = 0) -> dict:
+def write_latent_review(
+    det,
+    X,
+    scores,
+    y,
+    out_dir,
+    random_state: int = 0,
+    *,
+    interpolations: bool = False,
+    realism: bool = False,
+) -> dict:
     """The latent space for the reviewer, from the test split ``X`` (its ``scores`` and known
     labels ``y`` or None), in ``out_dir``:
 
     * ``latent_map.png``: the posterior means projected on their two directions of most
       variance, coloured by score, known anomalies circled (``report.plot_latent_map``);
-    * for images, ``interpolations.png``: decoded paths between two normal test images and
-      between a normal image and the top-scoring one;
-    * for tables, the realism of samples (``sample_realism``: a classifier two-sample test on
-      the test rows; needs 10 rows);
+    * with ``interpolations`` (images), ``interpolations.png``: decoded paths between two
+      normal test images and between a normal image and the top-scoring one;
+    * with ``realism`` (tables), the realism of samples (``sample_realism``: a classifier
+      two-sample test on the test rows; needs 10 rows);
     * ``latent.json`` with the numbers.
 
     Returns {name: path} and the numbers under ``variance_shares`` and ``sample_realism_auc``
@@ -211,8 +221,8 @@ def write_latent_review(det, X, scores, y, out_dir, random_state: int = 0) -> di
     paths: dict = {
         "latent_map": plot_latent_map(coords, scores, y, shares, out_dir / "latent_map.png")
     }
-    realism = None
-    if is_image_model(det):
+    realism_auc = None
+    if interpolations:
         from vae_core.drawing import interpolation_grid_png
         from vae_core.images import image_rows
 
@@ -226,14 +236,17 @@ def write_latent_review(det, X, scores, y, out_dir, random_state: int = 0) -> di
             paths["interpolations"] = interpolation_grid_png(
                 det, pairs, out_dir / "interpolations.png"
             )
-    elif len(X) >= 10:
-        realism = sample_realism(det, X, random_state=random_state)
+    if realism and len(X) >= 10:
+        realism_auc = sample_realism(det, X, random_state=random_state)
     summary = {
         "variance_shares": [float(v) for v in shares],
-        "sample_realism_auc": realism,
+        "sample_realism_auc": realism_auc,
         "rows": len(scores),
     }
     paths["latent_summary"] = atomic_write(
         out_dir / "latent.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode())
     )
-    return paths | {"variance_shares": summary["variance_shares"], "sample_realism_auc": realism}
+    return paths | {
+        "variance_shares": summary["variance_shares"],
+        "sample_realism_auc": realism_auc,
+    }

@@ -54,9 +54,9 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
                 f"params output must be one of {', '.join(PREDICT_OUTPUTS)}, got {output!r}"
             )
         if output == "latent":
-            from vae_core.latent import latent_input
+            from vae_core.dataset import latent_model_input
 
-            return latent_input(self.detector, model_input, self.on_size_mismatch)
+            return latent_model_input(self.detector, model_input, self.on_size_mismatch)
         return score_model_input(
             self.detector, model_input, self.top_features, self.on_size_mismatch
         )
