@@ -89,3 +89,35 @@ def test_the_library_never_imports_the_flows():
                 assert not node.module.startswith("flows"), name
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("flows") for a in node.names), name
+
+
+# A test of the kind of data: isinstance against the table or image classes, or a comparison
+# of ``data.kind`` / ``.kind`` with "table" or "images".
+_KIND_TEST = re.compile(
+    r"isinstance\([^)]*\b(ImagePreprocessor|TabularPreprocessor|ImageData|LabelledTable)\b"
+    r"|\bkind\s*[!=]=\s*[\"'](images|table)[\"']"
+    r"|[\"'](images|table)[\"']\s*[!=]=\s*\S*kind\b"
+)
+# Where such a test may stand, and why.
+_KIND_DECIDED = {
+    "vae_core/dataset.py": "the one place: kind_of_model (a fitted detector's kind)",
+    "flows/demo.py": "the demo's output folder (runs/demo or runs/demo-images) and its lines",
+}
+
+
+def test_the_kind_of_data_is_decided_in_one_place():
+    """Issue "One path for tables and images": the code asks a ``dataset.DataKind`` what to
+    do; it does not test which kind it has (``load_dataset`` and ``kind_named`` look the
+    config's kind up in a table, no comparison)."""
+    found = {}
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "flows").glob("*.py")]:
+        rel = str(path.relative_to(ROOT))
+        hits = [
+            n for n, line in enumerate(path.read_text().splitlines(), 1) if _KIND_TEST.search(line)
+        ]
+        if hits:
+            found[rel] = hits
+    assert set(found) <= set(_KIND_DECIDED), {
+        k: v for k, v in found.items() if k not in _KIND_DECIDED
+    }
+    assert all(len(lines) == 1 for lines in found.values()), found
