@@ -2,7 +2,7 @@
 
 The image path reads a training folder into one uint8 array when its decoded pixels fit in
 ``images.in_memory_mb``, and otherwise keeps the files and decodes them minibatch by minibatch
-(``vae_core.images.ImageFiles``). This script measures what that buys: for each image count and
+(``vae_core.data.images.ImageFiles``). This script measures what that buys: for each image count and
 mode, a fresh Python process lists and reads a folder of PNG files with
 ``image_pipeline.load_images`` and trains the conv VAE for ``--epochs`` epochs on it through
 ``pipeline.fit_detector`` (the flow's calls), then reports its peak resident memory
@@ -56,8 +56,8 @@ def child(args) -> None:
     """Load and train in this (fresh) process; print one JSON line."""
     import torch
 
-    from vae_core import image_pipeline, pipeline
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
+    from vae_core.steps import image_pipeline, pipeline
 
     torch.set_num_threads(args.threads)
     in_memory_mb = 1e9 if args.mode == "in_memory" else 0

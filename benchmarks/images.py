@@ -15,8 +15,9 @@ per-digit tuning), ``random_state=seed``, on the uint8 (n, 28, 28) arrays; ``--e
 
 Beside ROC-AUC, each digit's **reconstruction retrieval**: the share of that digit's test
 images (the normal ones) whose reconstruction is nearer, in pixels / 255, to its own image than
-to every other normal test image (``vae_core.image_maps.reconstruction_retrieval``; chance is
-1 / n). A decoder that ignores its input scores about chance.
+to every other normal test image
+(``vae_core.evaluation.image_maps.reconstruction_retrieval``; chance is 1 / n). A decoder
+that ignores its input scores about chance.
 
 Example::
 
@@ -82,7 +83,7 @@ def fit_and_score(method: str, X_train, X_test, normal, seed: int, vae_params: d
     started = time.perf_counter()
     if method == "vae_core":
         from vae_core import VAEDetector
-        from vae_core.image_maps import reconstruction_retrieval
+        from vae_core.evaluation.image_maps import reconstruction_retrieval
 
         det = VAEDetector(**{**vae_params, "random_state": seed}).fit(X_train)
         fit_seconds = time.perf_counter() - started
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     protocol.quiet_environment()
     protocol.set_torch_threads(args.threads)
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     changed = protocol.parse_params(args.vae_param)
     if args.epochs is not None:

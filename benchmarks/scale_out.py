@@ -2,7 +2,7 @@
 
 A Parquet file of ``--rows`` synthetic rows x ``--features`` columns (the generator of
 ``speed.py``, one row group per 262,144 rows, so one partition each) is scored through the
-product's batch path (``vae_core.batch.score_partition`` on every partition, in the Dask
+product's batch path (``vae_core.steps.batch.score_partition`` on every partition, in the Dask
 workers, then ``commit_scores`` in the client: what the score flow's Dask task runner does)
 on a local Dask cluster of worker *processes*, 1 thread each and 1 torch thread each, for each
 ``--workers`` count. Rows/s covers scoring and commit (the cluster's start and the model's
@@ -57,7 +57,7 @@ def _worker_detector(model_dir: str):
 
 def score_in_worker(model_dir: str, part, staging: str, index: int, top_features: int):
     """What the flow's ``score_partition`` task runs in a Dask worker."""
-    from vae_core import batch
+    from vae_core.steps import batch
 
     det = _worker_detector(model_dir)
     return batch.score_partition(det, part, Path(staging), index, ["id"], 65_536, top_features)
@@ -67,7 +67,7 @@ def fit_model(model_dir: Path, features: int) -> None:
     """A detector at the defaults, fitted on 20,000 rows of the generator (another seed than
     the scored rows), calibrated on 5,000 more."""
     from vae_core import VAEDetector
-    from vae_core.calibrate import TargetFPR
+    from vae_core.foundations.calibrate import TargetFPR
 
     frame = speed.synthetic_frame(25_000, features, 1).drop(columns="id")
     det = VAEDetector(epochs=30, random_state=0).fit(frame.iloc[:20_000])
@@ -80,7 +80,7 @@ def measure(
 ) -> dict:
     from dask.distributed import Client, LocalCluster
 
-    from vae_core import batch
+    from vae_core.steps import batch
 
     parts = batch.list_partitions(src)
     with (

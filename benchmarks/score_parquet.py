@@ -1,6 +1,6 @@
 """Stream-score a Parquet file with a saved VAEDetector: Parquet in, Parquet out, in row batches.
 
-It runs the product's own path, ``vae_core.batch`` (what the score flow and ``vae-anomaly
+It runs the product's own path, ``vae_core.steps.batch`` (what the score flow and ``vae-anomaly
 score`` use): pyarrow reads one batch of rows at a time, pandera validates it, the detector
 scores it, the result is staged, and the staged parts are streamed into the output under a
 temporary name and renamed. Memory stays flat in the file size.
@@ -65,9 +65,9 @@ def score_parquet(
     det, src: Path, dst: Path, ids: list[str], batch_rows: int, top_features: int = 0
 ) -> int:
     """Score every row of ``src`` into ``dst`` through the product's batch path
-    (``vae_core.batch``: schema validation, chunked scoring, staged atomic commit, as the score
-    flow and ``vae-anomaly score`` run it); returns the number of rows."""
-    from vae_core import batch
+    (``vae_core.steps.batch``: schema validation, chunked scoring, staged atomic commit, as the
+    score flow and ``vae-anomaly score`` run it); returns the number of rows."""
+    from vae_core.steps import batch
 
     parts = batch.list_partitions(src)
     staging = batch.staging_dir(dst, "speed")

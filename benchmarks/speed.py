@@ -113,8 +113,9 @@ class TestRocAucProbe:
     """Epoch callback: ROC-AUC on the test rows of the model being trained; StopTraining at
     ``target``. Its own time is summed in ``seconds`` so the race can leave it out.
 
-    ``fit`` creates the model internally, so ``capture`` wraps ``vae_core.detector.train_vae``
-    for the duration of the fit to get a reference to it. The test rows go through a
+    ``fit`` creates the model internally, so ``capture`` wraps
+    ``vae_core.estimator.detector.train_vae`` for the duration of the fit to get a reference to
+    it. The test rows go through a
     ``TabularPreprocessor`` fitted on the same training rows as the detector's (the fit is
     deterministic, so it is the same mapping).
     """
@@ -122,7 +123,7 @@ class TestRocAucProbe:
     def __init__(self, X_train, X_test, y_test, target: float, n_samples: int = 32):
         import torch
 
-        from vae_core.preprocess import TabularPreprocessor
+        from vae_core.data.preprocess import TabularPreprocessor
 
         self.u_test = torch.from_numpy(TabularPreprocessor().fit(X_train).transform(X_test))
         self.y_test, self.target, self.n_samples = y_test, target, n_samples
@@ -132,7 +133,7 @@ class TestRocAucProbe:
         """A context manager under which VAEDetector.fit hands its model to this probe."""
         from unittest import mock
 
-        import vae_core.detector as detector
+        import vae_core.estimator.detector as detector
 
         original = detector.train_vae
 
@@ -145,8 +146,8 @@ class TestRocAucProbe:
     def __call__(self, log) -> None:
         import torch
 
-        from vae_core.likelihood import negative_elbo
-        from vae_core.train import StopTraining
+        from vae_core.network.likelihood import negative_elbo
+        from vae_core.network.train import StopTraining
 
         started = time.perf_counter()
         gen = torch.Generator().manual_seed(log.epoch)

@@ -49,9 +49,9 @@ def peak_rss_mib() -> float:
 def child(path: Path, epochs: int, threads: int, max_rows: int | None) -> dict:
     """One training run in this process; its phases' times and peak RSS."""
     protocol.set_torch_threads(threads)
-    from vae_core.config import PipelineConfig
-    from vae_core.dataset import train_and_evaluate
-    from vae_core.ingest import load_table, table_rows
+    from vae_core.data.ingest import load_table, table_rows
+    from vae_core.foundations.config import PipelineConfig
+    from vae_core.steps.dataset import train_and_evaluate
 
     cfg = PipelineConfig.model_validate(
         {

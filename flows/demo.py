@@ -20,8 +20,8 @@ from pathlib import Path
 
 from flows.score import score
 from flows.train import train
-from vae_core.config import load_config
-from vae_core.registry import TrackingTarget
+from vae_core.foundations.config import load_config
+from vae_core.tracking.registry import TrackingTarget
 
 
 def main(config_path: str = "mlflow.yml") -> None:
@@ -76,7 +76,7 @@ def meaning_lines(report: dict, policy) -> list[str]:
     """The evaluation's numbers in words: what each measures, on how many rows, how the
     threshold was set (``policy``, the config's calibration policy) and what its interval says.
 
-    report : ``report.json`` as ``vae_core.report.write_report`` writes it.
+    report : ``report.json`` as ``vae_core.evaluation.report.write_report`` writes it.
     """
     m = {k: v["value"] for k, v in report["metrics"].items()}
     n, anomalies = report["n_rows"], report["n_anomalies"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.schedules import Cron
 
-from vae_core.config import load_config
+from vae_core.foundations.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {  # flow -> (entrypoint, cron key, deployment-name key) in the schedules section

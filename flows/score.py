@@ -24,9 +24,9 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import batch, dataset
-from vae_core.config import PipelineConfig, load_config
-from vae_core.detector import VAEDetector
+from vae_core.estimator.detector import VAEDetector
+from vae_core.foundations.config import PipelineConfig, load_config
+from vae_core.steps import batch, dataset
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
 
@@ -34,7 +34,7 @@ IO_RETRIES = dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=tra
 @task(**IO_RETRIES)
 def fetch_model(cfg: PipelineConfig, model_uri: str):
     """Resolve a registry URI and keep a local copy of its detector; (version, folder)."""
-    from vae_core import registry
+    from vae_core.tracking import registry
 
     loaded = registry.load_registered(registry.TrackingTarget.from_config(cfg), model_uri)
     ref = loaded.ref
@@ -152,7 +152,7 @@ def score_partitions(
 
 @task(**IO_RETRIES)
 def log_scoring_run(cfg: PipelineConfig, model, summary: batch.BatchSummary, source: str) -> str:
-    from vae_core import registry
+    from vae_core.tracking import registry
 
     target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
     return registry.log_batch_scoring(target, model, summary, None, source, settings=settings)

@@ -1,7 +1,7 @@
 """The training flow: ingest -> split -> fit -> calibrate -> evaluate -> log and register as
 @challenger -> promote through the gate in mlflow.yml.
 
-Tables or images, as ``data.kind`` says: ``vae_core.dataset`` reads either into one dataset
+Tables or images, as ``data.kind`` says: ``vae_core.steps.dataset`` reads either into one dataset
 interface (``features_at(rows)`` / ``labels_at(rows)``, ...) and holds what differs (the
 review, the examples a run shows), so no task here asks which kind it has.
 
@@ -19,11 +19,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import BACKOFF, transient_only
-from vae_core import dataset, pipeline, registry
-from vae_core.config import PipelineConfig, load_config
-from vae_core.dataset import Data
-from vae_core.image_pipeline import skipped_markdown
-from vae_core.promotion import measure_on
+from vae_core.foundations.config import PipelineConfig, load_config
+from vae_core.steps import dataset, pipeline
+from vae_core.steps.dataset import Data
+from vae_core.steps.image_pipeline import skipped_markdown
+from vae_core.steps.promotion import measure_on
+from vae_core.tracking import registry
 
 STEP = dict(cache_policy=NO_CACHE)
 IO_RETRIES = STEP | dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)

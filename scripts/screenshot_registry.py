@@ -46,12 +46,12 @@ def free_port() -> int:
 def train_register_promote(store: Path, epochs: int) -> str:
     """Two versions of the demo model in ``store``; the registered model's name."""
     sys.path.insert(0, str(ROOT))
-    from vae_core import registry
-    from vae_core.config import load_config
-    from vae_core.dataset import train_and_evaluate
-    from vae_core.ingest import load_table
-    from vae_core.pipeline import held_out
-    from vae_core.promotion import measure_on
+    from vae_core.data.ingest import load_table
+    from vae_core.foundations.config import load_config
+    from vae_core.steps.dataset import train_and_evaluate
+    from vae_core.steps.pipeline import held_out
+    from vae_core.steps.promotion import measure_on
+    from vae_core.tracking import registry
 
     for latent_dim in (4, 8):
         overrides = {

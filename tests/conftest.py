@@ -67,7 +67,7 @@ def mlflow_uri(_mlflow_template_db, tmp_path, monkeypatch):
 @pytest.fixture
 def pipeline_config(tmp_path, mlflow_uri):
     """The tiny PipelineConfig rooted in tmp_path (artifacts in tmp_path/mlartifacts)."""
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     return load_config(write_pipeline_config(tmp_path))
 
@@ -75,7 +75,7 @@ def pipeline_config(tmp_path, mlflow_uri):
 @pytest.fixture(scope="session")
 def cardio_table():
     """data/cardio.csv as features, labels (176 anomalies of 1831) and record ids."""
-    from vae_core.ingest import read_table, split_columns
+    from vae_core.data.ingest import read_table, split_columns
 
     return split_columns(read_table(CARDIO), "label", ["record_id"], source=str(CARDIO))
 
@@ -83,8 +83,8 @@ def cardio_table():
 @pytest.fixture(scope="session")
 def trained_cardio(cardio_table, tmp_path_factory):
     """One tiny model trained, calibrated and evaluated on cardio per session (TrainOutcome)."""
-    from vae_core.config import load_config
-    from vae_core.dataset import train_and_evaluate
+    from vae_core.foundations.config import load_config
+    from vae_core.steps.dataset import train_and_evaluate
 
     folder = tmp_path_factory.mktemp("trained-cardio")
     cfg = load_config(write_pipeline_config(folder))

@@ -91,7 +91,7 @@ def write_pipeline_config(folder: Path, overrides: dict | None = None) -> Path:
 def register(cfg, table, outcome, source="data/cardio.csv"):
     """Log a trained outcome as a training run and register it, as `vae-anomaly train` does;
     (TrackingTarget, ModelVersionRef)."""
-    from vae_core import registry
+    from vae_core.tracking import registry
 
     target = registry.TrackingTarget.from_config(cfg)
     run_id = registry.start_training_run(target, cfg, source)
@@ -101,9 +101,9 @@ def register(cfg, table, outcome, source="data/cardio.csv"):
 
 def promote(target, cfg, table, **kwargs):
     """Promote on the table's test split, as `vae-anomaly promote` does."""
-    from vae_core import registry
-    from vae_core.pipeline import held_out
-    from vae_core.promotion import measure_on
+    from vae_core.steps.pipeline import held_out
+    from vae_core.steps.promotion import measure_on
+    from vae_core.tracking import registry
 
     measure = measure_on(*held_out(table, cfg.split))
     return registry.promote_challenger(target, cfg.promotion, measure, **kwargs)

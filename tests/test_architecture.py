@@ -100,7 +100,7 @@ _KIND_TEST = re.compile(
 )
 # Where such a test may stand, and why.
 _KIND_DECIDED = {
-    "vae_core/dataset.py": "the one place: kind_of_model (a fitted detector's kind)",
+    "vae_core/steps/dataset.py": "the one place: kind_of_model (a fitted detector's kind)",
     "flows/demo.py": "the demo's output folder (runs/demo or runs/demo-images) and its lines",
 }
 

@@ -118,7 +118,7 @@ def test_unfitted_detector():
 def test_a_bad_label_is_named_by_its_line_or_row_in_the_file(tmp_path, suffix, where):
     """Data rows 3 and 5 (0-based) are lines 5 and 7 of a CSV (the header is line 1), as a
     spreadsheet or editor shows them, and rows 4 and 6 of a Parquet file."""
-    from vae_core.ingest import read_table, split_columns
+    from vae_core.data.ingest import read_table, split_columns
 
     frame = pd.DataFrame({"a": np.arange(8.0), "y": [0, 0, 0, 2, 0, "x", 0, 1]})
     path = tmp_path / f"t{suffix}"
@@ -136,8 +136,8 @@ def test_a_bad_label_is_named_by_its_line_or_row_in_the_file(tmp_path, suffix, w
 def test_text_among_numbers_is_named_by_its_line_not_read_as_a_category(tmp_path, suffix, where):
     """A numeric column with a typo ('abc' in data row 7) would be read as a category with a
     level per number; training refuses it naming the file, column, value and line (row)."""
-    from vae_core.config import PipelineConfig
-    from vae_core.ingest import load_table
+    from vae_core.data.ingest import load_table
+    from vae_core.foundations.config import PipelineConfig
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"a": rng.normal(size=40).round(3).astype(str), "b": rng.normal(size=40)})
@@ -156,8 +156,8 @@ def test_text_among_numbers_is_named_by_its_line_not_read_as_a_category(tmp_path
 
 
 def test_an_infinite_value_is_named_by_its_line(tmp_path):
-    from vae_core.config import PipelineConfig
-    from vae_core.ingest import load_table
+    from vae_core.data.ingest import load_table
+    from vae_core.foundations.config import PipelineConfig
 
     frame = pd.DataFrame({"a": np.arange(20.0), "b": np.ones(20)})
     frame.loc[3, "a"] = np.inf
@@ -170,7 +170,7 @@ def test_an_infinite_value_is_named_by_its_line(tmp_path):
 def test_categories_and_mostly_text_columns_are_still_categories():
     """Only a column that is almost all numbers (>= 95%) counts as numbers with typos: codes,
     and a column with many text values, stay categorical."""
-    from vae_core.ingest import text_among_numbers
+    from vae_core.data.ingest import text_among_numbers
 
     assert text_among_numbers(pd.Series(["A1", "B2", "C3"] * 10)) is None
     assert text_among_numbers(pd.Series(["1", "2", "x"] * 10)) is None  # 1/3 text

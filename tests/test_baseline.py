@@ -9,10 +9,10 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from tests.helpers import CARDIO
-from vae_core.config import CalibrationConfig, load_config
-from vae_core.dataset import train_and_evaluate
-from vae_core.ingest import load_table
-from vae_core.pipeline import evaluate_detector, isolation_forest_baseline, split_data
+from vae_core.data.ingest import load_table
+from vae_core.foundations.config import CalibrationConfig, load_config
+from vae_core.steps.dataset import train_and_evaluate
+from vae_core.steps.pipeline import evaluate_detector, isolation_forest_baseline, split_data
 
 
 def test_the_baseline_is_isolation_forest_on_the_model_input(fitted_mixed, mixed_data):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vae_core.batch import (
+from vae_core.steps.batch import (
     batch_identity,
     commit_scores,
     list_partitions,
@@ -21,7 +21,7 @@ from vae_core.batch import (
 
 @pytest.fixture(scope="module")
 def calibrated(fitted_mixed, mixed_data):
-    from vae_core.calibrate import TargetFPR
+    from vae_core.foundations.calibrate import TargetFPR
 
     det = copy.deepcopy(fitted_mixed)  # the session fixture stays as fit left it
     return det.calibrate(mixed_data.iloc[:300], policy=TargetFPR(fpr=0.05))
@@ -202,7 +202,7 @@ def test_a_header_that_names_a_column_twice_is_refused_naming_it(calibrated, mix
     with pytest.raises(ValueError, match=message):
         score_source(calibrated, tmp_path / "in.csv", tmp_path / "out.parquet")
     assert dest.read_bytes() == before
-    from vae_core.ingest import read_table
+    from vae_core.data.ingest import read_table
 
     with pytest.raises(ValueError, match=message):
         read_table(tmp_path / "in.csv")
@@ -252,7 +252,7 @@ def test_two_runs_of_one_batch_id_at_once_both_finish_with_one_whole_output(
     run's clean-up deleted the first's staged parts mid-run and both failed."""
     import threading
 
-    from vae_core.batch import staging_for
+    from vae_core.steps.batch import staging_for
 
     df = with_ids(mixed_data)
     inputs = {"a": df.iloc[:400], "z": df.iloc[400:]}
@@ -292,11 +292,12 @@ def test_the_batch_lock_outlives_a_killed_holder_and_leaves_no_file(tmp_path):
     import sys
     import time
 
-    from vae_core.atomic import exclusive
+    from vae_core.foundations.atomic import exclusive
 
     lock = tmp_path / ".b.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vae_core.atomic import exclusive\n"
+        [sys.executable, "-c",
+         "import sys, time; from vae_core.foundations.atomic import exclusive\n"
          "with exclusive(sys.argv[1]):\n print('held', flush=True); time.sleep(600)", lock],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from sklearn.isotonic import IsotonicRegression
 
-from vae_core.calibrate import (
+from vae_core.foundations.calibrate import (
     AnomalyProbability,
     Calibration,
     CalibrationFallbackWarning,
@@ -383,7 +383,7 @@ def test_probability_from_dict_rejects_unknown_method():
 
 def test_importing_calibration_and_report_loads_no_plotting_or_orchestration():
     code = (
-        "import sys, vae_core.calibrate, vae_core.report; "
+        "import sys, vae_core.foundations.calibrate, vae_core.evaluation.report; "
         "print(sorted(m for m in ('matplotlib', 'prefect', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -191,7 +191,7 @@ def test_own_table_from_the_command_line_in_the_checkout_with_the_demo_config(
 def test_the_configs_data_settings_apply_to_its_own_data_only(tmp_path):
     """DataConfig.for_file: the config's label, id and dropped columns for its train_path or
     score_path (however spelled), none for another file; the flags go over either."""
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     cfg = load_config(ROOT / "mlflow.yml")
     assert cfg.data.id_columns == ["record_id"] and cfg.data.label_column == "label"

@@ -208,8 +208,8 @@ NPZ_KEYS = {"npz_image_key": "digits", "npz_class_key": "digit", "npz_normal_cla
 
 
 def test_npz_class_ids_and_normal_classes_give_labels(digits_npz):
-    from vae_core.config import ImagesConfig
-    from vae_core.image_pipeline import load_images
+    from vae_core.foundations.config import ImagesConfig
+    from vae_core.steps.image_pipeline import load_images
 
     data = load_images(digits_npz, ImagesConfig(**NPZ_KEYS))
     classes = np.array(data.images.classes)
@@ -254,7 +254,7 @@ def test_a_model_trained_on_an_npz_registers_with_arrays_as_its_input_example(di
 
 
 def test_mlflow_yml_documents_the_images_keys_at_their_defaults():
-    from vae_core.config import ImagesConfig, load_config
+    from vae_core.foundations.config import ImagesConfig, load_config
 
     documented = load_config(ROOT / "mlflow.yml").images
     assert documented == ImagesConfig() and documented.npz_normal_classes is None

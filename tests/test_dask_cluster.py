@@ -175,7 +175,7 @@ def cluster(harness, tmp_path_factory):
 def store(tmp_path_factory, _mlflow_template_db, cardio_table, trained_cardio, cluster):
     """A sqlite MLflow store with the tiny cardio model registered and promoted to champion,
     and a config that scores on the cluster; (folder, config path)."""
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     folder = tmp_path_factory.mktemp("dask-store")
     shutil.copy(_mlflow_template_db, folder / "mlflow.db")
@@ -207,8 +207,8 @@ def run_score(config: Path, **kwargs) -> dict:
 
 def reference_scores(folder: Path, frame: pd.DataFrame, version: str) -> pd.DataFrame:
     """The rows scored in this process with the detector the flow saved."""
-    from vae_core.detector import VAEDetector
-    from vae_core.pipeline import score_table
+    from vae_core.estimator.detector import VAEDetector
+    from vae_core.steps.pipeline import score_table
 
     (model_dir,) = (folder / "outputs" / "models").glob(f"*-v{version}")
     det = VAEDetector.load(model_dir)
@@ -325,7 +325,7 @@ def test_the_local_cluster_listens_on_loopback_only(tmp_path):
     from distributed import LocalCluster
 
     from flows.score import task_runner
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     cfg = load_config(None, {"scoring": {"task_runner": "dask"}})
     me = psutil.Process()
@@ -354,7 +354,7 @@ def test_a_folder_the_worker_cannot_see_fails_naming_it(tmp_path):
     error (a user error, not retried), not a missing model file or parts staged on the
     worker's own disk."""
     from flows.score import score_partition
-    from vae_core.batch import Partition
+    from vae_core.steps.batch import Partition
 
     model = tmp_path / "models" / "cardio-v1"
     model.mkdir(parents=True)
@@ -377,7 +377,7 @@ def test_dask_address_wins_over_a_default_client_of_the_process(tmp_path):
     from dask.distributed import Client, LocalCluster
 
     from flows.score import task_runner
-    from vae_core.config import PipelineConfig
+    from vae_core.foundations.config import PipelineConfig
 
     kwargs = dict(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
                   host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0",

@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 
 from vae_core import VAEDetector
-from vae_core.config import ModelConfig, PipelineConfig, TrainingConfig, load_config
+from vae_core.foundations.config import ModelConfig, PipelineConfig, TrainingConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

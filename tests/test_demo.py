@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from flows.demo import meaning_lines, where_to_look
-from vae_core.calibrate import TargetFPR
-from vae_core.report import evaluate
+from vae_core.evaluation.report import evaluate
+from vae_core.foundations.calibrate import TargetFPR
 
 
 def demo_like_report(labelled: bool = True) -> dict:

@@ -76,8 +76,8 @@ def test_scores_are_deterministic_and_batch_size_independent(fitted_mixed, mixed
 def test_a_table_preprocessed_in_blocks_scores_as_one_block(fitted_mixed, mixed_data, monkeypatch):
     """Scoring preprocesses a large table a block of rows at a time (bounded memory); the
     scores and contributions are bit-identical to one block, for a DataFrame and an array."""
-    import vae_core.detector as detector
-    import vae_core.preprocess as preprocess
+    import vae_core.data.preprocess as preprocess
+    import vae_core.estimator.detector as detector
 
     whole = fitted_mixed.anomaly_score(mixed_data)
     _, whole_terms = fitted_mixed.score_with_contributions(mixed_data)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vae_core import VAEDetector
-from vae_core.config import PipelineConfig
+from vae_core.foundations.config import PipelineConfig
 
 GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="no GPU on this machine (torch sees none)")

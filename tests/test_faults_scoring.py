@@ -10,7 +10,7 @@ system (no mocks):
 * the output folder on a small tmpfs that fills up, while the scores are staged and while the
   final file is written: the batch fails naming the output path and "No space left on
   device", leaves no partial or temporary file and no used space, and the earlier output keeps
-  its bytes; through ``vae_core.batch`` and through the ``vae-anomaly score`` command.
+  its bytes; through ``vae_core.steps.batch`` and through the ``vae-anomaly score`` command.
 
 Every process a test starts is killed in a finally block, and every mount is unmounted.
 """
@@ -174,7 +174,7 @@ def _wait_for(predicate, what: str, timeout: float, log: Path, poll: float = 0.1
 def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
     tmp_path, mlflow_uri, trained_cardio, cardio_table
 ):
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -290,7 +290,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
 def test_a_run_killed_while_committing_leaves_nothing_beside_the_outputs(tmp_path):
     """SIGKILL a real process in ``commit_scores``; the next run of the batch first discards
     the staging folder (the flow and the CLI do), and nothing else may be left over."""
-    from vae_core.batch import StagedPart, commit_scores, discard_staging, staging_dir
+    from vae_core.steps.batch import StagedPart, commit_scores, discard_staging, staging_dir
 
     scores = tmp_path / "scores"
     scores.mkdir()
@@ -370,7 +370,7 @@ def _pages(size: int) -> int:
 def full_disk_batch(tmp_path_factory, trained_cardio):
     """A detector, a three-partition batch, a good earlier output of that batch, and the
     sizes the batch's staged parts and final file take (measured on an ordinary disk)."""
-    from vae_core.batch import commit_scores, list_partitions, score_partition, staging_dir
+    from vae_core.steps.batch import commit_scores, list_partitions, score_partition, staging_dir
 
     folder = tmp_path_factory.mktemp("full-disk")
     det = trained_cardio.detector
@@ -416,7 +416,7 @@ def _disk_size(batch: dict, fails_in: str) -> int:
 def test_a_full_output_disk_fails_the_batch_naming_the_path_and_keeps_earlier_output(
     small_tmpfs, full_disk_batch, fails_in
 ):
-    from vae_core.batch import (
+    from vae_core.steps.batch import (
         commit_scores,
         discard_staging,
         list_partitions,

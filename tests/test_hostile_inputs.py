@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vae_core import VAEDetector
-from vae_core.config import load_config
+from vae_core.foundations.config import load_config
 
 
 def _config(tmp_path, text: str):
@@ -131,14 +131,14 @@ def test_the_untouched_copy_still_loads(saved, tmp_path, mixed_data):
     "batch_id", ["../escape", "/etc/passwd", "a\x00b", "", ".", "..", ".hidden", "a/b", "x" * 201]
 )
 def test_a_batch_id_that_would_leave_its_folder_is_refused(batch_id):
-    from vae_core.batch import checked_batch_id
+    from vae_core.steps.batch import checked_batch_id
 
     with pytest.raises(ValueError, match="batch id"):
         checked_batch_id(batch_id)
 
 
 def test_ordinary_batch_ids_pass():
-    from vae_core.batch import checked_batch_id
+    from vae_core.steps.batch import checked_batch_id
 
     for batch_id in ("nightly", "2026-11-30", "run_7.b"):
         assert checked_batch_id(batch_id) == batch_id
@@ -151,7 +151,7 @@ def test_every_server_the_project_starts_or_prints_binds_loopback():
 
     from flows.score import task_runner
     from tests.helpers import ROOT
-    from vae_core.registry import TrackingTarget
+    from vae_core.tracking.registry import TrackingTarget
 
     cfg = load_config(None, {"tracking": {"uri": "sqlite:///x.db"}})
     assert "--host 127.0.0.1" in TrackingTarget.from_config(cfg).ui_command()

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from tests import image_corpus as corpus
 from tests.helpers import write_pipeline_config
 from vae_core.cli import app
-from vae_core.images import index_images, read_image_folder
+from vae_core.data.images import index_images, read_image_folder
 
 CASES = [
     pytest.param(
@@ -95,7 +95,7 @@ def test_a_huge_declared_size_is_refused_before_decoding_in_bounded_memory(tmp_p
     script = textwrap.dedent(
         f"""
         import resource
-        from vae_core.images import read_image_folder
+        from vae_core.data.images import read_image_folder
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[0])
         cap = pages * resource.getpagesize() + 80 * 2**20

@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.helpers import ROOT, config_store, write_pipeline_config
-from vae_core import VAEDetector, image_pipeline
-from vae_core.config import ImagesConfig, SplitConfig, load_config
-from vae_core.images import ImageSet
-from vae_core.pipeline import held_out, split_data
+from vae_core import VAEDetector
+from vae_core.data.images import ImageSet
+from vae_core.foundations.config import ImagesConfig, SplitConfig, load_config
+from vae_core.steps import image_pipeline
+from vae_core.steps.pipeline import held_out, split_data
 
 MNIST = ROOT / "data" / "mnist"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -315,7 +316,7 @@ def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
 
 
 def test_the_mnist_config_has_its_own_deployment_names():
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     tabular, images = load_config(ROOT / "mlflow.yml"), load_config(ROOT / "configs" / "mnist.yml")
     assert images.schedules.score_deployment != tabular.schedules.score_deployment

@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ROOT
-from vae_core import VAEDetector, image_input
-from vae_core.config import ImagesConfig
-from vae_core.image_pipeline import score_image_input
-from vae_core.latent import latent_image_input
+from vae_core import VAEDetector
+from vae_core.data import image_input
+from vae_core.foundations.config import ImagesConfig
+from vae_core.steps.image_pipeline import score_image_input
+from vae_core.steps.latent import latent_image_input
 
 MNIST = ROOT / "data" / "mnist"
 

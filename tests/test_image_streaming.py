@@ -14,12 +14,14 @@ import torch
 from PIL import Image
 
 from tests.helpers import ROOT
-from vae_core import VAEDetector, image_pipeline, image_stream
-from vae_core import images as vi
-from vae_core.calibrate import TargetFPR
-from vae_core.config import ImagesConfig, SplitConfig
-from vae_core.input_stats import fingerprint, grid_variance
-from vae_core.pipeline import split_data
+from vae_core import VAEDetector
+from vae_core.data import image_stream
+from vae_core.data import images as vi
+from vae_core.data.input_stats import fingerprint, grid_variance
+from vae_core.foundations.calibrate import TargetFPR
+from vae_core.foundations.config import ImagesConfig, SplitConfig
+from vae_core.steps import image_pipeline
+from vae_core.steps.pipeline import split_data
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)

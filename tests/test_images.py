@@ -17,11 +17,12 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from tests.helpers import ROOT, SHARED
-from vae_core import VAEDetector, drawing, image_maps
-from vae_core import images as vi
-from vae_core.calibrate import TargetFPR
-from vae_core.config import load_config
-from vae_core.image_npz import read_image_npz
+from vae_core import VAEDetector
+from vae_core.data import images as vi
+from vae_core.data.image_npz import read_image_npz
+from vae_core.evaluation import drawing, image_maps
+from vae_core.foundations.calibrate import TargetFPR
+from vae_core.foundations.config import load_config
 
 MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
@@ -150,7 +151,7 @@ def test_corrupt_and_non_image_files_raise_or_are_skipped_and_listed(tmp_path, c
     with pytest.raises(ValueError, match=r"truncated\.png: cannot be read as a PNG or JPEG"):
         vi.read_image_folder(tmp_path, (8, 8))
     (tmp_path / "notes.txt").write_text("not an image")
-    with caplog.at_level("WARNING", logger="vae_core.images"):
+    with caplog.at_level("WARNING", logger="vae_core.data.images"):
         got = vi.read_image_folder(tmp_path, (8, 8), on_error="skip")
     assert got.paths == [str(tmp_path / "good.png")]
     skipped = got.skipped_frame()
@@ -344,7 +345,8 @@ def test_review_grids_for_the_registry(digit0, mnist, tmp_path):
 
 def test_importing_the_modules_loads_neither_pil_nor_matplotlib():
     code = (
-        "import sys, vae_core.images, vae_core.image_maps, vae_core.drawing;"
+        "import sys, vae_core.data.images, vae_core.evaluation.image_maps, "
+        "vae_core.evaluation.drawing;"
         "print([m for m in ('PIL', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -357,15 +359,16 @@ def test_reading_sits_below_the_detector_and_drawing_above_it():
     import ast
     from pathlib import Path
 
-    root = Path(vi.__file__).parent
+    root = Path(vi.__file__).parents[1]  # vae_core
 
     def imports(name: str) -> set[str]:
-        tree = ast.parse((root / f"{name}.py").read_text())
+        """What ``name`` (``layer.module``) imports: each module's layer and module name."""
+        tree = ast.parse((root / f"{name.replace('.', '/')}.py").read_text())
         found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        return {m.removeprefix("vae_core.") for m in found if m.startswith("vae_core.")}
+        return {part for m in found if m.startswith("vae_core.") for part in m.split(".")[1:]}
 
     above = {"detector", "drawing", "image_maps", "image_pipeline", "latent", "registry", "cli"}
-    for below in ("images", "image_stream", "input_stats"):
+    for below in ("data.images", "data.image_stream", "data.input_stats"):
         assert not imports(below) & above, below
-    assert not imports("detector") & {"drawing", "image_maps"}
-    assert not imports("image_maps") & {"drawing"}
+    assert not imports("estimator.detector") & {"drawing", "image_maps"}
+    assert not imports("evaluation.image_maps") & {"drawing"}

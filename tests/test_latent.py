@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.helpers import ROOT, mixed_frame, write_pipeline_config
 from vae_core import VAEDetector
 from vae_core.cli import app
-from vae_core.latent import sample_realism, top_variance_directions
+from vae_core.steps.latent import sample_realism, top_variance_directions
 
 MNIST = ROOT / "data" / "mnist"
 
@@ -123,7 +123,7 @@ def test_image_interpolation_ends_are_the_reconstructions(conv, digits, method):
 
 
 def test_spherical_paths_keep_the_norm_between_codes_of_equal_norm(fitted_mixed):
-    from vae_core.latent_space import _lerp, _slerp
+    from vae_core.estimator.latent_space import _lerp, _slerp
 
     a, b = np.array([3.0, 0.0]), np.array([0.0, 3.0])
     t = np.linspace(0, 1, 7)

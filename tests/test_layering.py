@@ -6,8 +6,9 @@ import sys
 
 def test_vae_core_does_not_import_prefect_or_mlflow():
     code = (
-        "import sys, vae_core, vae_core.pipeline, vae_core.image_pipeline, vae_core.cli,"
-        " vae_core.config;"
+        "import sys, vae_core, vae_core.steps.pipeline, vae_core.steps.image_pipeline, "
+        "vae_core.cli,"
+        " vae_core.foundations.config;"
         "print(sorted(m for m in ('prefect', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -36,8 +37,8 @@ def test_persistence_does_not_import_the_detector():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "vae_core"
-    assert "vae_core.detector" not in _imported_modules(root / "persist.py")
-    assert "vae_core.persist" in _imported_modules(root / "detector.py")
+    assert "vae_core.estimator.detector" not in _imported_modules(root / "estimator" / "persist.py")
+    assert "vae_core.estimator.persist" in _imported_modules(root / "estimator" / "detector.py")
 
 
 def test_no_import_cycle_in_the_library():

@@ -5,7 +5,7 @@ import math
 import torch
 from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 
-from vae_core.likelihood import (
+from vae_core.network.likelihood import (
     elbo_terms,
     gaussian_nll,
     importance_weighted_log_likelihood,
@@ -14,7 +14,7 @@ from vae_core.likelihood import (
     reconstruction_nll_terms,
     training_loss,
 )
-from vae_core.model import VAE, DecoderOutput, FeatureLayout, VAEConfig
+from vae_core.network.model import VAE, DecoderOutput, FeatureLayout, VAEConfig
 
 torch.manual_seed(0)
 

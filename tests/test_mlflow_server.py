@@ -21,11 +21,11 @@ import pytest
 import requests
 
 from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
-from vae_core import registry
-from vae_core.config import load_config
-from vae_core.dataset import train_and_evaluate
-from vae_core.pipeline import held_out, score_table
-from vae_core.promotion import measure_on
+from vae_core.foundations.config import load_config
+from vae_core.steps.dataset import train_and_evaluate
+from vae_core.steps.pipeline import held_out, score_table
+from vae_core.steps.promotion import measure_on
+from vae_core.tracking import registry
 
 pytestmark = pytest.mark.e2e
 

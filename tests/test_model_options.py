@@ -11,9 +11,9 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 from vae_core import VAEDetector
-from vae_core.likelihood import observed_gaussians, reconstruction_nll_terms, trimmed_mean
-from vae_core.model import VAE, DecoderOutput, FeatureLayout, VAEConfig
-from vae_core.preprocess import TabularPreprocessor
+from vae_core.data.preprocess import TabularPreprocessor
+from vae_core.network.likelihood import observed_gaussians, reconstruction_nll_terms, trimmed_mean
+from vae_core.network.model import VAE, DecoderOutput, FeatureLayout, VAEConfig
 
 
 def test_a_gate_leaves_its_gaussian_out_and_keeps_the_indicator_probability():
@@ -145,7 +145,7 @@ def test_encoder_clip_bounds_what_the_encoder_sees_not_what_is_scored():
     for a, b in zip(model.encode(far), model.encode(at_bound), strict=True):
         torch.testing.assert_close(a, b)
     eps = torch.zeros(1, 1, 2)
-    from vae_core.likelihood import negative_elbo
+    from vae_core.network.likelihood import negative_elbo
 
     assert negative_elbo(model, far, eps) > negative_elbo(model, at_bound, eps) + 100
 

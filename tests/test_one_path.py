@@ -17,7 +17,7 @@ from tests.helpers import CARDIO, config_store, promote, register, write_pipelin
 def champion(tmp_path_factory, cardio_table, trained_cardio):
     """A config in a fresh folder (its own sqlite store) whose champion is the session's
     trained cardio model."""
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     folder = tmp_path_factory.mktemp("one-path")
     config = write_pipeline_config(

@@ -55,10 +55,11 @@ def _run(args, env, timeout=180):
 
 
 def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
-    from vae_core import dataset, pipeline, registry
-    from vae_core.config import load_config
-    from vae_core.ingest import load_table
-    from vae_core.promotion import measure_on
+    from vae_core.data.ingest import load_table
+    from vae_core.foundations.config import load_config
+    from vae_core.steps import dataset, pipeline
+    from vae_core.steps.promotion import measure_on
+    from vae_core.tracking import registry
 
     # A champion in this test's own sqlite store, for the deployment to score with.
     config = write_pipeline_config(tmp_path, {"scoring": {"output_dir": "scores"}})

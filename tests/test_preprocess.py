@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vae_core.columns import MISSING_CATEGORY, _to_category
-from vae_core.input_stats import grid_variance
-from vae_core.preprocess import TabularPreprocessor
+from vae_core.data.columns import MISSING_CATEGORY, _to_category
+from vae_core.data.input_stats import grid_variance
+from vae_core.data.preprocess import TabularPreprocessor
 
 
 def test_numpy_mapping_equals_the_fitted_column_transformer(mixed_data):

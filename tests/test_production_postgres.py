@@ -312,7 +312,7 @@ def _check_scoring_runs(mlflow_url: str, finished: dict, config: Path) -> None:
     LoggedModel of registered version 1 (the champion), its scores file on the server."""
     from mlflow import MlflowClient
 
-    from vae_core.config import load_config
+    from vae_core.foundations.config import load_config
 
     cfg = load_config(config)
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)

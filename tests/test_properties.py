@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) where arbitrary user data meets the library.
 
-Ingestion (``vae_core.ingest.read_table``, ``TabularPreprocessor.fit`` / ``transform``):
+Ingestion (``vae_core.data.ingest.read_table``, ``TabularPreprocessor.fit`` / ``transform``):
 
 - CSV and Parquet: a table of random columns (unicode, empty, whitespace-only, duplicated and
   near-duplicated names; ints, floats with NaN and inf, bools, strings, categories, datetimes,
@@ -15,8 +15,8 @@ Ingestion (``vae_core.ingest.read_table``, ``TabularPreprocessor.fit`` / ``trans
   finite (n, input_dim) matrix, or ``fit`` raises a ValueError from vae_core that names the
   column (or the table-level problem).
 
-Calibration (``vae_core.calibrate``), on any scores (finite, huge, NaN, inf, ties), any labels
-(all 0, all 1, wrong length, NaN, None, non-binary) and any policy parameters:
+Calibration (``vae_core.foundations.calibrate``), on any scores (finite, huge, NaN, inf, ties),
+any labels (all 0, all 1, wrong length, NaN, None, non-binary) and any policy parameters:
 
 - ``calibrate_threshold`` gives a finite threshold that obeys the tie rule (flagged iff
   ``score > threshold``) and its policy: the best F-beta / the least cost over every possible
@@ -52,7 +52,9 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 import vae_core
-from vae_core.calibrate import (
+from vae_core.data.ingest import read_table
+from vae_core.data.preprocess import MIN_FIT_ROWS, TabularPreprocessor
+from vae_core.foundations.calibrate import (
     AnomalyProbability,
     CalibrationFallbackWarning,
     CalibrationPolicy,
@@ -62,8 +64,6 @@ from vae_core.calibrate import (
     flag_anomalies,
     metrics_at_threshold,
 )
-from vae_core.ingest import read_table
-from vae_core.preprocess import MIN_FIT_ROWS, TabularPreprocessor
 
 VAE_CORE = Path(vae_core.__file__).resolve().parent
 

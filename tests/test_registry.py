@@ -15,13 +15,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
-from vae_core import registry
 from vae_core.cli import app
-from vae_core.config import PromotionConfig, load_config
-from vae_core.dataset import train_and_evaluate
-from vae_core.detector import VAEDetector
-from vae_core.pipeline import score_table
-from vae_core.promotion import gate_checks
+from vae_core.estimator.detector import VAEDetector
+from vae_core.foundations.config import PromotionConfig, load_config
+from vae_core.steps.dataset import train_and_evaluate
+from vae_core.steps.pipeline import score_table
+from vae_core.steps.promotion import gate_checks
+from vae_core.tracking import registry
 
 
 def with_threshold(outcome, tmp_path, threshold):
@@ -360,7 +360,7 @@ def test_a_tracking_call_leaves_the_environment_as_it_was(tmp_path, monkeypatch)
     or a second config in the same process would silently use the first store."""
     import os
 
-    from vae_core import registry
+    from vae_core.tracking import registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     target = registry.TrackingTarget(

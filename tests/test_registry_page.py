@@ -6,12 +6,12 @@ import dataclasses
 from mlflow import MlflowClient
 
 from tests.helpers import promote, register
-from vae_core import registry
-from vae_core.batch import BatchSummary
-from vae_core.dataset import train_and_evaluate
-from vae_core.detector import VAEDetector
-from vae_core.pipeline import score_table
-from vae_core.promotion import RunRecord, data_changes
+from vae_core.estimator.detector import VAEDetector
+from vae_core.steps.batch import BatchSummary
+from vae_core.steps.dataset import train_and_evaluate
+from vae_core.steps.pipeline import score_table
+from vae_core.steps.promotion import RunRecord, data_changes
+from vae_core.tracking import registry
 
 NAME = "vae-anomaly"
 

@@ -18,15 +18,15 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 
 from tests.helpers import shared_dataset
-from vae_core.atomic import atomic_write
-from vae_core.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
-from vae_core.report import (
+from vae_core.evaluation.report import (
     _labelled_block,
     _resample_counts,
     evaluate,
     write_report,
 )
-from vae_core.report_plots import _histogram_range
+from vae_core.evaluation.report_plots import _histogram_range
+from vae_core.foundations.atomic import atomic_write
+from vae_core.foundations.calibrate import MaxFBeta, TargetFPR, calibrate_threshold
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vae_core import VAEDetector
-from vae_core.train import StopTraining, kl_weight
+from vae_core.network.train import StopTraining, kl_weight
 
 
 def data(n=300, seed=0):

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vae_core import ingest
-from vae_core.config import PipelineConfig
-from vae_core.ingest import load_table, read_table, read_table_sample, table_rows
+from vae_core.data import ingest
+from vae_core.data.ingest import load_table, read_table, read_table_sample, table_rows
+from vae_core.foundations.config import PipelineConfig
 
 
 def table(n: int) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def test_load_table_applies_max_train_rows(tmp_path):
 
 
 def test_sample_positions_are_distinct_sorted_uniform_and_fixed():
-    from vae_core.ingest import sample_positions
+    from vae_core.data.ingest import sample_positions
 
     picked = sample_positions(3_000_000, 30_000, block=100_000)
     assert len(picked) == 30_000 and len(np.unique(picked)) == 30_000

@@ -3,7 +3,7 @@
 The library knows nothing of Prefect; ``flows/`` wires it into scheduled pipelines.
 """
 
-from vae_core.detector import VAEDetector
+from vae_core.estimator.detector import VAEDetector
 
 __all__ = ["VAEDetector"]
 __version__ = "0.1.0"

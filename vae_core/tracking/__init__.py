@@ -1,5 +1,5 @@
 """The tracking layer: MLflow runs, the packaged model and the registry. It logs what the
-pipeline hands it; only this package and ``vae_core/mlflow_model.py`` import MLflow.
+pipeline hands it; only this package and ``vae_core/tracking/mlflow_model.py`` import MLflow.
 
 One job a module:
 
@@ -13,7 +13,7 @@ One job a module:
 
 Every function takes plain arguments (a ``TrackingTarget``, config sections, a detector, a
 dataset) so that a Prefect task is one call; nothing here runs at import time.
-``vae_core.registry`` re-exports the public names. The life of a model, in calls::
+``vae_core.tracking.registry`` re-exports the public names. The life of a model, in calls::
 
     run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
     train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics

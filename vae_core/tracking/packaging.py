@@ -1,5 +1,5 @@
 """The packaged model: a saved ``VAEDetector`` logged as an MLflow pyfunc model
-(models-from-code: ``vae_core/mlflow_model.py`` is its code, no pickle of project classes)
+(models-from-code: ``vae_core/tracking/mlflow_model.py`` is its code, no pickle of project classes)
 with its signature, input example and pinned requirements, and read back from the registry.
 """
 
@@ -18,9 +18,9 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 import vae_core
-from vae_core.dataset import IMAGES, kind_of_model
-from vae_core.detector import VAEDetector
-from vae_core.latent import PREDICT_OUTPUTS
+from vae_core.estimator.detector import VAEDetector
+from vae_core.steps.dataset import IMAGES, kind_of_model
+from vae_core.steps.latent import PREDICT_OUTPUTS
 
 DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact holding weights.pt + model.json
 # What the packaged model imports when it is loaded; versions are pinned to this environment's.
@@ -67,7 +67,7 @@ def log_packaged_model(
         det.save(Path(tmp) / "detector")
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(package / "mlflow_model.py"),
+            python_model=str(package / "tracking" / "mlflow_model.py"),
             artifacts={DETECTOR_ARTIFACT: str(Path(tmp) / "detector")},
             code_paths=[str(package)],
             model_config=config,

@@ -20,9 +20,9 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vae_core.config import PromotionConfig
-from vae_core.detector import VAEDetector
-from vae_core.promotion import (
+from vae_core.estimator.detector import VAEDetector
+from vae_core.foundations.config import PromotionConfig
+from vae_core.steps.promotion import (
     CHALLENGER,
     CHAMPION,
     PromotionDecision,

@@ -18,10 +18,10 @@ from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Pa
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vae_core.batch import BatchSummary
-from vae_core.detector import VAEDetector
-from vae_core.promotion import CHAMPION
-from vae_core.report import plot_score_histogram
+from vae_core.estimator.detector import VAEDetector
+from vae_core.evaluation.report import plot_score_histogram
+from vae_core.steps.batch import BatchSummary
+from vae_core.steps.promotion import CHAMPION
 from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.provenance import source_digest
 from vae_core.tracking.registration import (

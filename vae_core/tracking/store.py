@@ -18,8 +18,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vae_core.config import PipelineConfig
-from vae_core.promotion import RunRecord
+from vae_core.foundations.config import PipelineConfig
+from vae_core.steps.promotion import RunRecord
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 _REMOTE_SCHEMES = ("http://", "https://", "databricks")

@@ -15,10 +15,11 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param
 
-from vae_core.config import PipelineConfig
-from vae_core.dataset import Data, DataRecord, data_record
-from vae_core.pipeline import TrainOutcome
-from vae_core.promotion import training_run_note
+from vae_core.foundations.config import PipelineConfig
+from vae_core.network.train import EpochCallback, EpochLog
+from vae_core.steps.dataset import Data, DataRecord, data_record
+from vae_core.steps.pipeline import TrainOutcome
+from vae_core.steps.promotion import training_run_note
 from vae_core.tracking.packaging import log_packaged_model
 from vae_core.tracking.provenance import code_version, settings_params
 from vae_core.tracking.store import (
@@ -31,7 +32,6 @@ from vae_core.tracking.store import (
     tracking_call,
     unreachable_as_error,
 )
-from vae_core.train import EpochCallback, EpochLog
 
 MODEL_URI_TAG = "vae.model_uri"  # on a training run: the packaged model it logged
 

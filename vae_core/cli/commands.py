@@ -1,0 +1,459 @@
+"""The ``vae-anomaly`` command: train (and register), promote, score; embed, sample and
+interpolate (the latent space, ``vae_core.cli.latent``).
+
+Tables or images, as ``data.kind`` in the config says (``score`` goes by the model: an image
+model scores a folder or an .npz into a folder of Parquet scores and anomaly maps).
+
+User mistakes (a missing file, a bad column, an invalid config key, an unreachable tracking
+server) and a full output disk end with one line on stderr and exit code 2; anything else is a
+bug and keeps its traceback. MLflow is imported only by the commands that use it
+(``vae_core.tracking.registry``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vae_core.cli.common import (  # noqa: F401 - the command's shared parts, importable here
+    ConfigOpt,
+    ExperimentOpt,
+    ModelNameOpt,
+    _fail,
+    _scoring_model,
+    _tracking_overrides,
+    _user_errors,
+    app,
+    console,
+)
+
+
+def _epoch_progress(max_epochs: int):
+    progress = Progress(
+        TextColumn("[bold]training[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("val -ELBO {task.fields[val]:.3f} nats"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("train", total=max_epochs, val=float("nan"))
+
+    def on_epoch_end(log) -> None:
+        progress.update(task, completed=log.epoch + 1, val=log.val_loss)
+
+    return progress, on_epoch_end
+
+
+@app.command()
+@_user_errors
+def train(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Training table: CSV or Parquet. The config's data.label_column, "
+            "data.id_columns and data.drop_columns apply only when this is the config's own "
+            "data (data.train_path or data.score_path); for any other file only "
+            "--label-column and --id-column name columns. With data.kind images (--config): "
+            "a folder of images (MVTec-AD-like or class subfolders) or an .npz."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the model and its report.")],
+    label_column: Annotated[
+        str | None, typer.Option(help="0/1 label column, 1 = anomaly (tables only).")
+    ] = None,
+    id_column: Annotated[
+        list[str] | None,
+        typer.Option(help="Pass-through id column(s), never modelled (tables only)."),
+    ] = None,
+    config: ConfigOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Override training.epochs.")] = None,
+    registered_model: ModelNameOpt = None,
+    experiment: ExperimentOpt = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register/--no-register",
+            help="Track the run in MLflow and register the model as @challenger "
+            "(--no-register: only write --out).",
+        ),
+    ] = True,
+) -> None:
+    """Fit the VAE, calibrate its threshold on held-out rows, evaluate, save, register.
+
+    Images (data.kind images in --config) also get OUT/review: grids of prior samples and
+    reconstructions, and anomaly maps of the top test anomalies."""
+    from vae_core.foundations.config import load_config
+
+    overrides: dict = {}
+    if epochs is not None:
+        overrides["training"] = {"epochs": epochs}
+    if tracking := _tracking_overrides(registered_model, experiment):
+        overrides["tracking"] = tracking
+    cfg = _reading(load_config(config, overrides), data, label_column, id_column)
+    from vae_core.steps.dataset import load_dataset
+
+    dataset = load_dataset(data, cfg, require_label=label_column is not None)
+    if register:
+        outcome = _train_registered(dataset, cfg, data, out, config)
+    else:
+        outcome = _train(dataset, cfg, out)
+    det = outcome.detector
+    from vae_core.foundations.calibrate import Calibration
+
+    typer.echo(outcome.report.to_markdown(Calibration(**det.calibration_)))
+    typer.echo(f"\nmodel:  {out / 'model'}\nreport: {out / 'report' / 'report.md'}")
+    from vae_core.steps.image_pipeline import skipped_markdown
+
+    typer.echo(f"review: {out / 'review'}" + skipped_markdown(dataset.skipped))
+
+
+def _reading(cfg, data: Path | None, label_column: str | None, id_column: list[str] | None):
+    """``cfg`` with the data section for reading ``data``: the config's label, id and dropped
+    columns only when ``data`` is the config's own data (``DataConfig.for_file``), and the
+    flags over them (a flag wins)."""
+    from vae_core.foundations.config import DataConfig
+    from vae_core.steps.dataset import kind_named
+
+    if not kind_named(cfg.data.kind).columns:
+        _no_table_options(label_column=label_column, id_column=id_column)
+    flags = {"label_column": label_column, "id_columns": id_column or None}
+    section = cfg.data.for_file(data, cfg.root).model_dump()
+    section |= {k: v for k, v in flags.items() if v is not None}
+    return cfg.model_copy(update={"data": DataConfig(**section)})
+
+
+def _no_table_options(**given) -> None:
+    """ValueError naming the table-only options given for images."""
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+    if named:
+        raise ValueError(
+            f"{' and '.join(named)}: table options, not for images (data.kind images): labels "
+            "come from the folder names (good = 0) or images.npz_class_key, and each image is "
+            "identified by its path"
+        )
+
+
+def _train(dataset, cfg, out: Path, callbacks=()):
+    from vae_core.steps.dataset import train_and_evaluate
+
+    progress, on_epoch = _epoch_progress(cfg.training.epochs)
+    with progress:
+        outcome = train_and_evaluate(dataset, cfg, out, callbacks=[on_epoch, *callbacks])
+    det = outcome.detector
+    console.print(
+        f"stopped after {len(det.history_)} epochs (best {det.best_epoch_ + 1}); "
+        f"splits {outcome.splits.sizes()}"
+    )
+    return outcome
+
+
+def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None = None):
+    """Train inside an MLflow run, log it, and register the model as the challenger."""
+    import contextlib
+
+    from vae_core.tracking import registry
+
+    target = registry.TrackingTarget.from_config(cfg)
+    source = str(Path(data).resolve())  # recorded: promote finds the rows from anywhere
+    run_id = registry.start_training_run(target, cfg, source)
+    try:
+        outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)])
+        registry.log_training_run(target, run_id, cfg, dataset, outcome, source)
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the original error
+            registry.end_failed_run(target, run_id)
+        raise
+    ref = registry.register_challenger(target, run_id)
+    again = (f" --config {config}" if config else "") + (
+        f" --registered-model {ref.name}" if ref.name != "vae-anomaly" else ""
+    )
+    ui = target.ui_command()
+    if ui.startswith("mlflow "):  # a local store: the mlflow of this environment, as installed
+        ui = _script("mlflow") + ui.removeprefix("mlflow")
+    typer.echo(
+        f"registered {ref.name} version {ref.version} as @{ref.alias} in {target.uri} "
+        f"(run {run_id})\nreview it:  {ui}\npromote it: {_script('vae-anomaly')} promote"
+        + again
+        + "\n"
+    )
+    return outcome
+
+
+def _script(name: str) -> str:
+    """The command ``name`` as installed beside the running Python (``.venv/bin/mlflow``, as
+    the README writes it), relative to the working directory when under it; else ``name``."""
+    script = Path(sys.executable).parent / name
+    if not script.exists():
+        return name
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+@app.command()
+@_user_errors
+def promote(
+    version: Annotated[
+        int | None, typer.Option(help="Version to promote (default: alias challenger).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the gate says no (needs --reason).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Why the gate is overridden; recorded on the version.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Table (or image folder) whose test split both models are scored on "
+            "(default: data.train_path). As for train, the config's label and id columns "
+            "apply only to its own data; for another file give --label-column, --id-column."
+        ),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="0/1 label column of --data (tables only).")
+    ] = None,
+    id_column: Annotated[
+        list[str] | None, typer.Option(help="Id column(s) of --data (tables only).")
+    ] = None,
+    registered_model: ModelNameOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score challenger and champion on the same held-out rows; move @champion if the gate
+    in mlflow.yml passes (or with --force --reason). The decision is recorded on the version."""
+    from vae_core.foundations.config import load_config
+    from vae_core.steps.dataset import load_dataset
+    from vae_core.steps.pipeline import held_out as held_out_of
+    from vae_core.steps.promotion import measure_on
+    from vae_core.tracking import registry
+
+    if reason is not None and not force:
+        raise ValueError("--reason goes with --force (it records why the gate was overridden)")
+    tracking = _tracking_overrides(registered_model, None)
+    cfg = _reading(
+        load_config(config, {"tracking": tracking} if tracking else None),
+        data,
+        label_column,
+        id_column,
+    )
+    target = registry.TrackingTarget.from_config(cfg)
+    if data is None and label_column is None and not id_column:
+        # the rows the version was trained and tested on, as its training run recorded them
+        cfg, source = _as_recorded(cfg, registry.training_data_of(target, version))
+    else:
+        source = data or cfg.path(cfg.data.train_path)
+    held_out = held_out_of(load_dataset(source, cfg), cfg.split)
+    decision = registry.promote_challenger(
+        target,
+        cfg.promotion,
+        measure_on(*held_out),
+        version=version,
+        force=force,
+        reason=reason,
+        data_description=f"the test split of {source}",
+    )
+    typer.echo(f"{decision.model_name} {decision.summary()}")
+    typer.echo(f"models:/{decision.model_name}@champion -> version {decision.champion or '-'}")
+
+
+def _as_recorded(cfg, record: dict):
+    """(``cfg`` with the data, split and images settings a version's training run recorded,
+    its data source): ``promote`` without --data scores both models on the held-out rows
+    of the file the challenger was trained on, split as it was, whatever the current config
+    says. A run that recorded no source (older versions) keeps the config's own data."""
+    from vae_core.foundations.config import DataConfig, ImagesConfig, SplitConfig
+    from vae_core.tracking import registry
+
+    source = record.get("source")
+    if not source:
+        return cfg, cfg.path(cfg.data.train_path)
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(
+            f"version {record['version']} was trained on {source}, which is not here: give "
+            "--data (with --label-column and --id-column for a table) to promote on other rows"
+        )
+
+    sections = {"data": DataConfig, "split": SplitConfig, "images": ImagesConfig}
+    update = {}
+    for section, model in sections.items():
+        recorded = {
+            key.partition(".")[2]: registry.setting_value(value)
+            for key, value in record["settings"].items()
+            if key.startswith(f"{section}.") and key.partition(".")[2] in model.model_fields
+        }
+        update[section] = model(**(getattr(cfg, section).model_dump() | recorded))
+    typer.echo(f"held-out rows of {path}, as version {record['version']} was trained")
+    return cfg.model_copy(update=update), path
+
+
+@app.command()
+@_user_errors
+def score(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Folder written by `vae-anomaly train`, or a registry URI such as "
+            "models:/vae-anomaly@champion (the scoring run is then logged to MLflow)."
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Table to score: CSV or Parquet (a file, a glob or a folder of partitions). "
+            "For an image model: a folder of images (flat or class subfolders) or an .npz."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output file: .csv or .parquet. For an image model: a folder, which gets "
+            "BATCH.parquet (one row per image), BATCH.maps/ (anomaly maps of the top "
+            "images.top_maps scores) and, if files were skipped, BATCH.skipped.csv."
+        ),
+    ],
+    id_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Pass-through id column(s) (tables only; default: the config's "
+            "data.id_columns when --data is the config's own data, else none)."
+        ),
+    ] = None,
+    top_features: Annotated[
+        int | None,
+        typer.Option(
+            help="Contributing columns per row (tables only; default scoring.top_features).", min=0
+        ),
+    ] = None,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows scored at a time (tables, default scoring.chunk_rows; images: "
+            "images.chunk_images).",
+            min=1,
+        ),
+    ] = None,
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Images: the BATCH that names the output files (default: a hash of the "
+            "files' names and bytes, so rescoring the same files replaces their output)."
+        ),
+    ] = None,
+    experiment: ExperimentOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score a table (or images) with a saved model; write ids, scores, flags and top columns.
+
+    The input (a file, a glob or a folder of partitions) is validated and scored chunk by
+    chunk, and the output appears only when every row is scored (see vae_core.steps.batch).
+
+    An image model (trained with data.kind images) scores every image of --data, read at the
+    model's size and colour mode and as the config's images section says (on_error,
+    chunk_images, top_maps), and writes path, class, label, anomaly_score, is_anomaly,
+    anomaly_probability and map_path per image (see image_pipeline.score_image_batch)."""
+    from vae_core.data.ingest import TABLE_SUFFIXES
+    from vae_core.foundations.config import load_config
+    from vae_core.steps.dataset import kind_named, kind_of_model, score_batch
+
+    tracking = _tracking_overrides(None, experiment)
+    cfg = _reading(
+        load_config(config, {"tracking": tracking} if tracking else None), data, None, id_column
+    )
+    det, registered = _scoring_model(model, cfg)
+    kind = kind_of_model(det)
+    if not kind_named(cfg.data.kind).columns and kind.columns:
+        raise ValueError(f"{model} is a table model, but the config has data.kind images")
+    if not kind.columns:
+        _no_table_options(id_column=id_column)
+    elif batch_id is not None:
+        raise ValueError("--batch-id is for images; a table's batch is the --out file name")
+    elif TABLE_SUFFIXES.get(out.suffix.lower()) is None:
+        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+    # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
+    flags = (("chunk_rows", chunk_rows), ("top_features", top_features))
+    settings = cfg.scoring.model_copy(update={k: v for k, v in flags if v is not None})
+    if chunk_rows is not None:  # images: --chunk-rows is images.chunk_images
+        images = cfg.images.model_copy(update={"chunk_images": chunk_rows})
+        cfg = cfg.model_copy(update={"images": images})
+    cfg = cfg.model_copy(update={"scoring": settings})
+    summary = score_batch(det, data, cfg, out, batch_id, score_parts=_with_progress(det, cfg))
+    _report(summary, cfg)
+    if registered is None:
+        return
+    from vae_core.tracking import registry
+
+    target, ref = registry.TrackingTarget.from_config(cfg), registered.ref
+    # the settings it scored with (flags over the config) as the run's parameters, as the flow
+    params = registry.scoring_settings(cfg)
+    run_id = registry.log_batch_scoring(target, ref, summary, None, str(data), settings=params)
+    typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
+
+
+def _with_progress(det, cfg):
+    """``score_parts`` for a table: the partitions one after another, with a progress bar."""
+    from vae_core.steps import batch
+
+    def score_parts(parts, staging):
+        staged = []
+        with Progress(
+            TextColumn("[bold]scoring[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("score", total=len(parts))
+            for i, part in enumerate(parts):
+                chunk, top = cfg.scoring.chunk_rows, cfg.scoring.top_features
+                ids = list(cfg.data.id_columns)
+                staged.append(batch.score_partition(det, part, staging, i, ids, chunk, top))
+                progress.update(task, advance=1)
+        return staged
+
+    return score_parts
+
+
+def _report(summary, cfg) -> None:
+    """What a scored batch wrote and found, on the console."""
+    for path, reason in summary.skipped_files:
+        console.print(
+            f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True
+        )
+    typer.echo(
+        f"scored {summary.rows} {summary.unit}: {summary.flagged} flagged "
+        f"({summary.flagged_rate:.1%}) at threshold {summary.threshold:.4g} -> {summary.output}"
+    )
+    if "anomaly_maps" in summary.artifacts or summary.unit == "images":
+        typer.echo(f"anomaly maps: {summary.artifacts.get('anomaly_maps') or '-'}")
+    if "skipped" in summary.artifacts:
+        typer.echo(
+            f"skipped {len(summary.skipped_files)} files, listed in {summary.artifacts['skipped']}"
+        )
+    if summary.drift_warning:
+        console.print(
+            f"[yellow]score drift:[/] PSI {summary.psi:.3f} > "
+            f"{cfg.scoring.drift_psi_warning:.3f} (scoring.drift_psi_warning) against the "
+            "calibration scores",
+            highlight=False,
+        )
+
+
+# embed, sample and interpolate (the latent space) live in their own module and register here.
+import vae_core.cli.latent  # noqa: E402, F401
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
