@@ -25,3 +25,28 @@ def test_the_config_defaults_are_the_detectors_defaults():
             if isinstance(default, tuple | list):
                 value, default = tuple(value), tuple(default)
             assert value == default, f"{key}: config {value!r}, VAEDetector {default!r}"
+
+
+def test_the_detector_and_the_config_refuse_the_same_values():
+    """Each limit is written once (the config's sections): a value the config refuses, the
+    detector refuses too, naming the argument."""
+    import pydantic
+    import pytest
+
+    bad = {
+        "latent_dim": 0,
+        "hidden_dims": [],
+        "n_score_samples": 10**6,
+        "likelihood": "poisson",
+        "epochs": 0,
+        "lr": 0.0,
+        "validation_fraction": 0.5,
+        "trim_fraction": 1.0,
+        "device": "gpu",
+    }
+    for key, value in bad.items():
+        section = ModelConfig if key in ModelConfig.model_fields else TrainingConfig
+        with pytest.raises(pydantic.ValidationError):
+            section(**{key: value})
+        with pytest.raises(ValueError, match=key):
+            VAEDetector(**{key: value})._check_params()

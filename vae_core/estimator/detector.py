@@ -22,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -32,6 +33,7 @@ from vae_core.data.preprocess import ImagePreprocessor, TabularPreprocessor
 from vae_core.estimator.detector_scoring import ScoringMixin
 from vae_core.estimator.latent_space import LatentSpaceMixin
 from vae_core.estimator.persist import load_detector, save_detector
+from vae_core.foundations.config import ModelConfig, TrainingConfig
 from vae_core.network.devices import check_device
 from vae_core.network.likelihood import observed_gaussians
 from vae_core.network.model import VAE, VAEConfig
@@ -214,19 +216,22 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
-        if self.likelihood not in ("gaussian", "bernoulli"):
-            raise ValueError(
-                f"likelihood must be 'gaussian' or 'bernoulli', got {self.likelihood!r}"
-            )
+        """ValueError naming the first argument out of its limits. Each limit is written
+        once: the architecture and training arguments go through the config's own sections
+        (``ModelConfig``, ``TrainingConfig``, which ``mlflow.yml`` is checked against), so the
+        library and the pipeline refuse the same values; ``contamination``, which only the
+        library takes, is checked here."""
+        for section in (ModelConfig, TrainingConfig):
+            values = {name: _plain(getattr(self, name)) for name in section.model_fields}
+            try:
+                section.model_validate(values)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                name = str(error["loc"][0]) if error["loc"] else section.__name__
+                got = values.get(name, "")
+                raise ValueError(f"{name}: {error['msg']} (got {got!r})") from None
         if not 0.0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
-        if not 0.0 < self.validation_fraction < 0.5:
-            raise ValueError(
-                f"validation_fraction must be in (0, 0.5), got {self.validation_fraction}"
-            )
-        for name in ("latent_dim", "epochs", "batch_size", "n_score_samples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         check_device(self.device)
 
     def _decoder_variance(self) -> str:
@@ -409,3 +414,8 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         tags.input_tags.categorical = True
         tags.non_deterministic = False
         return tags
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number it holds (what the config's sections take)."""
+    return value.item() if isinstance(value, np.generic) else value
