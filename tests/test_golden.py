@@ -6,15 +6,15 @@ written by ``python -m tests.golden_run --write`` at the commit it records, befo
 was split into its layers. This test runs the same commands now and compares.
 
 On the machine the file was written on (same CPU model, torch and numpy builds) the comparison
-is bit for bit: the SHA-256 of every output. Elsewhere floating-point rounding may differ in the
-last bits (between one and two torch threads on the MNIST case we measured a largest relative
-difference of 3.4e-10), so there the scores and the threshold are compared to a relative 1e-6
-and the flags must agree exactly.
+is bit for bit: the SHA-256 of every output. Between thread counts on that machine the numbers
+stay within 3.4e-10 relative (MNIST) or identical (cardio), but another CPU model rounds the
+training's arithmetic differently and a few epochs amplify it, so on another machine the
+comparison is skipped, saying so, rather than loosened to a tolerance that would either flake
+or prove nothing. ``test_registered_model_scores_as_the_command_line`` runs everywhere.
 """
 
 import json
 
-import numpy as np
 import pytest
 
 from tests import golden_run
@@ -34,17 +34,19 @@ def golden():
 
 @pytest.mark.parametrize("case", sorted(golden_run.CASES))
 def test_outputs_unchanged(case, runs, golden):
+    here = golden_run.machine()
+    if golden["machine"] != here:
+        pytest.skip(
+            f"tests/data/golden.json was written on {golden['machine']}, this is {here}: "
+            "bit-identity is checked on the machine that wrote it (python -m tests.golden_run "
+            f"--write at commit {golden['commit']} makes one for this machine)"
+        )
     now, then = runs[case], golden["cases"][case]
     assert now["n_flagged"] == then["n_flagged"]
-    if golden["machine"] == golden_run.machine():
-        for key in ("scores_sha256", "flags_sha256", "predict_sha256", "probability_sha256"):
-            assert now[key] == then[key], f"{case}: {key} changed since {golden['commit']}"
-        assert now["threshold"] == then["threshold"]
-    else:
-        assert now["flags_sha256"] == then["flags_sha256"]
-        np.testing.assert_allclose(now["scores"], then["scores"], rtol=1e-6)
-        np.testing.assert_allclose(now["predict"], then["predict"], rtol=1e-6)
-        assert now["threshold"] == pytest.approx(then["threshold"], rel=1e-6)
+    for key in ("scores_sha256", "flags_sha256", "predict_sha256", "probability_sha256"):
+        assert now[key] == then[key], f"{case}: {key} changed since {golden['commit']}"
+    assert now["threshold"] == then["threshold"]
+    assert now["scores"] == then["scores"]
 
 
 def test_registered_model_scores_as_the_command_line(runs):
