@@ -76,3 +76,25 @@ def test_another_file_gives_the_same_scores_when_its_ids_are_named(champion, har
     assert result.exit_code == 0, result.output
     assert flow["record_id"].is_unique and len(flow) == 1831
     pd.testing.assert_frame_equal(pd.read_parquet(out), flow, check_exact=True)
+
+
+def test_score_batch_names_its_output_by_file_or_by_batch_in_a_folder(trained_cardio, tmp_path):
+    """``dataset.score_batch``, what both doors call: a table file output is its own batch
+    (its name), a folder gets ``<batch id>.parquet``; a batch id beside a file is refused
+    before anything is written; both give the same scores."""
+    from vae_core.foundations.config import load_config
+    from vae_core.steps.dataset import score_batch
+
+    cfg = load_config(write_pipeline_config(tmp_path, {"data": {"score_path": str(CARDIO)}}))
+    det = trained_cardio.detector
+    in_folder = score_batch(det, CARDIO, cfg, tmp_path / "scores", "nightly")
+    assert in_folder.output == tmp_path / "scores" / "nightly.parquet"
+    assert (in_folder.batch_id, in_folder.rows, in_folder.unit) == ("nightly", 1831, "rows")
+    with pytest.raises(ValueError, match="batch id"):
+        score_batch(det, CARDIO, cfg, tmp_path / "named.parquet", "nightly")
+    assert not (tmp_path / "named.parquet").exists()
+    as_file = score_batch(det, CARDIO, cfg, tmp_path / "named.parquet")
+    assert as_file.batch_id == "named" and as_file.flagged == in_folder.flagged
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(as_file.output), pd.read_parquet(in_folder.output)
+    )
