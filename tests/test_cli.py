@@ -80,6 +80,54 @@ def test_score_writes_ids_scores_and_flags(trained, tmp_path):
     assert (scores["missing_columns"] == "").all()  # cardio.csv has no empty cells
 
 
+def test_score_says_it_waits_for_another_run_of_the_same_output(trained, tmp_path):
+    """A second ``vae-anomaly score`` into the same file waits for the batch's lock, says
+    so, and writes its whole output once the first run lets go."""
+    import threading
+    import time
+
+    out, _ = trained
+    dest = tmp_path / "scores.parquet"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from vae_core.foundations.atomic import exclusive\n"
+         "with exclusive(sys.argv[1]):\n print('held', flush=True); time.sleep(600)",
+         tmp_path / ".scores.lock"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    second = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.Popen(
+            [sys.executable, "-m", "vae_core.cli", "score", "--model", str(out / "model"),
+             "--data", str(ROOT / "data" / "cardio.csv"), "--id-column", "record_id",
+             "--out", str(dest)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        lines: list[str] = []  # its console (stderr, lines wrapped), read as it comes
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
+        reader.start()
+        waits = f"waiting for another run writing {dest}"
+        deadline = time.monotonic() + 240  # however slow the start; never a hang
+        while waits not in "".join(lines).replace("\n", "") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        said = "".join(lines)
+        assert second.poll() is None and not dest.exists(), "it must wait for the lock"
+        holder.kill()
+        stdout = second.stdout.read()
+        second.wait(timeout=300)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
+    finally:
+        holder.kill()
+        if second is not None and second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, said + stderr
+    assert waits in said.replace("\n", "")
+    assert "scored 1831 rows" in stdout
+    assert len(pd.read_parquet(dest)) == 1831
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -360,9 +360,8 @@ def score(
     model's size and colour mode and as the config's images section says (on_error,
     chunk_images, top_maps), and writes path, class, label, anomaly_score, is_anomaly,
     anomaly_probability and map_path per image (see image_pipeline.score_image_batch)."""
-    from vae_core.data.ingest import TABLE_SUFFIXES
     from vae_core.foundations.config import load_config
-    from vae_core.steps.dataset import kind_named, kind_of_model, score_batch
+    from vae_core.steps.dataset import kind_named, kind_of_model, score_batch, table_output
 
     tracking = _tracking_overrides(None, experiment)
     cfg = _reading(
@@ -376,8 +375,8 @@ def score(
         _no_table_options(id_column=id_column)
     elif batch_id is not None:
         raise ValueError("--batch-id is for images; a table's batch is the --out file name")
-    elif TABLE_SUFFIXES.get(out.suffix.lower()) is None:
-        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
+    else:
+        table_output(out)
     # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
     flags = (("chunk_rows", chunk_rows), ("top_features", top_features))
     settings = cfg.scoring.model_copy(update={k: v for k, v in flags if v is not None})
@@ -385,7 +384,10 @@ def score(
         images = cfg.images.model_copy(update={"chunk_images": chunk_rows})
         cfg = cfg.model_copy(update={"images": images})
     cfg = cfg.model_copy(update={"scoring": settings})
-    summary = score_batch(det, data, cfg, out, batch_id, score_parts=_with_progress(det, cfg))
+    waiting = lambda _batch: console.print(f"waiting for another run writing {out}")  # noqa: E731
+    summary = score_batch(
+        det, data, cfg, out, batch_id, score_parts=_with_progress(det, cfg), on_wait=waiting
+    )
     _report(summary, cfg)
     if registered is None:
         return
@@ -403,7 +405,6 @@ def _with_progress(det, cfg):
     from vae_core.steps import batch
 
     def score_parts(parts, staging):
-        staged = []
         with Progress(
             TextColumn("[bold]scoring[/]"),
             BarColumn(),
@@ -412,12 +413,9 @@ def _with_progress(det, cfg):
             console=console,
         ) as progress:
             task = progress.add_task("score", total=len(parts))
-            for i, part in enumerate(parts):
-                chunk, top = cfg.scoring.chunk_rows, cfg.scoring.top_features
-                ids = list(cfg.data.id_columns)
-                staged.append(batch.score_partition(det, part, staging, i, ids, chunk, top))
-                progress.update(task, advance=1)
-        return staged
+            advance = lambda: progress.update(task, advance=1)  # noqa: E731
+            serial = batch.serial_parts(det, cfg.data.id_columns, cfg.scoring, advance)
+            return serial(parts, staging)
 
     return score_parts
 

@@ -298,6 +298,25 @@ class BatchSummary:
 ScoreParts = Callable[[list[Partition], Path], list["StagedPart"]]
 
 
+def serial_parts(
+    det, id_columns: list[str], scoring, on_part: Callable[[], None] | None = None
+) -> ScoreParts:
+    """``score_parts`` that scores the partitions one after another in this process with
+    ``score_partition`` (``scoring``: chunk_rows, top_features), calling ``on_part()`` after
+    each (a progress bar)."""
+    ids, chunk, top = list(id_columns), scoring.chunk_rows, scoring.top_features
+
+    def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
+        staged = []
+        for i, part in enumerate(parts):
+            staged.append(score_partition(det, part, staging, i, ids, chunk, top))
+            if on_part is not None:
+                on_part()
+        return staged
+
+    return score_parts
+
+
 def score_table_batch(
     det,
     source: str | Path,
@@ -316,19 +335,11 @@ def score_table_batch(
     scoring : the ``ScoringConfig`` (chunk_rows, top_features, drift_psi_warning).
     score_parts : (partitions, staging folder) -> their ``StagedPart``s, in order: how the
         partitions are scored (the score flow: Prefect tasks on its task runner); default
-        one after another here with ``score_partition``.
+        ``serial_parts``, one after another in this process.
     on_wait : called once if another run of the same batch holds its lock.
     """
     parts = list_partitions(source)
-    if score_parts is None:
-
-        def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
-            chunk, top = scoring.chunk_rows, scoring.top_features
-            return [
-                score_partition(det, p, staging, i, id_columns, chunk, top)
-                for i, p in enumerate(parts)
-            ]
-
+    score_parts = score_parts or serial_parts(det, id_columns, scoring)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staging_for(dest, batch_id, on_wait=on_wait) as staging:
