@@ -12,6 +12,14 @@ import numpy as np
 
 from vae_core.data.images import ImageSet, as_image_array
 
+# An image of an .npz is named ``<file>.npz::<key>[<i>]`` where a file's image has its path.
+NPZ_MEMBER = "::"
+
+
+def is_npz_member(path: str) -> bool:
+    """Whether ``path`` names an image inside an .npz (``read_image_npz``), not a file."""
+    return NPZ_MEMBER in path
+
 
 def read_image_npz(
     path: str | Path,
@@ -49,7 +57,7 @@ def read_image_npz(
             normal = {str(c) for c in np.atleast_1d(normal_classes).tolist()}
             labels = np.array([c not in normal for c in classes], dtype="int64")
     name = key or "images"
-    return ImageSet(images, [f"{path}::{name}[{i}]" for i in range(n)], classes, labels)
+    return ImageSet(images, [f"{path}{NPZ_MEMBER}{name}[{i}]" for i in range(n)], classes, labels)
 
 
 def _npz_array(data, key: str, path: Path) -> np.ndarray:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vae_core.data.image_npz import is_npz_member
 from vae_core.data.image_preprocess import ImagePreprocessor
 from vae_core.data.ingest import TABLE_SUFFIXES, LabelledTable, load_table
 from vae_core.estimator.detector import VAEDetector
@@ -192,7 +193,7 @@ def _table_record(data: LabelledTable, splits: Splits) -> DataRecord:
 def _score_table_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, score_parts, on_wait):
     """A table batch into the file ``out`` (.csv or .parquet; its name is the batch id) or
     into ``out/<batch id>.parquet`` (the id ``batch_id``, or a hash of the input's files)."""
-    if TABLE_SUFFIXES.get(out.suffix.lower()) is not None:
+    if is_table_file(out):
         if batch_id is not None:
             raise ValueError(
                 f"a batch id ({batch_id!r}) names the file in an output folder; the batch "
@@ -217,9 +218,14 @@ def _table_ends(det, source, cfg: PipelineConfig, id_columns, names) -> tuple:
     return latent.find_table_rows(det, source, id_columns, names, cfg.scoring.chunk_rows)
 
 
+def is_table_file(out: Path) -> bool:
+    """Whether ``out`` names a table file (.csv, .parquet, .pq), not a folder."""
+    return TABLE_SUFFIXES.get(Path(out).suffix.lower()) is not None
+
+
 def table_output(out: Path) -> None:
     """ValueError unless ``out`` names a table file (.csv or .parquet)."""
-    if TABLE_SUFFIXES.get(Path(out).suffix.lower()) is None:
+    if not is_table_file(out):
         raise ValueError(f"--out {out}: use a .csv or .parquet file name")
 
 
@@ -260,7 +266,7 @@ def _image_review(det, data: ImageData, rows, scores, out_dir, cfg: PipelineConf
 def _image_examples(det, data: ImageData, rows, scores, cfg: PipelineConfig) -> dict:
     rows = rows[:EXAMPLE_ROWS]
     paths = [data.images.paths[i] for i in rows]
-    if any("::" in p for p in paths):  # an .npz's images (file.npz::key[i]): their pixels
+    if any(is_npz_member(p) for p in paths):  # an .npz's images have no files: their pixels
         pixels = np.asarray(data.features_at(rows))
         example = pd.DataFrame({"image": [image.tolist() for image in pixels]})
     else:
@@ -281,14 +287,15 @@ def _score_image_input(det, model_input, top_features=None, on_size_mismatch: st
 
 def _label_source(paths: list[str]) -> str:
     """Where the labels of an image set came from, for the run's tags."""
-    if paths and "::" in paths[0]:  # file.npz::key[i]
+    if paths and is_npz_member(paths[0]):
         return "npz class array (normal classes = 0)"
     return "folder name (good = 0)"
 
 
 def _image_record(data: ImageData, splits: Splits) -> DataRecord:
     images = data.images
-    manifest = images.manifest().assign(split="")
+    listed = images.manifest()
+    manifest = listed.assign(split="")
     for name in ("train", "calibration", "test"):
         manifest.loc[getattr(splits, name), "split"] = name
     texts = {"data/images.csv": manifest.to_csv(index=False)}
@@ -303,7 +310,7 @@ def _image_record(data: ImageData, splits: Splits) -> DataRecord:
         "data.skipped": str(len(images.skipped)),
     }
     if data.streamed:  # too many to hold: the dataset is the list of files
-        return DataRecord(data.fingerprint(), frame=images.manifest(), tags=tags, texts=texts)
+        return DataRecord(data.fingerprint(), frame=listed, tags=tags, texts=texts)
     return DataRecord(
         data.fingerprint(), array=images.images, targets=images.labels, tags=tags, texts=texts
     )
@@ -312,7 +319,7 @@ def _image_record(data: ImageData, splits: Splits) -> DataRecord:
 def _score_image_batch(det, source, cfg: PipelineConfig, out: Path, batch_id, score_parts, on_wait):
     """Images into the folder ``out``: ``<batch id>.parquet``, ``.maps/``, ``.skipped.csv``
     (``image_pipeline.score_image_batch``)."""
-    if TABLE_SUFFIXES.get(out.suffix.lower()) is not None:
+    if is_table_file(out):
         raise ValueError(
             f"{out}: for an image model, a folder (it gets <batch id>.parquet and "
             "<batch id>.maps/; the batch id names them)"

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow.entities import Metric, Param
 
 from vae_core.foundations.config import PipelineConfig
@@ -213,5 +212,5 @@ def _log_examples(shown: dict) -> None:
         warnings.simplefilter("ignore", UserWarning)
         if shown.get("top_anomalies") is not None:
             mlflow.log_table(shown["top_anomalies"], "evaluation/top_anomalies.json")
-        if isinstance(shown.get("prior_samples"), pd.DataFrame):
+        if shown.get("prior_samples") is not None:
             mlflow.log_table(shown["prior_samples"], "samples/prior_samples.json")
