@@ -3,10 +3,12 @@ registered model's outputs on the embedded cardio table and the MNIST sample, pr
 the command line and the registry as a user gets them (``vae-anomaly train``, then
 ``vae-anomaly score --model models:/NAME/1``, then the registered pyfunc model's ``predict``).
 
-``tests/test_golden.py`` compares a fresh run with ``tests/data/golden.json``, which this module
-wrote before the restructuring (``python -m tests.golden_run --write``) at the commit recorded
-in the file. Regenerate it only for a change that is meant to move the numbers, and say so in
-the commit.
+``tests/test_golden.py`` compares a fresh run with ``tests/data/golden.json``: one record per
+machine (CPU model, torch and numpy builds), each written by this module at the commit it
+records. ``python -m tests.golden_run --write`` starts the file again with this machine's record
+alone: only for a change that is meant to move the numbers, said so in the commit.
+``--add-machine`` adds this machine's record beside the others at a commit whose numbers are
+the file's.
 
 Each command runs in its own process with one torch thread (OMP_NUM_THREADS=1), so the
 numbers do not depend on the machine's core count or load.
@@ -187,16 +189,32 @@ def run_all() -> dict:
         return {name: run_case(name, Path(tmp) / name) for name in CASES}
 
 
+def records() -> list[dict]:
+    """The golden records in ``GOLDEN``, one per machine: {"machine", "commit", "cases"}."""
+    data = json.loads(GOLDEN.read_text())
+    return data["records"] if "records" in data else [data]
+
+
+def record_for(here: dict) -> dict | None:
+    """The record written on a machine like ``here`` (CPU model, torch, numpy), or None."""
+    return next((r for r in records() if r["machine"] == here), None)
+
+
 def main() -> None:
+    """``--write``: a change meant to move the numbers; the file keeps this machine's record
+    only (the others are stale). ``--add-machine``: the numbers did not move; this machine's
+    record is added beside the others (run it at the commit the file records)."""
     result = {"machine": machine(), "cases": run_all()}
-    if "--write" in sys.argv:
+    if "--write" in sys.argv or "--add-machine" in sys.argv:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         result["commit"] = commit
+        kept = [] if "--write" in sys.argv else records()
+        kept = [r for r in kept if r["machine"] != result["machine"]] + [result]
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {GOLDEN} at {commit}")
+        GOLDEN.write_text(json.dumps({"records": kept}, indent=1) + "\n")
+        print(f"wrote {GOLDEN} at {commit} for {result['machine']}")
     else:
         print(json.dumps({k: {m: v for m, v in c.items() if "sha" in m or m == "threshold"}
                           for k, c in result["cases"].items()}, indent=1))  # fmt: skip

@@ -321,3 +321,30 @@ def test_the_batch_lock_outlives_a_killed_holder_and_leaves_no_file(tmp_path):
         holder.kill()
         holder.wait()
     assert not lock.exists()
+
+
+def test_top_contributors_are_the_stable_sorts_first_k_ties_and_non_finite_included():
+    """The top columns of a row are the first k of a stable descending sort: the largest
+    first, a tie to the leftmost column; rows with NaN or infinities keep the sort's order."""
+    from vae_core.steps.scoring import top_contributors
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(-3, 3, size=(400, 7)).astype(float)  # many ties
+    values[:100] = rng.normal(size=(100, 7))
+    values[values == 0] = -0.0  # -0.0 ties with 0.0
+    names = [f"c{j}" for j in range(7)]
+    for frame in (
+        values,
+        np.where(values > 2, np.inf, values),
+        np.where(values < -2, np.nan, values),
+    ):
+        contrib = pd.DataFrame(frame, columns=names)
+        order = np.argsort(-frame, axis=1, kind="stable")
+        for k in (1, 3, 7, 9):
+            top = top_contributors(contrib, k)
+            for j in range(min(k, 7)):
+                assert top[f"top_feature_{j + 1}"].tolist() == [names[i] for i in order[:, j]]
+                np.testing.assert_array_equal(
+                    top[f"top_feature_{j + 1}_nats"].to_numpy(),
+                    np.take_along_axis(frame, order[:, j : j + 1], 1)[:, 0],
+                )

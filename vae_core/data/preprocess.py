@@ -405,7 +405,9 @@ class TabularPreprocessor:
         complete row)."""
         names, gaps = self.unobserved_cells(X)
         names = np.asarray(names, dtype=object)
-        rows = [";".join(names[np.flatnonzero(g)]) if g.any() else "" for g in gaps]
+        rows = np.full(len(gaps), "", dtype=object)
+        for i in np.flatnonzero(gaps.any(axis=1)) if gaps.size else ():  # rows with a gap only
+            rows[i] = ";".join(names[np.flatnonzero(gaps[i])])
         return pd.Series(rows, index=index, dtype=object)
 
     def as_one(self, v, name: str) -> pd.DataFrame:

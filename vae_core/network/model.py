@@ -241,14 +241,17 @@ class VAE(nn.Module):
         return self.cfg.image_shape[0] if self.cfg.architecture == "conv" else 1
 
     def _raw_variance(self, raw_from_z: torch.Tensor) -> torch.Tensor:
-        """Unconstrained variance parameters (n, n_gaussian) for the configured kind."""
+        """Unconstrained variance parameters for the configured kind: (n, n_gaussian) for
+        "sample", one row (n_gaussian,) that broadcasts over the rows otherwise."""
         if self.cfg.decoder_variance == "sample":
-            return raw_from_z
+            # A contiguous copy: the decoder output's column slice is strided, and the
+            # elementwise kernels that follow run 10x slower on it than on the copy.
+            return raw_from_z.contiguous()
         raw = self.raw_variance
         if self.cfg.decoder_variance == "shared" and self.cfg.architecture == "conv":
             pixels = self.cfg.layout.n_gaussian // len(raw)
             raw = raw.repeat_interleave(pixels)  # (C,) -> (C * H * W,) in (C, H, W) order
-        return raw.expand_as(raw_from_z)
+        return raw
 
     def set_variance_floor(self, floor: torch.Tensor) -> None:
         """Raise the floor per Gaussian column (it never goes below ``cfg.min_variance``)."""
@@ -285,7 +288,7 @@ class VAE(nn.Module):
             var = self.variance_floor + span * torch.sigmoid(raw_var)
         return DecoderOutput(
             mean=mean.reshape(*lead, n_g),
-            log_var=torch.log(var).reshape(*lead, n_g),
+            log_var=torch.log(var).expand(len(flat), n_g).reshape(*lead, n_g),
             logits=logits.reshape(*lead, logits.shape[-1]),
         )
 

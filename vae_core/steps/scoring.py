@@ -50,10 +50,24 @@ def top_contributors(contrib: pd.DataFrame, k: int) -> pd.DataFrame:
     """The k columns with the largest reconstruction NLL per row, with their nats."""
     values = contrib.to_numpy()
     k = min(k, values.shape[1])
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    order = _largest_first(values, k)
     names = np.asarray(contrib.columns, dtype=object)
     cols = {}
     for j in range(k):
         cols[f"top_feature_{j + 1}"] = names[order[:, j]]
         cols[f"top_feature_{j + 1}_nats"] = np.take_along_axis(values, order[:, j : j + 1], 1)[:, 0]
     return pd.DataFrame(cols)
+
+
+def _largest_first(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the positions of the k largest values, largest first, ties to the leftmost
+    column: the first k of a stable argsort of ``-values``, in k passes of argmax (a full
+    sort of every row costs more than the scoring's bookkeeping put together)."""
+    if not np.isfinite(values).all():  # NaN and infinities: the sort's order, as it is
+        return np.argsort(-values, axis=1, kind="stable")[:, :k]
+    rest, rows = values.copy(), np.arange(len(values))
+    order = np.empty((len(values), k), dtype=np.intp)
+    for j in range(k):
+        order[:, j] = np.argmax(rest, axis=1)
+        rest[rows, order[:, j]] = -np.inf
+    return order
