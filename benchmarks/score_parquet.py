@@ -36,7 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--id-column", action="append", default=[], help="pass-through id column")
     p.add_argument("--batch-rows", type=int, default=65_536, help="rows read per batch")
     p.add_argument("--top-features", type=int, default=0, help="top contributing columns")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="cores the run may use (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="partitions scored at once, each on threads / workers torch threads, as the score "
+        "flow's thread runner does (scoring.max_workers); default: --threads",
+    )
     return p.parse_args(argv)
 
 
@@ -62,19 +68,30 @@ def peak_rss_mb() -> float:
 
 
 def score_parquet(
-    det, src: Path, dst: Path, ids: list[str], batch_rows: int, top_features: int = 0
+    det,
+    src: Path,
+    dst: Path,
+    ids: list[str],
+    batch_rows: int,
+    top_features: int = 0,
+    workers: int = 1,
 ) -> int:
     """Score every row of ``src`` into ``dst`` through the product's batch path
     (``vae_core.steps.batch``: schema validation, chunked scoring, staged atomic commit, as the
-    score flow and ``vae-anomaly score`` run it); returns the number of rows."""
+    score flow and ``vae-anomaly score`` run it), ``workers`` partitions at a time on threads
+    (the score flow's thread runner); returns the number of rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from vae_core.steps import batch
 
     parts = batch.list_partitions(src)
     staging = batch.staging_dir(dst, "speed")
-    staged = [
-        batch.score_partition(det, part, staging, i, ids, batch_rows, top_features)
-        for i, part in enumerate(parts)
-    ]
+
+    def one(i: int) -> batch.StagedPart:
+        return batch.score_partition(det, parts[i], staging, i, ids, batch_rows, top_features)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        staged = list(pool.map(one, range(len(parts))))
     batch.commit_scores(staged, dst, staging)
     return sum(s.rows for s in staged)
 
@@ -84,14 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import protocol
 
-    protocol.set_torch_threads(args.threads)
     from vae_core import VAEDetector
+    from vae_core.network.devices import threads_per_worker
+
+    workers = args.workers or args.threads
+    protocol.set_torch_threads(threads_per_worker(workers, cores=args.threads))
 
     det = VAEDetector.load(args.model)
     loaded_mb = rss_mb()
     started = time.perf_counter()
     rows = score_parquet(
-        det, args.src, args.dst, args.id_column, args.batch_rows, args.top_features
+        det, args.src, args.dst, args.id_column, args.batch_rows, args.top_features, workers
     )
     seconds = time.perf_counter() - started
     print(
@@ -100,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": rows,
                 "seconds": seconds,
                 "rows_per_second": rows / seconds,
+                "workers": workers,
+                "torch_threads_per_worker": threads_per_worker(workers, cores=args.threads),
                 "rss_after_load_mb": loaded_mb,
                 "peak_rss_mb": peak_rss_mb(),
             }

@@ -17,7 +17,9 @@ Three measurements, one Markdown table with the ratios and their targets:
 3. Memory: peak RSS of (b) on files of each ``--memory-rows`` size, each in a fresh subprocess.
    Target: flat in the file size and <= 1.5 GB.
 
-All torch work uses ``--threads`` intra-op threads (default 1, see ``protocol.set_torch_threads``).
+All torch work uses ``--threads`` intra-op threads (default 1, see ``protocol.set_torch_threads``);
+(b) uses ``--threads`` cores as the score flow's thread runner does: that many partitions at
+once, each on ``threads_per_worker`` torch threads (one each on 2 cores).
 
 Example::
 
@@ -98,7 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="n_score_samples of the scoring model (default: vae_core's default); the table "
         "then says so. benchmarks/score_samples.py measures what fewer samples cost",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of (a) and (c); cores of (b): as many partitions at once (default 1)",
+    )
     p.add_argument(
         "--workdir",
         type=Path,
@@ -411,7 +418,7 @@ def scoring_rows(s: dict, rows: int) -> list[list[str]]:
             "",
         ],
         [
-            f"scoring (b): Parquet -> Parquet end to end, {rows:,} rows",
+            f"scoring (b): Parquet -> Parquet end to end, {rows:,} rows" + _workers(s.get("b", {})),
             f"{b:,.0f} rows/s",
             f"(b)/(a) = {b / a:.2f}",
             ">= 0.50",
@@ -425,6 +432,16 @@ def scoring_rows(s: dict, rows: int) -> list[list[str]]:
             _met(b / c >= 3),
         ],
     ]
+
+
+def _workers(b: dict) -> str:
+    """How (b) ran: its partitions on how many threads, with how many torch threads each."""
+    if "workers" not in b:
+        return ""
+    return (
+        f", {b['workers']} partition thread(s) x {b['torch_threads_per_worker']} torch "
+        "thread(s) (the score flow's thread runner)"
+    )
 
 
 def memory_rows(mem: list[dict]) -> list[list[str]]:

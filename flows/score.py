@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.retry import BACKOFF, transient_only
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PipelineConfig, load_config
+from vae_core.network import devices
 from vae_core.steps import batch, dataset
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
@@ -111,6 +112,12 @@ def task_runner(cfg: PipelineConfig):
     )
 
 
+def _in_this_process(cfg: PipelineConfig) -> bool:
+    """Whether the partitions are scored by threads of this process (the thread runner, or a
+    local Dask cluster of threads), which then share its cores."""
+    return cfg.scoring.task_runner == "threads" or not cfg.scoring.dask_address
+
+
 @functools.cache
 def _dask_runner_class():
     """A DaskTaskRunner that always connects to its ``address``: prefect_dask's own prefers a
@@ -183,7 +190,11 @@ def score(
     runner = score_partitions.with_options(task_runner=task_runner(cfg))
 
     def score_parts(parts, staging):
-        return runner(model_dir, parts, str(staging), cfg)
+        if not _in_this_process(cfg):  # Dask workers elsewhere: their own cores and threads
+            return runner(model_dir, parts, str(staging), cfg)
+        workers = min(cfg.scoring.max_workers, len(parts))
+        with devices.intra_op_threads(devices.threads_per_worker(workers)):
+            return runner(model_dir, parts, str(staging), cfg)
 
     summary = dataset.score_batch(
         _detector(model_dir),

@@ -50,3 +50,38 @@ def test_training_and_scoring_on_the_gpu(mixed_data, tmp_path):
     on_cpu = VAEDetector.load(tmp_path / "m").set_params(device="cpu")
     on_cpu.model_ = on_cpu.model_.cpu()
     np.testing.assert_allclose(on_cpu.anomaly_score(mixed_data), scores, rtol=1e-4, atol=1e-3)
+
+
+def test_scoring_threads_share_the_cores_out():
+    from vae_core.network.devices import threads_per_worker
+
+    assert threads_per_worker(1, cores=2) == 2
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(3, cores=2) == 1  # never below one
+    assert threads_per_worker(2, cores=8) == 4
+    assert threads_per_worker(1) >= 1
+    with pytest.raises(ValueError, match="at least 1"):
+        threads_per_worker(0)
+
+
+def test_intra_op_threads_are_restored_after_the_block_even_on_error():
+    from vae_core.network.devices import intra_op_threads
+
+    before = torch.get_num_threads()
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), intra_op_threads(1):
+        raise RuntimeError("scoring failed")
+    assert torch.get_num_threads() == before
+
+
+def test_the_flow_shares_the_cores_only_among_threads_of_its_own_process():
+    from flows.score import _in_this_process
+
+    def cfg(**scoring):
+        return PipelineConfig.model_validate({"scoring": scoring})
+
+    assert _in_this_process(cfg(task_runner="threads"))
+    assert _in_this_process(cfg(task_runner="dask"))  # a local cluster of threads
+    assert not _in_this_process(cfg(task_runner="dask", dask_address="tcp://127.0.0.1:8786"))
