@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workers",
         type=int,
-        help="partitions scored at once, each on threads / workers torch threads, as the score "
-        "flow's thread runner does (scoring.max_workers); default: --threads",
+        help="partitions scored at once (scoring.max_workers), each on threads / workers torch "
+        "threads, as the score flow's thread runner does; default: --threads",
     )
     return p.parse_args(argv)
 
@@ -77,23 +77,14 @@ def score_parquet(
     workers: int = 1,
 ) -> int:
     """Score every row of ``src`` into ``dst`` through the product's batch path
-    (``vae_core.steps.batch``: schema validation, chunked scoring, staged atomic commit, as the
-    score flow and ``vae-anomaly score`` run it), ``workers`` partitions at a time on threads
-    (the score flow's thread runner); returns the number of rows."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    (``batch.score_table_batch``: schema validation, chunked scoring, staged atomic commit, as
+    the score flow and ``vae-anomaly score`` run it), ``workers`` partitions at a time on
+    threads (``batch.local_parts``, ``scoring.max_workers``); returns the number of rows."""
+    from vae_core.foundations.config import ScoringConfig
     from vae_core.steps import batch
 
-    parts = batch.list_partitions(src)
-    staging = batch.staging_dir(dst, "speed")
-
-    def one(i: int) -> batch.StagedPart:
-        return batch.score_partition(det, parts[i], staging, i, ids, batch_rows, top_features)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        staged = list(pool.map(one, range(len(parts))))
-    batch.commit_scores(staged, dst, staging)
-    return sum(s.rows for s in staged)
+    scoring = ScoringConfig(chunk_rows=batch_rows, top_features=top_features, max_workers=workers)
+    return batch.score_table_batch(det, src, dst, "speed", scoring, ids).rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from vae_core.network.devices import threads_per_worker
 
     workers = args.workers or args.threads
-    protocol.set_torch_threads(threads_per_worker(workers, cores=args.threads))
+    protocol.set_torch_threads(args.threads)  # local_parts shares them out among the workers
 
     det = VAEDetector.load(args.model)
     loaded_mb = rss_mb()

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=100_000,
         help="rows PyOD scores in (c); its rows/s is extrapolated to --rows",
     )
+    p.add_argument(
+        "--pyod-repeats",
+        type=int,
+        default=3,
+        help="timed runs of PyOD's decision_function; (c) is the fastest",
+    )
     p.add_argument("--memory-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     p.add_argument("--batch-rows", type=int, default=65_536, help="Parquet batch in (b)")
     p.add_argument(
@@ -326,7 +332,10 @@ def scoring(args, workdir: Path) -> dict:
     out["n_score_samples"] = det.n_score_samples
     X_pyod = frame.iloc[: args.pyod_rows].to_numpy()
     out["c_rows"] = len(X_pyod)
-    out["c_rows_per_second"], out["c_seconds"] = rows_per_second(pyod.decision_function, X_pyod)
+    # PyOD's rate moves by a fifth between runs here: the best of --pyod-repeats, its favour.
+    runs = [rows_per_second(pyod.decision_function, X_pyod) for _ in range(args.pyod_repeats)]
+    out["c_all_rows_per_second"] = [r for r, _ in runs]
+    out["c_rows_per_second"], out["c_seconds"] = max(runs)
     print(f"(c) {out['c_rows_per_second']:,.0f} rows/s", file=sys.stderr)
     del frame, X_pyod
     src = write_synthetic_parquet(
@@ -400,6 +409,7 @@ def scoring_rows(s: dict, rows: int) -> list[list[str]]:
     a, b, c = s["a_rows_per_second"], s["b_rows_per_second"], s["c_rows_per_second"]
     extrapolated = "" if s["c_rows"] >= rows else f" (on {s['c_rows']:,} rows, extrapolated)"
     a_name = "score_with_contributions" if s.get("a_with_contributions") else "anomaly_score"
+    c_runs = len(s.get("c_all_rows_per_second", [c]))
     return [
         [
             f"scoring (a): vae_core {a_name} ({s['n_score_samples']} samples of z), "
@@ -425,7 +435,7 @@ def scoring_rows(s: dict, rows: int) -> list[list[str]]:
             _met(b / a >= 0.5),
         ],
         [
-            "scoring (c): PyOD VAE decision_function" + extrapolated,
+            f"scoring (c): PyOD VAE decision_function, best of {c_runs}" + extrapolated,
             f"{c:,.0f} rows/s",
             f"(b)/(c) = {b / c:.1f}x",
             ">= 3x",

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import mixed_frame
 from vae_core.steps.batch import (
     batch_identity,
     commit_scores,
@@ -348,3 +349,86 @@ def test_top_contributors_are_the_stable_sorts_first_k_ties_and_non_finite_inclu
                     top[f"top_feature_{j + 1}_nats"].to_numpy(),
                     np.take_along_axis(frame, order[:, j : j + 1], 1)[:, 0],
                 )
+
+
+@pytest.mark.parametrize("missing", ["marginalise", "refuse"])
+def test_a_chunk_passed_as_it_is_is_one_that_pandera_passes_unchanged(fitted_mixed, missing):
+    """``validate_chunk`` skips pandera for a chunk its vectorised check passes: only where
+    pandera passes it too and returns the same frame; every other chunk gets pandera's report."""
+    from vae_core.steps.batch_input import _passes_as_it_is, input_schema, validate_chunk
+
+    det = copy.deepcopy(fitted_mixed).set_params(missing=missing)
+    schema = input_schema(det, ["row_id"])
+    clean = with_ids(mixed_frame(200, seed=3)).assign(load=lambda f: f["load"].fillna(50.0))
+    dirty = {
+        "clean": clean,
+        "a NaN": clean.assign(temperature=np.where(np.arange(200) == 7, np.nan, 1.0)),
+        "NaN where training had some": with_ids(mixed_frame(200, seed=3)),
+        "an infinity": clean.assign(pressure=np.where(np.arange(200) == 9, np.inf, 1.0)),
+        "integers": clean.assign(pressure=np.arange(200)),
+        "text": clean.assign(temperature=["1.5"] * 199 + ["warm"]),
+        "numbers as text": clean.assign(temperature=["1.5"] * 200),
+        "a column missing": clean.drop(columns="pressure"),
+        "a column twice": pd.concat([clean, clean[["temperature"]]], axis=1),
+        "an extra column": clean.assign(extra=1),
+        "a category missing": clean.assign(site=None),
+    }
+    passed = []
+    for name, frame in dirty.items():
+        try:
+            expected = schema.validate(frame, lazy=True)
+        except Exception:  # pandera refuses it: the fast path must not pass it
+            assert not _passes_as_it_is(frame, schema), name
+            with pytest.raises(ValueError, match=r"does not match the model's schema|id column"):
+                validate_chunk(frame, schema, "batch.parquet")
+            continue
+        if _passes_as_it_is(frame, schema):
+            passed.append(name)
+            pd.testing.assert_frame_equal(validate_chunk(frame, schema, "x"), expected)
+    assert "clean" in passed and "an extra column" in passed and "integers" not in passed
+
+
+def test_partitions_scored_on_threads_give_the_serial_output_in_order(
+    calibrated, mixed_data, tmp_path
+):
+    """``local_parts`` with several workers: every row once, in input order, the scores of
+    one worker, the progress callback once per partition; torch's thread count restored."""
+    import threading
+
+    import torch
+
+    from vae_core.foundations.config import ScoringConfig
+    from vae_core.steps.batch import score_table_batch
+
+    df = with_ids(mixed_data)
+    pq.write_table(pa.Table.from_pandas(df), tmp_path / "in.parquet", row_group_size=70)
+    outputs, threads_before = {}, torch.get_num_threads()
+    for workers in (1, 3):
+        scoring = ScoringConfig(chunk_rows=50, max_workers=workers)
+        summary = score_table_batch(
+            calibrated, tmp_path / "in.parquet", tmp_path / f"out{workers}.parquet",
+            f"b{workers}", scoring, ["row_id"],
+        )  # fmt: skip
+        assert summary.rows == len(df)
+        outputs[workers] = pd.read_parquet(summary.output)
+    assert torch.get_num_threads() == threads_before
+    assert list(outputs[3]["row_id"]) == list(df["row_id"])
+    pd.testing.assert_frame_equal(outputs[3], outputs[1], check_exact=False, rtol=1e-9)
+
+    from vae_core.steps.batch import list_partitions, local_parts, staging_dir
+
+    seen, lock = [], threading.Lock()
+
+    def on_part():
+        with lock:
+            seen.append(threading.current_thread().name)
+
+    parts = list_partitions(tmp_path / "in.parquet")
+    scorer = local_parts(
+        calibrated, ["row_id"], ScoringConfig(chunk_rows=50, max_workers=3), on_part
+    )
+    staged = scorer(parts, staging_dir(tmp_path / "p.parquet", "p"))
+    assert [s.path.rsplit("-", 1)[-1] for s in staged] == [
+        f"{i:05d}.parquet" for i in range(len(parts))
+    ]
+    assert len(seen) == len(parts) == 9 and all(n.startswith("vae-score") for n in seen)

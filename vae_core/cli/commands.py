@@ -401,7 +401,8 @@ def score(
 
 
 def _with_progress(det, cfg):
-    """``score_parts`` for a table: the partitions one after another, with a progress bar."""
+    """``score_parts`` for a table: ``scoring.max_workers`` partitions at a time on threads,
+    as the score flow's thread runner scores them, with a progress bar."""
     from vae_core.steps import batch
 
     def score_parts(parts, staging):
@@ -414,8 +415,8 @@ def _with_progress(det, cfg):
         ) as progress:
             task = progress.add_task("score", total=len(parts))
             advance = lambda: progress.update(task, advance=1)  # noqa: E731
-            serial = batch.serial_parts(det, cfg.data.id_columns, cfg.scoring, advance)
-            return serial(parts, staging)
+            local = batch.local_parts(det, cfg.data.id_columns, cfg.scoring, advance)
+            return local(parts, staging)
 
     return score_parts
 

@@ -200,7 +200,7 @@ class ScoringConfig(_Section):
     # column), or the batch is refused naming the cells
     missing: Literal["marginalise", "refuse"] = "marginalise"
     task_runner: Literal["threads", "dask"] = "threads"  # how partitions are scored
-    max_workers: int = Field(2, ge=1)  # threads, or local Dask workers
+    max_workers: int = Field(2, ge=1)  # partitions at once: threads, or local Dask workers
     dask_address: str | None = None  # an existing Dask scheduler (tcp://host:8786)
     model_cache: str = "outputs/models"  # local copies of registry models used for scoring
 

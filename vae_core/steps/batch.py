@@ -33,6 +33,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vae_core.foundations.atomic import exclusive
+from vae_core.network import devices
 from vae_core.steps.batch_input import Partition, input_schema, read_partition, validate_chunk
 from vae_core.steps.batch_input import batch_identity as batch_identity  # re-exported
 from vae_core.steps.batch_input import checked_batch_id as checked_batch_id  # re-exported
@@ -298,21 +300,31 @@ class BatchSummary:
 ScoreParts = Callable[[list[Partition], Path], list["StagedPart"]]
 
 
-def serial_parts(
+def local_parts(
     det, id_columns: list[str], scoring, on_part: Callable[[], None] | None = None
 ) -> ScoreParts:
-    """``score_parts`` that scores the partitions one after another in this process with
-    ``score_partition`` (``scoring``: chunk_rows, top_features), calling ``on_part()`` after
-    each (a progress bar)."""
+    """``score_parts`` that scores the partitions in this process with ``score_partition``
+    (``scoring``: chunk_rows, top_features), ``scoring.max_workers`` at a time on threads that
+    share the cores out (``devices.threads_per_worker``), as the score flow's thread runner
+    does; ``on_part()`` is called after each (a progress bar). With one worker, or one
+    partition, torch keeps its own thread count. The staged parts come in partition order."""
     ids, chunk, top = list(id_columns), scoring.chunk_rows, scoring.top_features
 
     def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
-        staged = []
-        for i, part in enumerate(parts):
-            staged.append(score_partition(det, part, staging, i, ids, chunk, top))
+        def one(i: int) -> StagedPart:
+            staged = score_partition(det, parts[i], staging, i, ids, chunk, top)
             if on_part is not None:
                 on_part()
-        return staged
+            return staged
+
+        workers = max(1, min(int(scoring.max_workers), len(parts)))
+        if workers == 1:
+            return [one(i) for i in range(len(parts))]
+        with (
+            devices.intra_op_threads(devices.threads_per_worker(workers)),
+            ThreadPoolExecutor(workers, thread_name_prefix="vae-score") as pool,
+        ):
+            return list(pool.map(one, range(len(parts))))
 
     return score_parts
 
@@ -335,11 +347,11 @@ def score_table_batch(
     scoring : the ``ScoringConfig`` (chunk_rows, top_features, drift_psi_warning).
     score_parts : (partitions, staging folder) -> their ``StagedPart``s, in order: how the
         partitions are scored (the score flow: Prefect tasks on its task runner); default
-        ``serial_parts``, one after another in this process.
+        ``local_parts``, ``scoring.max_workers`` at a time on threads of this process.
     on_wait : called once if another run of the same batch holds its lock.
     """
     parts = list_partitions(source)
-    score_parts = score_parts or serial_parts(det, id_columns, scoring)
+    score_parts = score_parts or local_parts(det, id_columns, scoring)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staging_for(dest, batch_id, on_wait=on_wait) as staging:

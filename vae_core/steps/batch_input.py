@@ -209,11 +209,35 @@ def validate_chunk(frame: pd.DataFrame, schema, source: str) -> pd.DataFrame:
 
     ids = [name for name, column in schema.columns.items() if column.title == _ID]
     check_id_columns(frame.columns, ids, source)
+    if _passes_as_it_is(frame, schema):
+        return frame
     try:
         return schema.validate(frame, lazy=True)
     except pde.SchemaErrors as err:
         unexpected = [c for c in frame.columns if c not in schema.columns]
         raise ValueError(_describe_failures(err.failure_cases, source, unexpected)) from None
+
+
+def _passes_as_it_is(frame: pd.DataFrame, schema) -> bool:
+    """Whether ``schema.validate`` would pass ``frame`` and change nothing in it: every column
+    present once, each numeric one (the coerced ones) already float64, finite, and without
+    NaN where the schema refuses it. Vectorised, so a clean chunk skips pandera's per-column
+    work (about a tenth of end-to-end scoring); anything else goes to pandera, whose report
+    names the columns and rows."""
+    if frame.columns.duplicated().any():
+        return False
+    for name, column in schema.columns.items():
+        if name not in frame.columns:
+            return False
+        if not column.coerce:
+            continue  # categorical and id columns: any value, missing allowed
+        values = frame[name]
+        if values.dtype != np.float64:
+            return False
+        v = values.to_numpy()
+        if np.isinf(v).any() or (not column.nullable and np.isnan(v).any()):
+            return False
+    return True
 
 
 def _columns(names) -> str:
