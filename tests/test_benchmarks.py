@@ -117,3 +117,35 @@ def test_train_memory_trains_on_a_sample_of_a_larger_file(tmp_path):
     (result,) = json.loads((tmp_path / "m.json").read_text())["results"]
     assert result["file_rows"] == 3000 and result["rows_read"] == 1000
     assert "| 3,000 |" in done.stdout
+
+
+def _readme_row(label: str) -> list[str]:
+    readme = (BENCH.parent / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith(f"| {label}"))
+    return [cell.strip().strip("*") for cell in line.strip("|").split("|")[1:]]
+
+
+def _mean_of(results: list[dict], method: str, key: str, by: str) -> float:
+    groups: dict = {}
+    for r in results:
+        if r["method"] == method and r.get(key) is not None:
+            groups.setdefault(r[by], []).append(r[key])
+    return float(np.mean([np.mean(v) for v in groups.values()]))
+
+
+def test_the_readme_results_table_is_the_recorded_benchmark_runs():
+    """The README's quality figures are the means of the JSON the benchmark commands wrote
+    (benchmarks/results/quality.json, images.json): rerun the command, update both."""
+    results = BENCH / "results"
+    quality = json.loads((results / "quality.json").read_text())["results"]
+    for label, key in (
+        ("mean ROC-AUC", "roc_auc"),
+        ("mean average precision", "average_precision"),
+    ):
+        cells = _readme_row(label)
+        for cell, method in zip(cells, ("vae_core", "pyod_vae", "iforest"), strict=True):
+            assert cell == f"{_mean_of(quality, method, key, 'dataset'):.3f}", (label, method)
+    images = json.loads((results / "images.json").read_text())["results"]
+    vae, _, iforest = _readme_row("one-class MNIST")
+    assert vae == f"{_mean_of(images, 'vae_core', 'roc_auc', 'digit'):.3f}"
+    assert iforest == f"{_mean_of(images, 'iforest', 'roc_auc', 'digit'):.3f}"
