@@ -432,3 +432,30 @@ def test_partitions_scored_on_threads_give_the_serial_output_in_order(
         f"{i:05d}.parquet" for i in range(len(parts))
     ]
     assert len(seen) == len(parts) == 9 and all(n.startswith("vae-score") for n in seen)
+
+
+def test_a_bad_partition_on_threads_fails_the_batch_naming_it_and_starts_no_more(
+    calibrated, tmp_path
+):
+    """A long first partition, then short ones of which the first is bad: the batch fails
+    as soon as the bad one does, naming it, without waiting for the long one's turn (scoring
+    results in order would run every short partition first)."""
+    from vae_core.foundations.config import ScoringConfig
+    from vae_core.steps.batch import local_parts
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    with_ids(mixed_frame(20_000, seed=1)).to_parquet(folder / "a.parquet")
+    for j, name in enumerate("bcdefghijklmnopqrstu"):
+        small = with_ids(mixed_frame(200, seed=10 + j))
+        if name == "b":
+            small.loc[75, "temperature"] = np.inf
+        small.to_parquet(folder / f"{name}.parquet")
+    parts = list_partitions(folder)
+    done = []
+    scorer = local_parts(
+        calibrated, ["row_id"], ScoringConfig(chunk_rows=500, max_workers=2), lambda: done.append(1)
+    )
+    with pytest.raises(ValueError, match=r"(?s)b\.parquet.*infinite value at row\(s\) 76"):
+        scorer(parts, staging_dir(tmp_path / "out.parquet", "b"))
+    assert len(done) < len(parts) // 2  # most partitions after the bad one never started

@@ -33,7 +33,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,7 +324,14 @@ def local_parts(
             devices.intra_op_threads(devices.threads_per_worker(workers)),
             ThreadPoolExecutor(workers, thread_name_prefix="vae-score") as pool,
         ):
-            return list(pool.map(one, range(len(parts))))
+            futures = [pool.submit(one, i) for i in range(len(parts))]
+            try:  # until all are done or any one fails, whichever partition it is
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:  # a failure (bad input) or Ctrl-C: no further partition starts
+                for future in futures:
+                    future.cancel()
+            # in partition order: the first failure is raised (those before it had started)
+            return [future.result() for future in futures]
 
     return score_parts
 
