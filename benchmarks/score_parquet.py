@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     import protocol
 
     from vae_core import VAEDetector
-    from vae_core.network.devices import threads_per_worker
+    from vae_core.network.devices import scoring_threads
 
     workers = args.workers or args.threads
     protocol.set_torch_threads(args.threads)  # local_parts shares them out among the workers
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": seconds,
                 "rows_per_second": rows / seconds,
                 "workers": workers,
-                "torch_threads_per_worker": threads_per_worker(workers, cores=args.threads),
+                "torch_threads_per_worker": scoring_threads(workers),
                 "rss_after_load_mb": loaded_mb,
                 "peak_rss_mb": peak_rss_mb(),
             }

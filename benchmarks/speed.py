@@ -19,7 +19,7 @@ Three measurements, one Markdown table with the ratios and their targets:
 
 All torch work uses ``--threads`` intra-op threads (default 1, see ``protocol.set_torch_threads``);
 (b) uses ``--threads`` cores as the score flow's thread runner does: that many partitions at
-once, each on ``threads_per_worker`` torch threads (one each on 2 cores).
+once, each on ``devices.scoring_threads`` torch threads (one each on 2 cores).
 
 Example::
 

@@ -192,8 +192,7 @@ def score(
     def score_parts(parts, staging):
         if not _in_this_process(cfg):  # Dask workers elsewhere: their own cores and threads
             return runner(model_dir, parts, str(staging), cfg)
-        workers = min(cfg.scoring.max_workers, len(parts))
-        with devices.intra_op_threads(devices.threads_per_worker(workers)):
+        with devices.shared_cores(min(cfg.scoring.max_workers, len(parts))):
             return runner(model_dir, parts, str(staging), cfg)
 
     summary = dataset.score_batch(

@@ -76,6 +76,25 @@ def test_intra_op_threads_are_restored_after_the_block_even_on_error():
     assert torch.get_num_threads() == before
 
 
+def test_one_scoring_thread_keeps_torchs_count_several_share_the_cores():
+    from vae_core.network.devices import (
+        intra_op_threads,
+        scoring_threads,
+        shared_cores,
+        threads_per_worker,
+    )
+
+    before = torch.get_num_threads()
+    with intra_op_threads(1):
+        assert scoring_threads(1) == 1  # a user's limit is kept, not raised to the cores
+        with shared_cores(1):
+            assert torch.get_num_threads() == 1
+    assert scoring_threads(2) == threads_per_worker(2)
+    with shared_cores(2):
+        assert torch.get_num_threads() == threads_per_worker(2)
+    assert torch.get_num_threads() == before
+
+
 def test_the_flow_shares_the_cores_only_among_threads_of_its_own_process():
     from flows.score import _in_this_process
 

@@ -406,7 +406,7 @@ class TabularPreprocessor:
         names, gaps = self.unobserved_cells(X)
         names = np.asarray(names, dtype=object)
         rows = np.full(len(gaps), "", dtype=object)
-        for i in np.flatnonzero(gaps.any(axis=1)) if gaps.size else ():  # rows with a gap only
+        for i in np.flatnonzero(gaps.any(axis=1)):  # rows with a gap only
             rows[i] = ";".join(names[np.flatnonzero(gaps[i])])
         return pd.Series(rows, index=index, dtype=object)
 

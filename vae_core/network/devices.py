@@ -48,6 +48,20 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, int(cores or 1) // int(workers))
 
 
+def scoring_threads(workers: int) -> int:
+    """Torch intra-op threads for each of ``workers`` threads of this process that score at
+    once: torch's own count for one, the cores shared out (``threads_per_worker``) for more."""
+    return torch.get_num_threads() if int(workers) <= 1 else threads_per_worker(workers)
+
+
+@contextlib.contextmanager
+def shared_cores(workers: int) -> Iterator[None]:
+    """Inside the block, torch runs ``scoring_threads(workers)`` intra-op threads: the one
+    rule of the score flow's thread runner and ``batch.local_parts``."""
+    with intra_op_threads(scoring_threads(workers)):
+        yield
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """Torch's intra-op thread count set to ``n`` inside the block, restored after. The count

@@ -305,9 +305,9 @@ def local_parts(
 ) -> ScoreParts:
     """``score_parts`` that scores the partitions in this process with ``score_partition``
     (``scoring``: chunk_rows, top_features), ``scoring.max_workers`` at a time on threads that
-    share the cores out (``devices.threads_per_worker``), as the score flow's thread runner
-    does; ``on_part()`` is called after each (a progress bar). With one worker, or one
-    partition, torch keeps its own thread count. The staged parts come in partition order."""
+    share the cores out (``devices.shared_cores``), as the score flow's thread runner does;
+    ``on_part()`` is called after each (a progress bar). With one worker, or one partition,
+    torch keeps its own thread count. The staged parts come in partition order."""
     ids, chunk, top = list(id_columns), scoring.chunk_rows, scoring.top_features
 
     def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
@@ -321,7 +321,7 @@ def local_parts(
         if workers == 1:
             return [one(i) for i in range(len(parts))]
         with (
-            devices.intra_op_threads(devices.threads_per_worker(workers)),
+            devices.shared_cores(workers),
             ThreadPoolExecutor(workers, thread_name_prefix="vae-score") as pool,
         ):
             futures = [pool.submit(one, i) for i in range(len(parts))]
