@@ -3,7 +3,8 @@
     resolve the model (models:/NAME@champion, or a version) -> ``dataset.score_batch``, the
     batch scoring ``vae-anomaly score`` runs too: list the batch's partitions -> score each
     partition (validated, chunked, staged) as a Prefect task on the configured task runner ->
-    commit one Parquet file atomically -> log the run to MLflow -> Prefect artifacts.
+    commit one Parquet file atomically -> log the run to MLflow -> Prefect events (the batch, and
+a crossed limit: flows/alerts.py) -> Prefect artifacts.
 
 An image model (``data.kind: images``) scores the folder (or .npz) in chunks of
 ``images.chunk_images``, with anomaly maps for the top ``images.top_maps``, into one Parquet
@@ -23,6 +24,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import alerts
 from flows.retry import BACKOFF, transient_only
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PipelineConfig, load_config
@@ -209,6 +211,9 @@ def score(
         logger.warning("skipped image %s: %s", path, reason)
     if summary.drift_warning:
         logger.warning("score drift: PSI %.3f > %.3f", summary.psi, cfg.scoring.drift_psi_warning)
+    crossed = alerts.emit_batch_events(summary, model.name, model.version, run_id, cfg.alerts)
+    for limit in crossed:
+        logger.warning("batch %s crossed a limit: %s", summary.batch_id, limit.describe())
     name, unit = f"{model.name} v{model.version}", summary.unit
     text = batch.summary_markdown(summary, name, source)
     create_markdown_artifact(
@@ -236,6 +241,7 @@ def score(
         "skipped": _path(summary.artifacts.get("skipped")),
         "mlflow_run_id": run_id,
         "model_version": model.version,
+        "limits_crossed": [limit.key for limit in crossed],
     }
 
 

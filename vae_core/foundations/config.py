@@ -9,8 +9,10 @@ Relative paths in the file are resolved against the folder that holds it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -229,6 +231,54 @@ class SchedulesConfig(_Section):
     train_deployment: str = "weekly"  # -> 'train/weekly'
 
 
+class AlertsConfig(_Section):
+    """What a scored batch tells people and the training deployment (flows/alerts.py emits the
+    events; flows/deploy.py creates the Prefect automations). Limits are off by default."""
+
+    # A batch crosses a limit when it flags more than this share of its rows (or images) ...
+    max_flagged_share: float | None = Field(None, ge=0, le=1)
+    # ... or when its score distribution's PSI against calibration exceeds this.
+    max_psi: float | None = Field(None, gt=0)
+    # Where a crossed limit is sent: a notification block the team saved (Slack, e-mail, ...),
+    # as "<block type slug>/<name>", which keeps its secret; or a plain webhook URL, saved as a
+    # custom-webhook block. Never a secret here: a URL that is one goes in a block.
+    notify_block: str | None = None
+    webhook_url: str | None = None
+    retrain_on_drift: bool = True  # a batch whose drift warns runs the training deployment
+    retrain_cooldown_hours: float = Field(24, gt=0)  # at most one such run in this window
+
+    @field_validator("notify_block")
+    @classmethod
+    def _block_reference(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9-]+/[^/\s]+", value):
+            raise ValueError(
+                f"{value!r} is not a block reference: write <block type slug>/<name>, for "
+                "example slack-webhook/ops-alerts (`prefect block ls` lists them)"
+            )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _plain_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if url.username or url.password:
+            raise ValueError(
+                "a webhook URL with credentials is a secret: save it in a notification block "
+                "and name the block in notify_block"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> AlertsConfig:
+        if self.notify_block and self.webhook_url:
+            raise ValueError("give notify_block or webhook_url, not both")
+        return self
+
+
 class PipelineConfig(_Section):
     """The whole of ``mlflow.yml``."""
 
@@ -242,6 +292,7 @@ class PipelineConfig(_Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     root: Path = Field(default_factory=Path.cwd, exclude=True)  # folder of the config file
 
     def path(self, value: str) -> Path:
