@@ -6,6 +6,11 @@
 The names come from ``schedules.score_deployment`` / ``train_deployment`` (configs/mnist.yml
 deploys ``score/nightly-mnist`` and ``train/weekly-mnist`` beside the tabular ones).
 
+Then the automations of the ``alerts`` section (flows/alerts.py): a notification when a batch
+crosses a limit, a run of the training deployment when a batch drifts. Every step is
+idempotent: a second run with the same config changes nothing (a paused automation stays
+paused).
+
 Parameters default to ``mlflow.yml``; override one run with
 ``prefect deployment run 'score/nightly' --param data_path=... --param batch_id=...``.
 
@@ -20,6 +25,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.schedules import Cron
 
+from flows import alerts
 from vae_core.foundations.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +36,14 @@ FLOWS = {  # flow -> (entrypoint, cron key, deployment-name key) in the schedule
 
 
 def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False) -> list[str]:
-    """Deploy both flows from this checkout (a local source: the worker must run here)."""
+    """Deploy both flows from this checkout (a local source: the worker must run here), then
+    the alerts' automations; one line for each thing done."""
     cfg = load_config(config_path)
     config_file = str(Path(config_path).resolve())
-    names = []
+    done, ids = [], {}
     for flow_name, (entrypoint, cron_key, name_key) in FLOWS.items():
         name = getattr(cfg.schedules, name_key)
-        flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
+        ids[flow_name] = flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
             name=name,
             work_pool_name=pool,
             schedules=[Cron(getattr(cfg.schedules, cron_key), timezone=cfg.schedules.timezone)],
@@ -45,8 +52,8 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
             tags=["vae-anomaly"],
             print_next_steps=False,
         )
-        names.append(f"{flow_name}/{name}")
-    return names
+        done.append(f"deployment {flow_name}/{name} (pool {pool})")
+    return done + alerts.ensure_automations(cfg, ids["train"])
 
 
 def main() -> None:
@@ -55,8 +62,8 @@ def main() -> None:
     parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
     parser.add_argument("--paused", action="store_true", help="create the schedules paused")
     args = parser.parse_args()
-    for name in deploy_all(args.pool, args.config, args.paused):
-        print(f"deployed {name} (pool {args.pool})")
+    for line in deploy_all(args.pool, args.config, args.paused):
+        print(line)
 
 
 if __name__ == "__main__":

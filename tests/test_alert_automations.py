@@ -1,0 +1,368 @@
+"""Alerts and retraining on drift as Prefect automations, against a real Prefect server, a
+process work pool and a long-lived worker (one of each for the module), with the deployments
+and automations of flows/deploy.py and an HTTP server of the test's own as the webhook:
+
+* deploying twice (and again with an automation paused) leaves one automation of each, the
+  paused one paused;
+* a batch inside the limits (all of cardio: flags about 1.5%, PSI about 0.05) delivers no
+  notification and starts no training;
+* a batch over a limit (cardio's 176 anomalies: PSI about 2.7 against calibration, limit 1)
+  delivers the notification, naming model, version, batch and the PSI, within a bound, and
+  the time from the batch's end (its event) to the POST is measured;
+* that batch's drift warning runs the training deployment once, and a second drifting batch
+  inside the cool-down runs nothing more; the training run registers a challenger.
+
+Every process the module starts is stopped by its fixture, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import (
+    CARDIO,
+    ROOT,
+    config_store,
+    free_port,
+    promote,
+    register,
+    write_pipeline_config,
+)
+from tests.test_prefect_e2e import PREFECT, _stop, _wait_healthy
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "vae-anomaly"
+MAX_PSI = 1.0  # cardio against its own calibration: about 0.05; its anomalies alone: about 2.7
+QUIET_S = 8  # after a batch's event: time in which an automation that was to act has acted
+ALERT_BOUND_S = 30  # batch end -> notification, at most (measured: well under a second)
+RUN_BOUND_S = 300  # a deployment run from creation to a final state, at most
+
+# The server's services that these tests do not use: off, they leave the cores to the worker.
+_LEAN_SERVER = {
+    "PREFECT_UI_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+    **{
+        f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
+        for name in (
+            "SCHEDULER",
+            "LATE_RUNS",
+            "FOREMAN",
+            "PAUSE_EXPIRATIONS",
+            "CANCELLATION_CLEANUP",
+            "DB_VACUUM",
+        )
+    },
+}
+
+# The pool, then flows/deploy.py's command line three times (the third with the retraining
+# automation paused, then resumed), in one interpreter that imports Prefect while the server
+# starts; prints what each deploy said and whether the paused automation stayed paused.
+_SET_UP = """
+import contextlib, io, json, os, sys, time, urllib.request
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.workers.process import ProcessWorker
+from flows import deploy
+
+pool, config = sys.argv[1:]
+deadline = time.time() + 180
+while True:
+    try:
+        urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2).close()
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+template = ProcessWorker.get_default_base_job_template()
+with get_client(sync_client=True) as client:
+    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+
+def deploy_cli():
+    sys.argv = ["flows.deploy", "--pool", pool, "--config", config, "--paused"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        deploy.main()
+    return out.getvalue().splitlines()
+
+said = [deploy_cli(), deploy_cli()]
+with get_client(sync_client=True) as client:
+    (retrain,) = client.read_automations_by_name("vae-anomaly: retrain on drift")
+    client.pause_automation(retrain.id)
+    said.append(deploy_cli())
+    paused = not client.read_automation(retrain.id).enabled
+    client.resume_automation(retrain.id)
+print(json.dumps({"said": said, "stayed_paused": paused}))
+"""
+
+
+@dataclass
+class Received:
+    """The webhook's POSTs: (time received, path, JSON body)."""
+
+    posts: list[tuple[float, str, dict]] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def handler(self):
+        received = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                now = time.time()
+                self.send_response(200)
+                self.end_headers()
+                with received.arrived:
+                    received.posts.append((now, self.path, json.loads(body or b"{}")))
+                    received.arrived.notify_all()
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        return Handler
+
+    def wait_for(self, text: str, timeout: float) -> tuple[float, str, dict] | None:
+        deadline = time.time() + timeout
+        with self.arrived:
+            while True:
+                for post in self.posts:
+                    if text in json.dumps(post[2]):
+                        return post
+                if time.time() >= deadline:
+                    return None
+                self.arrived.wait(deadline - time.time())
+
+
+@dataclass
+class Stack:
+    api: str
+    folder: Path
+    received: Received
+    set_up: dict
+    batches: dict[str, Path]
+    drifted: dict = field(default_factory=dict)
+
+
+def _api(api: str, method: str, path: str, body=None):
+    req = urllib.request.Request(
+        api + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=15) as r:
+        return json.load(r)
+
+
+def _score(stack: Stack, batch: str, data: Path) -> dict:
+    """Run score/nightly on ``data`` as batch ``batch`` through the worker; the flow run."""
+    deployment = _api(stack.api, "GET", "/deployments/name/score/nightly")
+    run = _api(
+        stack.api,
+        "POST",
+        f"/deployments/{deployment['id']}/create_flow_run",
+        {"name": f"score-{batch}", "parameters": {"data_path": str(data), "batch_id": batch}},
+    )
+    return _final(stack.api, run["id"])
+
+
+def _final(api: str, run_id: str) -> dict:
+    deadline = time.time() + RUN_BOUND_S
+    while time.time() < deadline:
+        run = _api(api, "GET", f"/flow_runs/{run_id}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {run_id} not finished after {RUN_BOUND_S} s: {run['state']}")
+
+
+def _event(api: str, name: str, batch: str, timeout: float = 30) -> dict | None:
+    """The event ``name`` of batch ``batch`` once the server has stored it (None after
+    ``timeout``)."""
+    deadline = time.time() + timeout
+    while True:
+        found = _api(api, "POST", "/events/filter", {"filter": {"event": {"name": [name]}}})
+        for event in found["events"]:
+            if event["payload"].get("batch_id") == batch:
+                return event
+        if time.time() >= deadline:
+            return None
+        time.sleep(0.5)
+
+
+def _training_runs(stack: Stack) -> list[dict]:
+    deployment = _api(stack.api, "GET", "/deployments/name/train/weekly")
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}
+    return _api(stack.api, "POST", "/flow_runs/filter", body)
+
+
+def _occurred(event: dict) -> float:
+    return pd.Timestamp(event["occurred"]).timestamp()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("alerts")
+    received = Received()
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), received.handler())
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    config = write_pipeline_config(
+        folder,
+        {
+            "tracking": {"uri": "sqlite:///mlflow.db", "max_retries": 1},
+            "scoring": {"output_dir": "scores"},
+            "alerts": {
+                "max_flagged_share": 0.5,
+                "max_psi": MAX_PSI,
+                "webhook_url": f"http://127.0.0.1:{hook.server_port}/alerts",
+                "retrain_cooldown_hours": 1,
+            },
+        },
+    )
+    from vae_core.data.ingest import load_table
+    from vae_core.foundations.config import load_config
+    from vae_core.steps import dataset
+
+    with config_store():  # the champion in the config's own sqlite store
+        cfg = load_config(config)
+        table = load_table(CARDIO, cfg.data)
+        target, _ = register(cfg, table, dataset.train_and_evaluate(table, cfg, folder / "run"))
+        assert promote(target, cfg, table).promoted
+    frame = pd.read_csv(CARDIO)
+    batches = {"inside": CARDIO, "anomalies": folder / "anomalies.csv"}
+    frame[frame["label"] == 1].to_csv(batches["anomalies"], index=False)
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {
+        "PREFECT_HOME": str(folder / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    server = worker = None
+    log = folder / "server.log"
+    try:
+        with open(log, "w") as out:
+            server = subprocess.Popen(
+                [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env | _LEAN_SERVER,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        set_up = subprocess.run(
+            [sys.executable, "-c", _SET_UP, "alerts-pool", str(config)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert set_up.returncode == 0, set_up.stderr[-3000:] + log.read_text()[-2000:]
+        _wait_healthy(api, server, log)
+        with open(folder / "worker.log", "w") as out:
+            worker = subprocess.Popen(
+                [*PREFECT, "worker", "start", "--pool", "alerts-pool", "--name", "w1"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        said = json.loads(set_up.stdout.strip().splitlines()[-1])
+        yield Stack(api, folder, received, said, batches)
+    finally:
+        _stop(worker)
+        _stop(server)
+        hook.shutdown()
+
+
+@pytest.fixture(scope="module")
+def drifted(stack):
+    """The anomalies scored as batch drift-1 (PSI over the limit and the drift warning)."""
+    run = _score(stack, "drift-1", stack.batches["anomalies"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    limit = _event(stack.api, "vae-anomaly.batch.limit-crossed", "drift-1")
+    assert limit is not None, "no limit event for drift-1"
+    return limit
+
+
+def test_deploying_twice_leaves_one_automation_of_each(stack):
+    notify, retrain = f"{MODEL}: notify on a crossed limit", f"{MODEL}: retrain on drift"
+    first, second, third = stack.set_up["said"]
+    assert f"automation '{notify}': created" in first
+    assert f"automation '{retrain}': created" in first
+    assert f"automation '{notify}': unchanged" in second
+    assert f"automation '{retrain}': unchanged" in second
+    assert f"automation '{retrain}': unchanged (paused)" in third and stack.set_up["stayed_paused"]
+    names = [a["name"] for a in _api(stack.api, "POST", "/automations/filter", {})]
+    assert sorted(names) == sorted([notify, retrain])
+
+
+def test_a_batch_inside_the_limits_alerts_nobody_and_trains_nothing(stack):
+    run = _score(stack, "inside", stack.batches["inside"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    scored = _event(stack.api, "vae-anomaly.batch.scored", "inside")
+    assert scored is not None, "the batch emitted no event"
+    payload = scored["payload"]
+    assert payload["rows"] == 1831 and payload["psi"] < MAX_PSI and not payload["drift_warning"]
+    assert payload["flagged_share"] < 0.5
+    assert scored["resource"]["prefect.resource.id"] == f"vae-anomaly.model.{MODEL}.v1"
+    time.sleep(QUIET_S)
+    assert _event(stack.api, "vae-anomaly.batch.limit-crossed", "inside", timeout=0) is None
+    assert stack.received.posts == []
+    assert _training_runs(stack) == []
+
+
+def test_a_batch_over_a_limit_delivers_an_alert(stack, drifted):
+    post = stack.received.wait_for("batch drift-1", ALERT_BOUND_S)
+    assert post is not None, f"no notification within {ALERT_BOUND_S} s"
+    received, path, body = post
+    text = body["text"]
+    psi = drifted["payload"]["psi"]
+    assert path == "/alerts" and psi > MAX_PSI
+    assert f"{MODEL} v1, batch drift-1: score PSI {psi:.3f} > limit {MAX_PSI:g}" in text
+    assert str(stack.folder / "scores" / "drift-1.parquet") in text
+    latency = received - _occurred(drifted)
+    print(f"\nbatch end (limit event) -> webhook POST: {latency:.3f} s")
+    assert 0 <= latency < ALERT_BOUND_S
+
+
+def test_drift_runs_the_training_deployment_once_within_the_cooldown(stack, drifted):
+    assert drifted["payload"]["drift_warning"]
+    deadline = time.time() + ALERT_BOUND_S
+    while not _training_runs(stack) and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(_training_runs(stack)) == 1, "the drift warning started no training run"
+    again = _score(stack, "drift-2", stack.batches["anomalies"])  # inside the cool-down
+    assert again["state_type"] == "COMPLETED", again["state"]
+    scored = _event(stack.api, "vae-anomaly.batch.scored", "drift-2")
+    assert scored is not None and scored["payload"]["drift_warning"]
+    time.sleep(QUIET_S)
+    (training,) = _training_runs(stack)
+    finished = _final(stack.api, training["id"])
+    assert finished["state_type"] == "COMPLETED", finished["state"]
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(f"sqlite:///{stack.folder / 'mlflow.db'}").search_model_versions(
+        f"name = '{MODEL}'"
+    )
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # the run registered v2
+    assert not any("batch inside" in json.dumps(body) for _, _, body in stack.received.posts)
