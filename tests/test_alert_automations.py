@@ -3,7 +3,8 @@ process work pool and a long-lived worker (one of each for the module), with the
 and automations of flows/deploy.py and an HTTP server of the test's own as the webhook:
 
 * deploying twice (and again with an automation paused) leaves one automation of each, the
-  paused one paused;
+  paused one paused; ``alerts.notify_block`` finds a block saved on the server by
+  "<type slug>/<name>" and refuses a missing one or one that is no notification block;
 * a batch inside the limits (all of cardio: flags about 1.5%, PSI about 0.05) delivers no
   notification and starts no training;
 * a batch over a limit (cardio's 176 anomalies: PSI about 2.7 against calibration, limit 1)
@@ -106,7 +107,25 @@ with get_client(sync_client=True) as client:
     said.append(deploy_cli())
     paused = not client.read_automation(retrain.id).enabled
     client.resume_automation(retrain.id)
-print(json.dumps({"said": said, "stayed_paused": paused}))
+# alerts.notify_block: a block the team saved is found by "<type slug>/<name>"; a missing one,
+# or one that sends nothing, is refused naming it.
+from prefect.blocks.notifications import SlackWebhook
+from prefect.blocks.system import Secret
+from flows.alerts import notification_block
+from vae_core.foundations.config import AlertsConfig
+
+slack = SlackWebhook(url="http://127.0.0.1:9/never-called").save("ops-alerts")
+Secret(value="s3cr3t").save("not-a-notifier")
+refused = []
+with get_client(sync_client=True) as client:
+    found = notification_block(client, AlertsConfig(notify_block="slack-webhook/ops-alerts"), "m")
+    for reference in ("slack-webhook/missing", "secret/not-a-notifier"):
+        try:
+            notification_block(client, AlertsConfig(notify_block=reference), "m")
+        except ValueError as exc:
+            refused.append(str(exc))
+print(json.dumps({"said": said, "stayed_paused": paused, "named_block": found == slack,
+                  "refused": refused}))
 """
 
 
@@ -328,6 +347,13 @@ def test_deploying_twice_leaves_one_automation_of_each(stack):
     assert all(a["enabled"] for a in automations)  # resumed after the check
 
 
+def test_a_named_notification_block_is_found_and_a_wrong_one_refused(stack):
+    assert stack.set_up["named_block"]
+    missing, not_a_notifier = stack.set_up["refused"]
+    assert "no block 'slack-webhook/missing' on the Prefect server" in missing
+    assert "'secret/not-a-notifier' is not a notification block" in not_a_notifier
+
+
 def test_a_batch_inside_the_limits_alerts_nobody_and_trains_nothing(stack):
     run = _final(stack.api, _start(stack, "inside", stack.batches["inside"])["id"])
     assert run["state_type"] == "COMPLETED", run["state"]
@@ -362,7 +388,10 @@ def test_a_batch_over_a_limit_delivers_an_alert(stack, drifted):
 def test_drift_runs_the_training_deployment_once_within_the_cooldown(stack, drifted):
     scored = [_event(stack.api, SCORED, batch) for batch in drifted]
     assert all(event["payload"]["drift_warning"] for event in scored)
-    time.sleep(QUIET_S)
+    deadline = time.time() + ALERT_BOUND_S
+    while not _training_runs(stack) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(QUIET_S)  # for a second run, if the cool-down let one through
     (training,) = _training_runs(stack)  # one run for two drifting batches
     finished = _final(stack.api, training["id"])
     assert finished["state_type"] == "COMPLETED", finished["state"]
