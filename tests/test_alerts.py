@@ -69,6 +69,20 @@ def test_the_message_names_model_batch_limit_and_scores():
     assert "/data/scores/night-7.parquet" in text and "run-abc" in text and "PSI 2.250" in text
 
 
+def test_an_image_batch_reports_the_same_way():
+    """The events come from the BatchSummary whatever the kind of data: an image batch's
+    message counts images."""
+    from dataclasses import replace
+
+    from flows.alerts import alert_message, batch_payload, limits_crossed
+
+    s = replace(summary(flagged=30, psi=0.9), unit="images")
+    payload = batch_payload(s, "vae-anomaly-mnist", "2", None)
+    crossed = limits_crossed(s, AlertsConfig(max_psi=0.5))
+    assert payload["unit"] == "images" and [c.key for c in crossed] == ["max_psi"]
+    assert "30 of 200 images flagged" in alert_message(payload, crossed)
+
+
 def test_the_event_resource_is_the_model_version_with_its_drift():
     from flows.alerts import model_resource
 
