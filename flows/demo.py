@@ -20,6 +20,7 @@ from pathlib import Path
 
 from flows.score import score
 from flows.train import train
+from vae_core.evaluation.report_record import baseline_sentence
 from vae_core.foundations.config import load_config
 from vae_core.tracking.registry import TrackingTarget
 
@@ -29,15 +30,16 @@ def main(config_path: str = "mlflow.yml") -> None:
     images = cfg.data.kind == "images"
     out = Path("runs/demo-images" if images else "runs/demo").resolve()
     trained = train(config_path=config_path, out_dir=str(out))
-    scored = score(batch_id="demo", config_path=config_path)
     target = TrackingTarget.from_config(cfg)
     name = cfg.tracking.registered_model
+    scored = score(batch_id="demo", config_path=config_path, model_uri=_scoring_uri(cfg, trained))
     print((out / "report" / "report.md").read_text())
     report = json.loads((out / "report" / "report.json").read_text())
     lines = [*meaning_lines(report, cfg.calibration.policy), ""]
     lines += [
         f"model version:  {name} v{trained['version']} "
         f"(promoted to champion: {trained['promoted']})",
+        f"promotion gate: {trained.get('promotion', 'not run')}",
         f"model, report:  {_abs(out / 'model')}, {_abs(out / 'report' / 'report.md')}",
         f"scores:         {_abs(scored['output'])} ({scored['rows']} rows, {scored['flagged']} "
         f"flagged) by {name} v{scored['model_version']}",
@@ -72,6 +74,18 @@ def main(config_path: str = "mlflow.yml") -> None:
     print("\n".join(lines))
 
 
+def _scoring_uri(cfg, trained: dict) -> str | None:
+    """The champion (None: the score flow's default); when the gate refused the very first
+    version there is none, and the demo scores with that version to show the scoring path."""
+    from vae_core.tracking import registry
+
+    target = registry.TrackingTarget.from_config(cfg)
+    if registry.champion_version(target) is not None:
+        return None
+    print(f"no champion (the gate refused v{trained['version']}): the demo scores with it")
+    return f"models:/{cfg.tracking.registered_model}/{trained['version']}"
+
+
 def meaning_lines(report: dict, policy) -> list[str]:
     """The evaluation's numbers in words: what each measures, on how many rows, how the
     threshold was set (``policy``, the config's calibration policy) and what its interval says.
@@ -97,6 +111,9 @@ def meaning_lines(report: dict, policy) -> list[str]:
     ]
     if anomalies is None:
         return [*lines, "Without labels there is no ROC-AUC, recall or precision to report."]
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines.append(baseline_sentence(m["roc_auc"], b["roc_auc"], b["method"]))
     tp, fp = int(m["tp"]), int(m["fp"])
     level = f"{report['bootstrap']['confidence']:.0%}"
     lines += [

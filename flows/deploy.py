@@ -1,7 +1,8 @@
 """Create (or update) the deployments on a process work pool:
 
 * ``score/nightly``: batch scoring with the champion on ``schedules.score_cron``;
-* ``train/weekly``: retraining, registration and the promotion gate on ``schedules.train_cron``.
+* ``train/weekly``: retraining, registration and the promotion gate on ``schedules.train_cron``;
+* ``feedback/reviews``: reviewers' verdicts recorded, on demand (no schedule).
 
 The names come from ``schedules.score_deployment`` / ``train_deployment`` (configs/mnist.yml
 deploys ``score/nightly-mnist`` and ``train/weekly-mnist`` beside the tabular ones).
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {  # flow -> (entrypoint, cron key, deployment-name key) in the schedules section
     "score": ("flows/score.py:score", "score_cron", "score_deployment"),
     "train": ("flows/train.py:train", "train_cron", "train_deployment"),
+    # run on demand with the reviewers' file: no schedule
+    "feedback": ("flows/feedback.py:feedback", None, "feedback_deployment"),
 }
 
 
@@ -46,7 +49,9 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
         ids[flow_name] = flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
             name=name,
             work_pool_name=pool,
-            schedules=[Cron(getattr(cfg.schedules, cron_key), timezone=cfg.schedules.timezone)],
+            schedules=[Cron(getattr(cfg.schedules, cron_key), timezone=cfg.schedules.timezone)]
+            if cron_key
+            else [],
             parameters={"config_path": config_file},
             paused=paused,
             tags=["vae-anomaly"],

@@ -20,10 +20,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retry import BACKOFF, transient_only
 from vae_core.foundations.config import PipelineConfig, load_config
-from vae_core.steps import dataset, pipeline
+from vae_core.steps import dataset, feedback, pipeline
 from vae_core.steps.dataset import Data
 from vae_core.steps.image_pipeline import skipped_markdown
-from vae_core.steps.promotion import measure_on
+from vae_core.steps.promotion import measure_split
+from vae_core.steps.recalibration import measure_with_verdicts
 from vae_core.tracking import registry
 
 STEP = dict(cache_policy=NO_CACHE)
@@ -35,9 +36,17 @@ def ingest(path: str, cfg: PipelineConfig) -> Data:
     return dataset.load_dataset(path, cfg)
 
 
+@task(**IO_RETRIES)
+def confirmed(data: Data, cfg: PipelineConfig):
+    """Positions of the rows reviewers confirmed as anomalies (``vae-anomaly feedback``)."""
+    verdicts = registry.reviewed_verdicts(registry.TrackingTarget.from_config(cfg))
+    return feedback.confirmed_positions(data, verdicts)
+
+
 @task(**STEP)
-def split(data: Data, cfg: PipelineConfig) -> pipeline.Splits:
-    return pipeline.split_data(data, cfg.split)
+def split(data: Data, cfg: PipelineConfig, leave_out) -> pipeline.Splits:
+    """The splits, with ``leave_out`` kept out of training."""
+    return pipeline.leave_out_of_training(pipeline.split_data(data, cfg.split), leave_out)
 
 
 @task(**STEP)
@@ -97,12 +106,15 @@ def register(cfg: PipelineConfig, run_id: str):
 
 
 @task(**IO_RETRIES)
-def promote(cfg: PipelineConfig, data: Data, rows, version: str, source: str):
-    """Through the gate on the test split ``rows`` this run held out (not split again)."""
+def promote(cfg: PipelineConfig, data: Data, splits, version: str, source: str):
+    """Through the gate on the test split this run held out (not split again), the
+    IsolationForest baseline fitted on its training split, and the rows reviewers judged."""
+    target = registry.TrackingTarget.from_config(cfg)
+    measure = measure_split(data, cfg.split, splits)
     return registry.promote_challenger(
-        registry.TrackingTarget.from_config(cfg),
+        target,
         cfg.promotion,
-        measure_on(data.features_at(rows), data.labels_at(rows)),
+        measure_with_verdicts(measure, registry.reviewed_verdicts(target)),
         version=version,
         data_description=f"the test split of {source}",
     )
@@ -124,7 +136,9 @@ def train(
     source = str(cfg.path(data_path or cfg.data.train_path))
     out = cfg.path(out_dir)
     data = ingest(source, cfg)
-    splits = split(data, cfg)
+    splits = split(data, cfg, confirmed(data, cfg))
+    if splits.left_out:
+        print(f"left out of training: {splits.left_out} rows reviewers confirmed as anomalies")
     run_id = start_run(cfg, source)
     try:
         det = fit(data, splits.train, cfg, run_id)
@@ -147,8 +161,9 @@ def train(
     if review_files:
         summary["review"] = str(out / "review")
     if promote_after:
-        decision = promote(cfg, data, splits.test, ref.version, source)
+        decision = promote(cfg, data, splits, ref.version, source)
         summary["promoted"] = decision.promoted
+        summary["promotion"] = decision.summary()
         text += f"\n## Promotion\n\n{decision.summary()}\n"
     promoted = {None: "promotion not run", True: "promoted", False: "not promoted (gate)"}
     create_markdown_artifact(

@@ -63,6 +63,9 @@ TINY_PIPELINE = {
     "model": {"latent_dim": 2, "hidden_dims": [8], "n_score_samples": 8},
     "training": {"epochs": 3},
     "calibration": {"bootstrap": 20},
+    # A tiny model trails IsolationForest on cardio (0.86 against 0.92 ROC-AUC): the baseline
+    # gate has its own tests (test_loop.py); these are about the plumbing.
+    "promotion": {"max_behind_baseline": 1.0},
 }
 
 
@@ -101,11 +104,10 @@ def register(cfg, table, outcome, source="data/cardio.csv"):
 
 def promote(target, cfg, table, **kwargs):
     """Promote on the table's test split, as `vae-anomaly promote` does."""
-    from vae_core.steps.pipeline import held_out
-    from vae_core.steps.promotion import measure_on
+    from vae_core.steps.promotion import measure_split
     from vae_core.tracking import registry
 
-    measure = measure_on(*held_out(table, cfg.split))
+    measure = measure_split(table, cfg.split)
     return registry.promote_challenger(target, cfg.promotion, measure, **kwargs)
 
 

@@ -199,3 +199,32 @@ def test_transient_failures_are_retried_and_user_errors_are_not(harness):
     with pytest.raises(ValueError, match="column 'x'"):
         run("user")
     assert attempts["user"] == 1
+
+
+def test_feedback_flow_records_verdicts_on_scored_rows_and_refuses_unknown_ids(store):
+    """The feedback flow, as `vae-anomaly feedback`: an id no scoring run scored fails the
+    flow run naming the row, with nothing recorded; verdicts on scored rows are recorded
+    and the scoring run gets its reviewed precision."""
+    from mlflow import MlflowClient
+
+    from flows.feedback import feedback
+    from flows.score import score
+    from vae_core.tracking.registry import FEEDBACK_RUN_TAG
+
+    folder, config, _ = store
+    scored = score(data_path=str(CARDIO), batch_id="reviewed", config_path=str(config))
+    labels = pd.read_csv(CARDIO)[["record_id", "label"]]
+    scores = pd.read_parquet(scored["output"]).merge(labels)
+    verdicts = pd.concat([scores[scores["is_anomaly"]], scores.head(20)])[["record_id", "label"]]
+    unknown = pd.concat([verdicts, pd.DataFrame({"record_id": [-5], "label": [1]})])
+    unknown.to_csv(folder / "unknown.csv", index=False)
+    verdicts.to_csv(folder / "verdicts.csv", index=False)
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    with pytest.raises(ValueError, match=r"no scoring run of 'vae-anomaly' scored: line\(s\)"):
+        feedback(str(folder / "unknown.csv"), ["record_id"], config_path=str(config))
+    assert FEEDBACK_RUN_TAG not in client.get_registered_model("vae-anomaly").tags
+    result = feedback(str(folder / "verdicts.csv"), ["record_id"], config_path=str(config))
+    assert result["reviewed"] == verdicts["record_id"].nunique() and result["new"] == len(verdicts)
+    run = client.get_run(scored["mlflow_run_id"])
+    flagged = scores[scores["is_anomaly"]]
+    assert run.data.metrics["reviewed_precision"] == pytest.approx(flagged["label"].mean())

@@ -170,7 +170,7 @@ def test_first_model_becomes_champion_then_a_second_passes_the_gate(
 
     second = promote(target, cfg, cardio_table)
     assert second.outcome == "promoted" and second.previous_champion == "1"
-    assert {c.name for c in second.checks} == {"flagged_rate", "roc_auc"}
+    assert {c.name for c in second.checks} == {"flagged_rate", "baseline", "roc_auc"}
     assert second.challenger_metrics["roc_auc"] == pytest.approx(second.champion_metrics["roc_auc"])
     assert client.get_registered_model("vae-anomaly").aliases == {"champion": 2}
     v1, v2 = (client.get_model_version("vae-anomaly", v) for v in ("1", "2"))
@@ -216,16 +216,18 @@ def test_gate_rules():
     champion = {"flagged_rate": 0.05, "roc_auc": 0.90}
 
     def verdict(rate, auc, champ=champion):
-        checks, notes = gate_checks(gate, {"flagged_rate": rate, "roc_auc": auc}, champ)
+        ours = {"flagged_rate": rate, "roc_auc": auc, "baseline_roc_auc": 0.5}
+        checks, notes = gate_checks(gate, ours, champ)
         return {c.name: c.passed for c in checks}, notes
 
-    assert verdict(0.05, 0.895) == ({"flagged_rate": True, "roc_auc": True}, [])
-    assert verdict(0.05, 0.885)[0] == {"flagged_rate": True, "roc_auc": False}
+    ahead = {"flagged_rate": True, "roc_auc": True, "baseline": True}
+    assert verdict(0.05, 0.895) == (ahead, [])
+    assert verdict(0.05, 0.885)[0] == {**ahead, "roc_auc": False}
     assert verdict(0.005, 0.95)[0]["flagged_rate"] is False  # below the minimum
     checks, notes = verdict(0.05, None)
     assert checks == {"flagged_rate": True} and "ROC-AUC not compared" in notes[0]
     checks, notes = verdict(0.5, 0.99, champ=None)
-    assert checks == {"flagged_rate": False} and "No champion yet" in notes[0]
+    assert checks == {"flagged_rate": False, "baseline": True} and "No champion yet" in notes[0]
 
 
 def test_promote_without_a_challenger_names_the_fix(pipeline_config, cardio_table):

@@ -24,6 +24,7 @@ from vae_core.cli.common import (  # noqa: F401 - the command's shared parts, im
     ConfigOpt,
     ExperimentOpt,
     ModelNameOpt,
+    _as_recorded,
     _fail,
     _scoring_model,
     _tracking_overrides,
@@ -140,12 +141,19 @@ def _no_table_options(**given) -> None:
         )
 
 
-def _train(dataset, cfg, out: Path, callbacks=()):
+def _train(dataset, cfg, out: Path, callbacks=(), leave_out=None):
     from vae_core.steps.dataset import train_and_evaluate
 
     progress, on_epoch = _epoch_progress(cfg.training.epochs)
     with progress:
-        outcome = train_and_evaluate(dataset, cfg, out, callbacks=[on_epoch, *callbacks])
+        outcome = train_and_evaluate(
+            dataset, cfg, out, callbacks=[on_epoch, *callbacks], leave_out=leave_out
+        )
+    if outcome.splits.left_out:
+        console.print(
+            f"left out of training: {outcome.splits.left_out} rows reviewers confirmed as "
+            "anomalies (vae-anomaly feedback)"
+        )
     det = outcome.detector
     console.print(
         f"stopped after {len(det.history_)} epochs (best {det.best_epoch_ + 1}); "
@@ -162,9 +170,12 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
 
     target = registry.TrackingTarget.from_config(cfg)
     source = str(Path(data).resolve())  # recorded: promote finds the rows from anywhere
+    from vae_core.steps.feedback import confirmed_positions
+
+    confirmed = confirmed_positions(dataset, registry.reviewed_verdicts(target))
     run_id = registry.start_training_run(target, cfg, source)
     try:
-        outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)])
+        outcome = _train(dataset, cfg, out, [registry.epoch_logger(target, run_id)], confirmed)
         registry.log_training_run(target, run_id, cfg, dataset, outcome, source)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
@@ -231,8 +242,8 @@ def promote(
     in mlflow.yml passes (or with --force --reason). The decision is recorded on the version."""
     from vae_core.foundations.config import load_config
     from vae_core.steps.dataset import load_dataset
-    from vae_core.steps.pipeline import held_out as held_out_of
-    from vae_core.steps.promotion import measure_on
+    from vae_core.steps.promotion import measure_split
+    from vae_core.steps.recalibration import measure_with_verdicts
     from vae_core.tracking import registry
 
     if reason is not None and not force:
@@ -250,11 +261,12 @@ def promote(
         cfg, source = _as_recorded(cfg, registry.training_data_of(target, version))
     else:
         source = data or cfg.path(cfg.data.train_path)
-    held_out = held_out_of(load_dataset(source, cfg), cfg.split)
+    measure = measure_split(load_dataset(source, cfg), cfg.split)
+    measure = measure_with_verdicts(measure, registry.reviewed_verdicts(target))
     decision = registry.promote_challenger(
         target,
         cfg.promotion,
-        measure_on(*held_out),
+        measure,
         version=version,
         force=force,
         reason=reason,
@@ -262,37 +274,6 @@ def promote(
     )
     typer.echo(f"{decision.model_name} {decision.summary()}")
     typer.echo(f"models:/{decision.model_name}@champion -> version {decision.champion or '-'}")
-
-
-def _as_recorded(cfg, record: dict):
-    """(``cfg`` with the data, split and images settings a version's training run recorded,
-    its data source): ``promote`` without --data scores both models on the held-out rows
-    of the file the challenger was trained on, split as it was, whatever the current config
-    says. A run that recorded no source (older versions) keeps the config's own data."""
-    from vae_core.foundations.config import DataConfig, ImagesConfig, SplitConfig
-    from vae_core.tracking import registry
-
-    source = record.get("source")
-    if not source:
-        return cfg, cfg.path(cfg.data.train_path)
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(
-            f"version {record['version']} was trained on {source}, which is not here: give "
-            "--data (with --label-column and --id-column for a table) to promote on other rows"
-        )
-
-    sections = {"data": DataConfig, "split": SplitConfig, "images": ImagesConfig}
-    update = {}
-    for section, model in sections.items():
-        recorded = {
-            key.partition(".")[2]: registry.setting_value(value)
-            for key, value in record["settings"].items()
-            if key.startswith(f"{section}.") and key.partition(".")[2] in model.model_fields
-        }
-        update[section] = model(**(getattr(cfg, section).model_dump() | recorded))
-    typer.echo(f"held-out rows of {path}, as version {record['version']} was trained")
-    return cfg.model_copy(update=update), path
 
 
 @app.command()
@@ -446,8 +427,10 @@ def _report(summary, cfg) -> None:
         )
 
 
-# embed, sample and interpolate (the latent space) live in their own module and register here.
-import vae_core.cli.latent  # noqa: E402, F401
+# embed, sample and interpolate (the latent space), feedback and recalibrate (the loop) live in
+# their own modules and register here.
+import vae_core.cli.latent  # noqa: E402
+import vae_core.cli.loop  # noqa: E402, F401
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -71,3 +71,36 @@ def _scoring_model(model: str, cfg):
     from vae_core.estimator.detector import VAEDetector
 
     return VAEDetector.load(Path(model)).set_params(missing=cfg.scoring.missing), None
+
+
+def _as_recorded(cfg, record: dict, sections: tuple[str, ...] = ("data", "split", "images")):
+    """(``cfg`` with the data, split and images settings a version's training run recorded,
+    its data source): ``promote`` without --data scores both models on the held-out rows
+    of the file the challenger was trained on, split as it was, whatever the current config
+    says. A run that recorded no source (older versions) keeps the config's own data."""
+    from vae_core.foundations import config as c
+    from vae_core.tracking import registry
+
+    source = record.get("source")
+    if not source:
+        return cfg, cfg.path(cfg.data.train_path)
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(
+            f"version {record['version']} was trained on {source}, which is not here: give "
+            "--data (with --label-column and --id-column for a table) to promote on other rows"
+        )
+
+    models = {"data": c.DataConfig, "split": c.SplitConfig, "images": c.ImagesConfig}
+    models |= {"model": c.ModelConfig, "training": c.TrainingConfig}
+    update = {}
+    for section in sections:
+        model = models[section]
+        recorded = {
+            key.partition(".")[2]: registry.setting_value(value)
+            for key, value in record.get("params", record["settings"]).items()
+            if key.startswith(f"{section}.") and key.partition(".")[2] in model.model_fields
+        }
+        update[section] = model(**(getattr(cfg, section).model_dump() | recorded))
+    typer.echo(f"held-out rows of {path}, as version {record['version']} was trained")
+    return cfg.model_copy(update=update), path

@@ -211,6 +211,9 @@ class PromotionConfig(_Section):
     """The gate a challenger must pass to become champion."""
 
     max_roc_auc_drop: float = Field(0.01, ge=0)
+    # IsolationForest (scikit-learn defaults) fitted on the challenger's training rows and
+    # scored on the same held-out rows may be ahead by at most this much ROC-AUC.
+    max_behind_baseline: float = Field(0.05, ge=0)
     flagged_rate_min: float = Field(0.0, ge=0, le=1)
     flagged_rate_max: float = Field(0.2, ge=0, le=1)
 
@@ -229,6 +232,7 @@ class SchedulesConfig(_Section):
     timezone: str = "UTC"
     score_deployment: str = "nightly"  # -> 'score/nightly'
     train_deployment: str = "weekly"  # -> 'train/weekly'
+    feedback_deployment: str = "reviews"  # -> 'feedback/reviews' (on demand)
 
 
 class AlertsConfig(_Section):

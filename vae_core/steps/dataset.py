@@ -49,6 +49,7 @@ from vae_core.steps.pipeline import (
     calibrate_detector,
     evaluate_detector,
     fit_detector,
+    leave_out_of_training,
     save_outcome,
     split_data,
 )
@@ -452,13 +453,15 @@ def train_and_evaluate(
     cfg: PipelineConfig,
     out_dir: str | Path,
     callbacks: Sequence[EpochCallback] = (),
+    leave_out: np.ndarray | None = None,
 ) -> TrainOutcome:
     """Split, fit, calibrate, evaluate a dataset of either kind; save the model to
     ``out_dir/model``, the report to ``out_dir/report`` and the review to ``out_dir/review``.
-    ``callbacks`` run after every epoch. Returns everything the tracking layer logs and a
-    caller prints."""
+    ``callbacks`` run after every epoch; ``leave_out``: positions kept out of the training
+    split (rows reviewers confirmed as anomalies, ``feedback.confirmed_positions``).
+    Returns everything the tracking layer logs and a caller prints."""
     out_dir = Path(out_dir)
-    splits = split_data(data, cfg.split)
+    splits = leave_out_of_training(split_data(data, cfg.split), leave_out)
     train, cal, test = splits.train, splits.calibration, splits.test
     det = fit_detector(data.features_at(train), cfg, callbacks)
     calibrate_detector(det, data.features_at(cal), data.labels_at(cal), cfg.calibration)

@@ -28,14 +28,25 @@ from vae_core.steps.scoring import top_contributors as top_contributors
 
 @dataclass
 class Splits:
-    """Row positions of the three disjoint splits of a table."""
+    """Row positions of the three disjoint splits of a table; ``left_out``: training rows
+    kept out because reviewers confirmed them as anomalies (``leave_out_of_training``)."""
 
     train: np.ndarray
     calibration: np.ndarray
     test: np.ndarray
+    left_out: int = 0
 
     def sizes(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("train", "calibration", "test")}
+
+
+def leave_out_of_training(splits: Splits, positions: np.ndarray | None) -> Splits:
+    """``splits`` with ``positions`` taken out of the training split (a cleaner fit: rows
+    reviewers confirmed as anomalies); ``left_out`` says how many were in it."""
+    if positions is None or not len(positions):
+        return splits
+    keep = ~np.isin(splits.train, positions)
+    return replace(splits, train=splits.train[keep], left_out=int((~keep).sum()))
 
 
 def split_data(data, cfg: SplitConfig) -> Splits:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PromotionConfig
 from vae_core.steps.promotion import (
     CHALLENGER,
@@ -237,7 +237,7 @@ def _record_with_schema(client: MlflowClient, run_id: str) -> RunRecord:
 def promote_challenger(
     target: TrackingTarget,
     gate: PromotionConfig,
-    measure: Callable[[VAEDetector], dict],
+    measure: Callable[..., dict],
     *,
     version: str | int | None = None,
     force: bool = False,
@@ -250,9 +250,10 @@ def promote_challenger(
     a manual override. The decision goes on the version (its ``promotion`` tag, a line in its
     description); a promoted version loses the ``challenger`` alias.
 
-    measure : detector -> ``promotion.held_out_metrics``; the pipeline scores, not this
-        layer: ``promotion.measure_on(*pipeline.held_out(data, cfg.split))`` scores both
-        models on the same held-out rows or images.
+    measure : ``promotion.HeldOut`` (detector -> ``promotion.held_out_metrics``, called
+        with ``baseline=False`` for the champion); the pipeline scores, not this layer:
+        ``promotion.measure_on(*pipeline.held_out(data, cfg.split))`` scores both models on
+        the same held-out rows or images.
     """
     if force and not (reason and reason.strip()):
         raise ValueError("a forced promotion needs a reason (--reason TEXT)")
@@ -263,7 +264,8 @@ def promote_challenger(
     if old == str(challenger.version):
         return PromotionDecision(name, old, old, "unchanged")
     ours = measure(load_packaged_detector(name, challenger.version))
-    theirs = None if old is None else measure(load_packaged_detector(name, old))
+    # the IsolationForest baseline is the challenger's to beat: not refitted for the champion
+    theirs = None if old is None else measure(load_packaged_detector(name, old), baseline=False)
     note = f"Scored on {data_description} ({ours['rows']} rows)"
     decision = decide(
         name, str(challenger.version), old, gate, ours, theirs, reason if force else None, note
@@ -290,7 +292,38 @@ def training_data_of(target: TrackingTarget, version: str | int | None = None) -
         "version": str(mv.version),
         "source": run.data.tags.get("data.source"),
         "settings": settings,
+        "params": dict(run.data.params),
     }
+
+
+@tracking_call
+def add_review_section(target: TrackingTarget, version: str, text: str) -> None:
+    """Put ``text`` at the head of a version's review, under its title."""
+    client, name = mlflow_client(target), target.model_name
+    description = client.get_model_version(name, version).description or ""
+    title, sep, rest = description.partition("\n\n")
+    client.update_model_version(name, version, description=f"{title}{sep}{text}\n\n{rest}")
+
+
+@tracking_call
+def mark_recalibration(target: TrackingTarget, run_id: str, of_version: str, counts: dict):
+    """Tag a training run as the recalibration of ``of_version`` (``vae.step``:
+    recalibration) and log what it rested on as ``recalibration.*`` parameters, which also
+    make its training fingerprint its own."""
+    client = mlflow_client(target)
+    client.set_tag(run_id, "vae.step", "recalibration")
+    client.log_batch(
+        run_id,
+        params=[Param("recalibration.of_version", str(of_version))]
+        + [Param(f"recalibration.{k}", str(v)) for k, v in sorted(counts.items())],
+    )
+
+
+@tracking_call
+def champion_version(target: TrackingTarget) -> str | None:
+    """The version that holds ``champion`` (what scheduled scoring loads), or None."""
+    mv = version_by_alias(mlflow_client(target), target.model_name, CHAMPION)
+    return None if mv is None else str(mv.version)
 
 
 def _challenger_version(client: MlflowClient, name: str, version: str | int | None):

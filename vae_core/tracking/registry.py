@@ -4,6 +4,13 @@ runs), re-exported so that callers write ``registry.log_training_run(...)``. The
 the life of a model in calls are in ``vae_core/tracking/``.
 """
 
+from vae_core.tracking.feedback_runs import (
+    FEEDBACK_RUN_TAG,
+    read_feedback,
+    record_feedback,
+    reviewed_verdicts,
+    scored_rows,
+)
 from vae_core.tracking.packaging import (
     DETECTOR_ARTIFACT,
     RUNTIME_PACKAGES,
@@ -25,6 +32,9 @@ from vae_core.tracking.registration import (
     PROMOTION_TAG,
     REGISTRATION_STATE,
     ModelVersionRef,
+    add_review_section,
+    champion_version,
+    mark_recalibration,
     promote_challenger,
     register_challenger,
     training_data_of,
@@ -58,6 +68,7 @@ from vae_core.tracking.training_runs import (
 
 __all__ = [
     "DETECTOR_ARTIFACT",
+    "FEEDBACK_RUN_TAG",
     "FINGERPRINT_TAG",
     "INCOMPLETE",
     "MAX_VERSION_TAGS",
@@ -70,6 +81,8 @@ __all__ = [
     "RegisteredDetector",
     "TrackingTarget",
     "TrackingUnavailable",
+    "add_review_section",
+    "champion_version",
     "check_reachable",
     "code_version",
     "connect",
@@ -81,11 +94,16 @@ __all__ = [
     "log_packaged_model",
     "log_scoring_run",
     "log_training_run",
+    "mark_recalibration",
     "parse_model_uri",
     "pip_requirements",
     "promote_challenger",
+    "read_feedback",
+    "record_feedback",
     "register_challenger",
+    "reviewed_verdicts",
     "score_distribution",
+    "scored_rows",
     "scoring_dataset",
     "scoring_run_note",
     "scoring_settings",

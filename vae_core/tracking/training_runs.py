@@ -188,6 +188,8 @@ def _log_evaluation(outcome: TrainOutcome) -> None:
     mlflow.log_metrics(metrics)
     cal = det.calibration_ or {}
     tags = {f"split.{k}_rows": str(v) for k, v in outcome.splits.sizes().items()}
+    if outcome.splits.left_out:  # reviewers' confirmed anomalies kept out of the fit
+        tags["split.left_out_confirmed"] = str(outcome.splits.left_out)
     tags |= {
         "calibration.policy": str(cal.get("policy", "contamination (fit)")),
         "calibration.params": json.dumps(cal.get("params", {"rate": det.contamination})),
