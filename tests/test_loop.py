@@ -211,6 +211,7 @@ def test_the_loop_from_the_command_line_in_an_empty_folder(
     from mlflow import MlflowClient
 
     from tests.helpers import CARDIO
+    from vae_core.tracking.registration import version_ref
     from vae_core.tracking.registry import FEEDBACK_RUN_TAG
 
     monkeypatch.chdir(tmp_path)
@@ -306,7 +307,8 @@ def test_the_loop_from_the_command_line_in_an_empty_folder(
         experiments = [e.experiment_id for e in client.search_experiments()]
         scoring = client.search_runs(experiments, "tags.`vae.step` = 'scoring'")[0]
         assert scoring.data.metrics["reviewed_precision"] == pytest.approx(precision)
-        logged = client.get_logged_model(client.get_model_version(name, "1").model_id)
+        model_id = version_ref(client.get_model_version(name, "1")).model_id
+        logged = client.get_logged_model(model_id)
         assert [m.value for m in logged.metrics if m.key == "reviewed_precision"] == [
             pytest.approx(precision)
         ]
@@ -323,3 +325,20 @@ def test_the_loop_from_the_command_line_in_an_empty_folder(
         out = cli("promote", "--config", "mlflow.yml")
         assert out.exit_code == 0, out.output
         assert "version 2:" in out.output
+
+
+def test_training_leaves_out_the_rows_reviewers_confirmed_as_anomalies(cardio_table):
+    from vae_core.foundations.config import SplitConfig
+    from vae_core.steps.feedback import LABEL, confirmed_positions
+    from vae_core.steps.pipeline import leave_out_of_training, split_data
+
+    ids = cardio_table.ids["record_id"].astype(str)
+    current = pd.DataFrame({"record_id": ids.iloc[:50].to_numpy(), LABEL: [1] * 30 + [0] * 20})
+    confirmed = confirmed_positions(cardio_table, (current, None, ["record_id"]))
+    assert confirmed.tolist() == list(range(30))  # the normals' verdicts leave nothing out
+    splits = split_data(cardio_table, SplitConfig())
+    cleaner = leave_out_of_training(splits, confirmed)
+    assert cleaner.left_out == np.isin(splits.train, confirmed).sum() > 0
+    assert not np.isin(cleaner.train, confirmed).any()
+    assert cleaner.test.tolist() == splits.test.tolist()  # the held-out rows do not move
+    assert confirmed_positions(cardio_table, None).size == 0
