@@ -39,7 +39,7 @@ FLOWS = {  # flow -> (entrypoint, cron key, deployment-name key) in the schedule
 
 
 def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False) -> list[str]:
-    """Deploy both flows from this checkout (a local source: the worker must run here), then
+    """Deploy the flows from this checkout (a local source: the worker must run here), then
     the alerts' automations; one line for each thing done."""
     cfg = load_config(config_path)
     config_file = str(Path(config_path).resolve())
