@@ -19,6 +19,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -47,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="non-default VAEDetector argument, e.g. epochs=50 (repeatable)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for both VAEs (default 1)")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="JSON",
+        help="take the results of methods other than vae_core from this earlier --json run "
+        "(same data sets and seeds: the splits are the same) instead of fitting them again",
+    )
     return p.parse_args(argv)
 
 
@@ -99,7 +107,8 @@ def run_dataset(path: Path, args: argparse.Namespace, vae_params: dict) -> tuple
             print(f"skipped {path.stem}: {exc}", file=sys.stderr)
             return [], {**info, "skipped": str(exc)}
         for method in args.methods:
-            result = run_method(method, split, seed, vae_params)
+            reused = args.reused.get((path.stem, seed, method)) if method != "vae_core" else None
+            result = reused or run_method(method, split, seed, vae_params)
             rows.append({"dataset": path.stem, "seed": seed, "method": method, **result})
             print(f"  {path.stem} seed={seed} {method}: " + _brief(result), file=sys.stderr)
     return rows, info
@@ -162,6 +171,43 @@ def _mean_row(summary: dict, names: list[str], methods: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def verdict_table(results: list[dict], methods: list[str]) -> str:
+    """The issue-23 comparison: mean ROC-AUC per method over each half of ``protocol.HALVES``
+    and over all sets, the best peer per set (the highest of MCD, KNN and IsolationForest on
+    that set) and the sets where vae_core trails IsolationForest by more than 0.08."""
+    summary = summarise(results)
+    names = sorted({r["dataset"] for r in results})
+    peers = [m for m in protocol.PEERS if m in methods]
+    halves = {h: [n for n in names if n in protocol.HALVES[h]] for h in ("choose", "confirm")}
+    halves["all"] = names
+    roc = lambda n, m: summary.get((n, m), {}).get("roc_auc")  # noqa: E731
+    lines = [
+        "| method | " + " | ".join(f"{h} ({len(v)})" for h, v in halves.items()) + " |",
+        "|---|" + "---|" * len(halves),
+    ]
+    for m in [*methods, "best peer per set"] if peers else methods:
+        cells = []
+        for sets in halves.values():
+            if m == "best peer per set":
+                vals = [max(roc(n, p) or 0.0 for p in peers) for n in sets]
+            else:
+                vals = [roc(n, m) for n in sets]
+            ok = vals and all(v is not None for v in vals)
+            cells.append(f"{np.mean(vals):.3f}" if ok else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if "vae_core" in methods and "iforest" in methods:
+        behind = [
+            f"{n} ({roc(n, 'vae_core'):.3f} vs {roc(n, 'iforest'):.3f})"
+            for n in names
+            if roc(n, "vae_core") is not None
+            and roc(n, "iforest") is not None
+            and roc(n, "iforest") - roc(n, "vae_core") > 0.08
+        ]
+        lines += ["", "Sets where vae_core trails IsolationForest by more than 0.08: "
+                  + (", ".join(behind) if behind else "none") + "."]
+    return "\n".join(lines)
+
+
 def _settings_line(vae_params: dict) -> str:
     if not vae_params:
         return "vae_core: `VAEDetector(random_state=seed)` (defaults)."
@@ -176,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     # vae_core warns once per constant training column (hundreds on the ResNet embeddings).
     warnings.filterwarnings("ignore", message=r"column .* is constant")
     vae_params = protocol.parse_params(args.vae_param)
-    if "pyod_vae" in args.methods:
+    if set(args.methods) & {"pyod_vae", "mcd", "knn", "ecod"}:
         protocol.require_pyod()
     meta = {
         **protocol.provenance(),
@@ -186,6 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "ADBench: <=10k rows, stratified 70/30, "
         "min-max scaling fitted on the 70%, contaminated fit",
     }
+    args.reused = {}
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())["results"]
+        args.reused = {
+            (r["dataset"], r["seed"], r["method"]): {
+                k: v for k, v in r.items() if k not in ("dataset", "seed", "method")
+            }
+            for r in earlier
+        }
+        meta["reused_from"] = str(args.reuse)
     results, infos, skipped = [], {}, {}
     for path in dataset_files(args.data_dir, args.datasets):
         rows, info = run_dataset(path, args, vae_params)
@@ -202,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no tabular data sets could be run", file=sys.stderr)
         return 1
     print(markdown_table(results, infos, args.methods, vae_params))
+    print()
+    print(verdict_table(results, args.methods))
     for name, reason in skipped.items():
         print(f"\nSkipped {name}: {reason}.")
     return 0

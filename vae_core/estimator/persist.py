@@ -35,6 +35,8 @@ _PLAIN_STATE = (
     "score_kind_",
     "iwae_samples_",
     "calibration_",
+    "loss_cutoff_",  # absent from models saved before the refinement: None when loaded
+    "n_left_out_",
 )
 
 
@@ -53,7 +55,7 @@ def detector_metadata(det) -> dict:
         "params": det.get_params(),
         "model_config": det.config_.to_dict(),
         "preprocessing": det.preprocessor_.to_dict(),
-        "state": {k: getattr(det, k) for k in _PLAIN_STATE},
+        "state": {k: getattr(det, k, None) for k in _PLAIN_STATE},
     }
     if hasattr(det, "feature_names_in_"):
         meta["state"]["feature_names_in_"] = list(det.feature_names_in_)
@@ -140,6 +142,7 @@ def load_detector(path, cls):
         raise ValueError(f"{path / WEIGHTS}: the scoring noise (score_eps) is missing")
     det.score_eps_ = tensors["score_eps"]
     det.preprocessor_ = preprocessor_from_dict(meta["preprocessing"])
+    det.loss_cutoff_ = det.n_left_out_ = None
     for key, value in meta["state"].items():
         setattr(det, key, np.asarray(value, dtype=object) if key == "feature_names_in_" else value)
     det.probability_ = None

@@ -174,6 +174,10 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     clip_grad_norm: float | None = 10.0
     trim_fraction: float = Field(0.3, ge=0, lt=1)
+    # After the trimmed fit, rows whose negative ELBO lies more than this many robust standard
+    # deviations above the median are left out and the model is refined on the rest with the
+    # full negative ELBO (exact where the data are clean); null: no refinement.
+    refine_cutoff: float | None = Field(3.0, gt=0)
     random_state: int = 0
     # cpu | cuda | cuda:N: where the model trains and scores. A model trained on a GPU scores
     # on the CPU of a machine without one (VAEDetector.load).
