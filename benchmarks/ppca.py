@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rest = text.partition(":")
         settings.append((name, protocol.parse_params([x for x in rest.split(",") if x])))
     rows = []
-    print("| setting | seed | ELBO gap | IWAE(200) gap | ELBO gap, 5% outliers | outliers ROC-AUC "
-          "| rows left out (clean / 5%) |")
+    print(
+        "| setting | seed | ELBO gap | IWAE(200) gap | ELBO gap, 5% outliers | outliers ROC-AUC "
+        "| rows left out (clean / 5%) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, params in settings:
         for seed in range(args.seeds):

@@ -49,11 +49,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for both VAEs (default 1)")
     p.add_argument(
+        "--half",
+        choices=sorted(protocol.HALVES),
+        help="only the data sets of this half of protocol.HALVES",
+    )
+    p.add_argument(
         "--reuse",
         type=Path,
+        action="append",
         metavar="JSON",
         help="take the results of methods other than vae_core from this earlier --json run "
-        "(same data sets and seeds: the splits are the same) instead of fitting them again",
+        "(same data sets and seeds: the splits are the same) instead of fitting them again "
+        "(repeatable)",
     )
     return p.parse_args(argv)
 
@@ -203,8 +210,12 @@ def verdict_table(results: list[dict], methods: list[str]) -> str:
             and roc(n, "iforest") is not None
             and roc(n, "iforest") - roc(n, "vae_core") > 0.08
         ]
-        lines += ["", "Sets where vae_core trails IsolationForest by more than 0.08: "
-                  + (", ".join(behind) if behind else "none") + "."]
+        lines += [
+            "",
+            "Sets where vae_core trails IsolationForest by more than 0.08: "
+            + (", ".join(behind) if behind else "none")
+            + ".",
+        ]
     return "\n".join(lines)
 
 
@@ -234,16 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.reused = {}
     if args.reuse:
-        earlier = json.loads(args.reuse.read_text())["results"]
+        earlier = [r for f in args.reuse for r in json.loads(f.read_text())["results"]]
         args.reused = {
             (r["dataset"], r["seed"], r["method"]): {
                 k: v for k, v in r.items() if k not in ("dataset", "seed", "method")
             }
             for r in earlier
         }
-        meta["reused_from"] = str(args.reuse)
+        meta["reused_from"] = [str(f) for f in args.reuse]
     results, infos, skipped = [], {}, {}
-    for path in dataset_files(args.data_dir, args.datasets):
+    files = dataset_files(args.data_dir, args.datasets)
+    if args.half:
+        files = [f for f in files if f.stem in protocol.HALVES[args.half]]
+    for path in files:
         rows, info = run_dataset(path, args, vae_params)
         if "skipped" in info:
             skipped[path.stem] = info["skipped"]

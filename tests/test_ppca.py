@@ -51,3 +51,66 @@ def test_importance_weighted_estimate_lies_between(ppca):
     elbo = -det.anomaly_score(x, n_samples=1024)
     iwae = det.log_likelihood(x, k=1024)
     assert elbo.mean() < iwae.mean() < exact.mean()
+
+
+# ---- issue 23's protocol, with the refinement (latent_dim=2, refine_cutoff=3.0) ---------------
+# d = 10, k = 2, W ~ N(0, 2^2), mu ~ N(0, 3^2), noise variance 0.1, 20,000 training rows, 5,000
+# clean test rows; benchmarks/ppca.py prints the same figures over seeds and settings. Measured
+# on this machine kind (Intel Xeon, 1 torch thread), seed 0: ELBO gap 0.0074 nats/dim, IWAE(200)
+# gap 0.0045, ELBO gap with 5% outliers 0.0058, outliers found at ROC-AUC 0.9999; without the
+# refinement (the defaults) 0.101 / 0.045 / 0.087 / 0.9997. The bounds are the issue's targets.
+# The defaults do not meet them: the refinement is off by default (it costs clustered
+# anomalies, docs/benchmarks.md), so these tests fit with it on.
+D10, K2, S2, N_TRAIN, N_TEST = 10, 2, 0.1, 20_000, 5_000
+
+
+def _ppca_draws(seed: int):
+    rng = np.random.default_rng(seed)
+    W, mu = rng.normal(0, 2, size=(D10, K2)), rng.normal(0, 3, size=D10)
+
+    def draw(n):
+        return rng.normal(size=(n, K2)) @ W.T + mu + rng.normal(0, np.sqrt(S2), size=(n, D10))
+
+    x_train, x_test = draw(N_TRAIN), draw(N_TEST)
+    outlier = np.zeros(N_TRAIN, dtype=bool)
+    outlier[rng.choice(N_TRAIN, N_TRAIN // 20, replace=False)] = True
+    x_dirty = x_train.copy()
+    x_dirty[outlier] += rng.normal(0, 1.5, size=(outlier.sum(), D10))
+    exact = multivariate_normal(mu, W @ W.T + S2 * np.eye(D10)).logpdf(x_test)
+    return x_train, x_dirty, outlier, x_test, exact
+
+
+@pytest.fixture(scope="module")
+def refined_fit():
+    x_train, x_dirty, outlier, x_test, exact = _ppca_draws(0)
+    clean = VAEDetector(latent_dim=K2, refine_cutoff=3.0).fit(x_train)
+    dirty = VAEDetector(latent_dim=K2, refine_cutoff=3.0).fit(x_dirty)
+    return clean, dirty, outlier, x_dirty, x_test, exact
+
+
+@pytest.mark.slow
+def test_refined_the_elbo_is_within_002_nats_per_dim_of_exact(refined_fit):
+    clean, _, _, _, x, exact = refined_fit
+    gap = (exact.mean() + clean.anomaly_score(x, n_samples=1024).mean()) / D10
+    assert 0 < gap < 0.02, f"ELBO {gap:.4f} nats/dim below the exact log p(x) (target 0.02)"
+
+
+@pytest.mark.slow
+def test_refined_the_iwae_bound_is_within_0008_nats_per_dim(refined_fit):
+    clean, _, _, _, x, exact = refined_fit
+    gap = (exact.mean() - clean.log_likelihood(x, k=200).mean()) / D10
+    assert 0 < gap < 0.008, f"IWAE(200) {gap:.4f} nats/dim below exact (target 0.008)"
+
+
+@pytest.mark.slow
+def test_refined_5pct_outliers_neither_bend_the_fit_nor_hide(refined_fit):
+    from sklearn.metrics import roc_auc_score
+
+    _, dirty, outlier, x_dirty, x, exact = refined_fit
+    gap = (exact.mean() + dirty.anomaly_score(x, n_samples=1024).mean()) / D10
+    assert gap < 0.05, f"with 5% outliers in training the ELBO is {gap:.4f} nats/dim off"
+    auc = roc_auc_score(outlier, dirty.anomaly_score(x_dirty))
+    assert auc >= 0.99, f"the training outliers are found at ROC-AUC {auc:.4f}"
+    # The data decided how many rows stay out: about the outliers (90% of the rows are
+    # training rows, 10% validation), not a fixed 30%.
+    assert 0.8 * 0.9 * outlier.sum() <= dirty.n_left_out_ < 0.15 * len(x_dirty)

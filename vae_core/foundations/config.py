@@ -176,8 +176,9 @@ class TrainingConfig(_Section):
     trim_fraction: float = Field(0.3, ge=0, lt=1)
     # After the trimmed fit, rows whose negative ELBO lies more than this many robust standard
     # deviations above the median are left out and the model is refined on the rest with the
-    # full negative ELBO (exact where the data are clean); null: no refinement.
-    refine_cutoff: float | None = Field(3.0, gt=0)
+    # full negative ELBO (exact where the data are clean; e.g. 3.0); null (the default): no
+    # refinement. Off by default: it costs clustered anomalies (docs/benchmarks.md).
+    refine_cutoff: float | None = Field(None, gt=0)
     random_state: int = 0
     # cpu | cuda | cuda:N: where the model trains and scores. A model trained on a GPU scores
     # on the CPU of a machine without one (VAEDetector.load).

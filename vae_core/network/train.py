@@ -205,7 +205,11 @@ def train_vae(
         model.eval()
         return result
     refine = replace(
-        cfg, lr=cfg.lr * cfg.refine_lr_factor, trim_fraction=0.0, trim_validation=False
+        cfg,
+        lr=cfg.lr * cfg.refine_lr_factor,
+        trim_fraction=0.0,
+        trim_validation=False,
+        kl_warmup_epochs=0,
     )
     _run_phase(
         model,
