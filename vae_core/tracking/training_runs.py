@@ -65,7 +65,7 @@ def epoch_logger(target: TrackingTarget, run_id: str) -> EpochCallback:
         metrics = [
             Metric(key, float(value), now, log.epoch)
             for key, value in values.items()
-            if key != "epoch" and value is not None
+            if key != "epoch" and isinstance(value, int | float)  # not the phase's name
         ]
         with unreachable_as_error(target):
             client.log_batch(run_id, metrics=metrics)
