@@ -34,7 +34,16 @@ import protocol  # the sibling module, importable once the path is set
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data_dir", type=Path, help="folder of .npz files with X and y")
+    p.add_argument("data_dir", type=Path, nargs="?", help="folder of .npz files with X and y")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="fit nothing: print the tables of these earlier --json runs together (e.g. the "
+        "two halves run as two processes; a later run's result for the same data set, seed "
+        "and method wins) and, with --json, write them as one file",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     p.add_argument("--json", type=Path, help="write all results to this JSON file")
     p.add_argument("--methods", nargs="+", choices=protocol.METHODS, default=list(protocol.METHODS))
@@ -226,8 +235,35 @@ def _settings_line(vae_params: dict) -> str:
     return f"vae_core: **NON-DEFAULT settings** `VAEDetector(random_state=seed, {shown})`."
 
 
+def merged(files: list[Path]) -> tuple[dict, dict, list[dict]]:
+    """(meta, data set descriptions, results) of several --json runs, in the order given."""
+    metas, infos, by_key = [], {}, {}
+    for f in files:
+        run = json.loads(Path(f).read_text())
+        metas.append({"file": str(f), **run["meta"]})
+        infos.update(run["datasets"])
+        for r in run["results"]:
+            by_key[(r["dataset"], r["seed"], r["method"])] = r
+    methods = list(dict.fromkeys(r["method"] for r in by_key.values()))
+    order = {m: i for i, m in enumerate(protocol.METHODS)}
+    methods.sort(key=lambda m: order.get(m, len(order)))
+    params = [m.get("vae_params", {}) for m in metas]
+    meta = {"merged_from": metas, "methods": methods, "vae_params": params[0] if params else {}}
+    return meta, infos, list(by_key.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        meta, infos, results = merged(args.merge)
+        if args.json:
+            protocol.write_json({"meta": meta, "datasets": infos, "results": results}, args.json)
+        print(markdown_table(results, infos, meta["methods"], meta["vae_params"]))
+        print()
+        print(verdict_table(results, meta["methods"]))
+        return 0
+    if args.data_dir is None:
+        raise SystemExit("error: give DATA_DIR (or --merge JSON ...)")
     protocol.quiet_environment()
     protocol.set_torch_threads(args.threads)
     # vae_core warns once per constant training column (hundreds on the ResNet embeddings).

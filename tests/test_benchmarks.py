@@ -27,7 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "script",
     ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py", "train_memory.py",
-     "scale_out.py"],
+     "scale_out.py", "ppca.py"],
 )  # fmt: skip
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
@@ -149,3 +149,46 @@ def test_the_readme_results_table_is_the_recorded_benchmark_runs():
     vae, _, iforest = _readme_row("one-class MNIST")
     assert vae == f"{_mean_of(images, 'vae_core', 'roc_auc', 'digit'):.3f}"
     assert iforest == f"{_mean_of(images, 'iforest', 'roc_auc', 'digit'):.3f}"
+
+
+def _tiny_set(folder):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype("float32")
+    y = np.zeros(300, dtype=int)
+    y[:15] = 1
+    X[:15] += 5.0
+    np.savez(folder / "tiny.npz", X=X, y=y)
+
+
+def test_quality_reuses_and_merges_earlier_runs(tmp_path):
+    """--reuse takes the peers' results from an earlier run (same splits) instead of fitting
+    them again; --merge prints the tables of several runs, with the verdict table."""
+    _tiny_set(tmp_path)
+    first, second, both = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "ab.json"
+    done = _run(str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1", "--methods", "iforest",
+                "--json", str(first))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    earlier = json.loads(first.read_text())["results"][0]
+    done = _run(
+        str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1",
+        "--methods", "vae_core", "iforest", "--vae-param", "epochs=2",
+        "--reuse", str(first), "--json", str(second),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reused = [r for r in json.loads(second.read_text())["results"] if r["method"] == "iforest"]
+    assert reused[0]["fit_seconds"] == earlier["fit_seconds"]  # taken over, not fitted again
+    done = _run(str(BENCH / "quality.py"), "--merge", str(first), str(second), "--json", str(both))
+    assert done.returncode == 0, done.stderr
+    assert "best peer per set" in done.stdout and "| vae_core |" in done.stdout
+    assert {r["method"] for r in json.loads(both.read_text())["results"]} == {"vae_core", "iforest"}
+
+
+def test_quality_runs_the_pyod_peers(tmp_path):
+    pytest.importorskip("pyod")
+    _tiny_set(tmp_path)
+    done = _run(str(BENCH / "quality.py"), str(tmp_path), "--seeds", "1",
+                "--methods", "mcd", "knn", "ecod")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for method in ("mcd", "knn", "ecod"):
+        assert f"| {method} |" in done.stdout
+    assert "failed" not in done.stdout
