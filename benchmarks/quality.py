@@ -197,6 +197,7 @@ def verdict_table(results: list[dict], methods: list[str]) -> str:
     halves = {h: [n for n in names if n in protocol.HALVES[h]] for h in ("choose", "confirm")}
     halves["all"] = names
     roc = lambda n, m: summary.get((n, m), {}).get("roc_auc")  # noqa: E731
+    # "best peer per set": the highest of the peers that ran on that set
     lines = [
         "| method | " + " | ".join(f"{h} ({len(v)})" for h, v in halves.items()) + " |",
         "|---|" + "---|" * len(halves),
@@ -208,8 +209,13 @@ def verdict_table(results: list[dict], methods: list[str]) -> str:
                 vals = [max(roc(n, p) or 0.0 for p in peers) for n in sets]
             else:
                 vals = [roc(n, m) for n in sets]
-            ok = vals and all(v is not None for v in vals)
-            cells.append(f"{np.mean(vals):.3f}" if ok else "n/a")
+            got = [v for v in vals if v is not None]
+            # a method that failed or did not run on a set: its mean over the others, counted
+            cells.append(
+                "n/a"
+                if not got
+                else f"{np.mean(got):.3f}" + ("" if len(got) == len(vals) else f" ({len(got)})")
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if "vae_core" in methods and "iforest" in methods:
         behind = [
