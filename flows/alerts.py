@@ -10,8 +10,9 @@ The score flow ends every batch (table or images) with ``emit_batch_events``:
   or ``alerts.max_psi``; its payload adds what crossed which limit and a message a person can
   act on.
 
-``python -m flows.deploy`` calls ``ensure_automations``, which creates or updates (by name, so
-a second run changes nothing) one automation of each:
+``python -m flows.deploy`` calls ``notification_destination`` (before it deploys anything) and
+``ensure_automations``, which creates or updates (by name, so a second run changes nothing)
+one automation of each:
 
 * ``<model>: notify on a crossed limit``: the limit event -> ``SendNotification`` through the
   block named in ``alerts.notify_block`` (Slack, e-mail, ... : the block keeps the secret), or
@@ -234,15 +235,25 @@ def _named_block(client, reference: str) -> UUID:
     return document.id
 
 
-def ensure_automations(cfg: PipelineConfig, train_deployment_id: UUID) -> list[str]:
-    """Create, update or remove this model's two automations to match ``cfg.alerts``; one
-    line per automation saying which. An unchanged automation is left alone (its cool-down
-    and a pause survive a redeploy)."""
+def notification_destination(cfg: PipelineConfig) -> UUID | None:
+    """``notification_block`` for this config, on the Prefect server of ``PREFECT_API_URL``.
+    flows/deploy.py asks first, so that a wrong block name stops it before it deploys."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return notification_block(client, cfg.alerts, cfg.tracking.registered_model)
+
+
+def ensure_automations(
+    cfg: PipelineConfig, train_deployment_id: UUID, block_id: UUID | None
+) -> list[str]:
+    """Create, update or remove this model's two automations to match ``cfg.alerts`` (the
+    notifications through ``block_id``, none if None); one line per automation saying which.
+    An unchanged automation is left alone (its cool-down and a pause survive a redeploy)."""
     from prefect.client.orchestration import get_client
 
     model, alerts = cfg.tracking.registered_model, cfg.alerts
     with get_client(sync_client=True) as client:
-        block_id = notification_block(client, alerts, model)
         cooldown = timedelta(hours=alerts.retrain_cooldown_hours)
         notify = None if block_id is None else notify_automation(model, block_id)
         retrain = None

@@ -43,6 +43,7 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
     the alerts' automations; one line for each thing done."""
     cfg = load_config(config_path)
     config_file = str(Path(config_path).resolve())
+    block_id = alerts.notification_destination(cfg)  # a wrong block: refused before any deploy
     done, ids = [], {}
     for flow_name, (entrypoint, cron_key, name_key) in FLOWS.items():
         name = getattr(cfg.schedules, name_key)
@@ -58,7 +59,7 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
             print_next_steps=False,
         )
         done.append(f"deployment {flow_name}/{name} (pool {pool})")
-    return done + alerts.ensure_automations(cfg, ids["train"])
+    return done + alerts.ensure_automations(cfg, ids["train"], block_id)
 
 
 def main() -> None:
@@ -67,7 +68,11 @@ def main() -> None:
     parser.add_argument("--config", default="mlflow.yml", help="pipeline config file")
     parser.add_argument("--paused", action="store_true", help="create the schedules paused")
     args = parser.parse_args()
-    for line in deploy_all(args.pool, args.config, args.paused):
+    try:
+        done = deploy_all(args.pool, args.config, args.paused)
+    except (ValueError, FileNotFoundError) as exc:  # a bad config or alerts block, named
+        parser.exit(2, f"error: {exc}\n")
+    for line in done:
         print(line)
 
 

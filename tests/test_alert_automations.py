@@ -124,8 +124,32 @@ with get_client(sync_client=True) as client:
             notification_block(client, AlertsConfig(notify_block=reference), "m")
         except ValueError as exc:
             refused.append(str(exc))
+
+# flows/deploy.py with a block that is not there: exit code 2 naming it, nothing deployed.
+import yaml
+from prefect.exceptions import ObjectNotFound
+
+bad = yaml.safe_load(open(config))
+bad["alerts"] |= {"webhook_url": None, "notify_block": "slack-webhook/missing"}
+bad["schedules"] = {"score_deployment": "refused", "train_deployment": "refused"}
+bad_config = os.path.join(os.path.dirname(config), "bad.yml")
+yaml.safe_dump(bad, open(bad_config, "w"))
+err = io.StringIO()
+sys.argv = ["flows.deploy", "--pool", pool, "--config", bad_config]
+with contextlib.redirect_stderr(err):
+    try:
+        deploy.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+with get_client(sync_client=True) as client:
+    try:
+        client.read_deployment_by_name("score/refused")
+        deployed = True
+    except ObjectNotFound:
+        deployed = False
 print(json.dumps({"said": said, "stayed_paused": paused, "named_block": found == slack,
-                  "refused": refused}))
+                  "refused": refused, "bad_block": [code, err.getvalue(), deployed]}))
 """
 
 
@@ -352,6 +376,8 @@ def test_a_named_notification_block_is_found_and_a_wrong_one_refused(stack):
     missing, not_a_notifier = stack.set_up["refused"]
     assert "no block 'slack-webhook/missing' on the Prefect server" in missing
     assert "'secret/not-a-notifier' is not a notification block" in not_a_notifier
+    code, message, deployed = stack.set_up["bad_block"]  # flows/deploy.py with the missing one
+    assert code == 2 and "no block 'slack-webhook/missing'" in message and not deployed
 
 
 def test_a_batch_inside_the_limits_alerts_nobody_and_trains_nothing(stack):
