@@ -4,8 +4,8 @@ train (ingest -> split -> fit -> calibrate -> evaluate -> register @challenger -
 gate) -> score a batch with models:/NAME@champion -> print where everything is.
 Runs on a temporary local Prefect API (state in $PREFECT_HOME) and the sqlite MLflow store of
 the config; a second run trains version N+1 and puts it through the gate. It ends by saying
-in words what the evaluation's numbers mean (``meaning_lines``), with absolute paths, and how
-to open the runs in the MLflow and Prefect UIs (``where_to_look``).
+in words what the evaluation's numbers mean (``vae_core.evaluation.meaning``), with
+absolute paths, and how to open the runs in the MLflow and Prefect UIs (``where_to_look``).
 
     python -m flows.demo                              # tables: data/cardio.csv, mlflow.yml
     python -m flows.demo --config configs/mnist.yml   # images: data/mnist
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flows.score import score
 from flows.train import train
-from vae_core.evaluation.report_record import baseline_sentence
+from vae_core.evaluation.meaning import meaning_lines
 from vae_core.foundations.config import load_config
 from vae_core.tracking.registry import TrackingTarget
 
@@ -84,68 +84,6 @@ def _scoring_uri(cfg, trained: dict) -> str | None:
         return None
     print(f"no champion (the gate refused v{trained['version']}): the demo scores with it")
     return f"models:/{cfg.tracking.registered_model}/{trained['version']}"
-
-
-def meaning_lines(report: dict, policy) -> list[str]:
-    """The evaluation's numbers in words: what each measures, on how many rows, how the
-    threshold was set (``policy``, the config's calibration policy) and what its interval says.
-
-    report : ``report.json`` as ``vae_core.evaluation.report.write_report`` writes it.
-    """
-    m = {k: v["value"] for k, v in report["metrics"].items()}
-    n, anomalies = report["n_rows"], report["n_anomalies"]
-    flagged = int(m["flagged_count"])
-    target = getattr(policy, "fpr", None)
-    how = (
-        f"to flag about {target:.0%} of the normal rows (calibration.policy {policy.name}, "
-        f"fpr {target})"
-        if target is not None
-        else f"by calibration.policy {policy.name}"
-    )
-    labelled = "" if anomalies is None else f", {anomalies} of them labelled anomalies"
-    share = "" if anomalies is None else f" ({anomalies / n:.1%})"
-    lines = [
-        f"What the numbers mean: the test split is {n} rows the model never saw{labelled}"
-        f"{share}. The threshold was set on the calibration split {how}; on the test split it "
-        f"flagged {flagged} rows ({m['flagged_share']:.1%}).",
-    ]
-    if anomalies is None:
-        return [*lines, "Without labels there is no ROC-AUC, recall or precision to report."]
-    if report.get("baseline"):
-        b = report["baseline"]
-        lines.append(baseline_sentence(m["roc_auc"], b["roc_auc"], b["method"]))
-    tp, fp = int(m["tp"]), int(m["fp"])
-    level = f"{report['bootstrap']['confidence']:.0%}"
-    lines += [
-        f"- ROC-AUC {m['roc_auc']:.3g}: the chance that an anomaly scores higher than a normal "
-        "row (0.5: a coin toss, 1: every anomaly above every normal row); it does not depend "
-        "on the threshold.",
-        f"- Recall {m['recall']:.3g}: the share of the anomalies flagged ({tp} of {anomalies}).",
-        f"- Precision {m['precision']:.3g}: the share of flagged rows that are anomalies "
-        f"({tp} of {flagged}).",
-        f"- False-positive rate {m['fpr']:.3g}: the share of normal rows flagged ({fp} of "
-        f"{n - anomalies})" + (f", against the {target:.0%} target." if target else "."),
-        f"- {level} CI: the range each number may take on another sample of this size "
-        "(bootstrap of the test split); a wide one means few rows decide the number."
-        + _wide_intervals(report["metrics"]),
-    ]
-    if target is not None:
-        lines.append(
-            f"A {target:.0%} false-positive target flags few rows: rarely a false alarm, but "
-            "anomalies that score like normal rows are missed (low recall). To flag more, raise "
-            "calibration.policy fpr in the config, or with labels use a policy such as "
-            "target_recall."
-        )
-    return lines
-
-
-def _wide_intervals(metrics: dict) -> str:
-    wide = [
-        f"{name} {metrics[name]['low']:.2g} to {metrics[name]['high']:.2g}"
-        for name in ("recall", "precision")
-        if metrics[name]["high"] - metrics[name]["low"] >= 0.5
-    ]
-    return f" Here {' and '.join(wide)}: too few rows to tell." if wide else ""
 
 
 def where_to_look(ui_command: str, model_name: str, experiment: str, prefect_home) -> list[str]:

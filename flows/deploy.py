@@ -57,6 +57,9 @@ def deploy_all(pool: str, config_path: str = "mlflow.yml", paused: bool = False)
             paused=paused,
             tags=["vae-anomaly"],
             print_next_steps=False,
+            # Prefect's process-pool notice (".serve is a great way to get started"), printed
+            # once per deployment: the README says to start a worker in this checkout
+            ignore_warnings=True,
         )
         done.append(f"deployment {flow_name}/{name} (pool {pool})")
     return done + alerts.ensure_automations(cfg, ids["train"], block_id)

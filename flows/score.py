@@ -24,7 +24,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import alerts
+from flows import alerts, run_names
 from flows.retry import BACKOFF, transient_only
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PipelineConfig, load_config
@@ -167,7 +167,7 @@ def log_scoring_run(cfg: PipelineConfig, model, summary: batch.BatchSummary, sou
     return registry.log_batch_scoring(target, model, summary, None, source, settings=settings)
 
 
-@flow(name="score", log_prints=True)
+@flow(name="score", log_prints=True, flow_run_name=run_names.score_run_name)
 def score(
     data_path: str | None = None,
     model_uri: str | None = None,
@@ -207,6 +207,7 @@ def score(
         on_wait=functools.partial(logger.warning, "batch %s: waiting for its other run"),
     )
     run_id = log_scoring_run(cfg, model, summary, source)
+    run_names.rename_run(f"score-{summary.batch_id}-{model.name}-v{model.version}")
     for path, reason in summary.skipped_files:
         logger.warning("skipped image %s: %s", path, reason)
     if summary.drift_warning:
@@ -231,6 +232,7 @@ def score(
             "anomaly maps",
         )
     print(text)
+    print(f"scores written to {summary.output} (MLflow run {run_id})")
     return {
         "batch_id": summary.batch_id,
         "output": str(summary.output),

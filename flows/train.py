@@ -18,7 +18,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import run_names
 from flows.retry import BACKOFF, transient_only
+from vae_core.evaluation.meaning import stopping_line
 from vae_core.foundations.config import PipelineConfig, load_config
 from vae_core.steps import dataset, feedback, pipeline
 from vae_core.steps.dataset import Data
@@ -120,7 +122,7 @@ def promote(cfg: PipelineConfig, data: Data, splits, version: str, source: str):
     )
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, flow_run_name=run_names.train_run_name)
 def train(
     data_path: str | None = None,
     out_dir: str = "runs/train",
@@ -142,6 +144,8 @@ def train(
     run_id = start_run(cfg, source)
     try:
         det = fit(data, splits.train, cfg, run_id)
+        epochs, patience = cfg.training.epochs, cfg.training.patience
+        print(stopping_line(len(det.history_), det.best_epoch_ + 1, epochs, patience))
         det = calibrate(det, data, splits.calibration, cfg)
         report, scores = evaluate(det, data, splits.test, splits.train, cfg)
         paths = save(det, report, scores, data, splits.test, str(out))
@@ -154,6 +158,7 @@ def train(
             registry.end_failed_run(registry.TrackingTarget.from_config(cfg), run_id)
         raise
     ref = register(cfg, run_id)
+    run_names.rename_run(f"train-{ref.name}-v{ref.version}")
     summary = {"run_id": run_id, "version": ref.version, "promoted": None}
     text = report.to_markdown() + skipped_markdown(data.skipped)
     for path, reason in data.skipped:

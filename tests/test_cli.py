@@ -271,3 +271,62 @@ def test_a_mistyped_id_column_is_named_as_an_id_column_with_the_file(trained, tm
         assert f"{tmp_path / 'my.parquet'}: id column(s) 'txnid' not found" in result.stderr
         assert "'txn_id'" in result.stderr and "schema" not in result.stderr
     assert "record_id" not in table.columns
+
+
+def test_score_keeps_the_models_id_columns_by_default(trained, tmp_path):
+    """Without --id-column, a table other than the config's own gets the id columns the
+    model was trained with; a table without them is scored in order, and says so."""
+    out, _ = trained
+    cardio = pd.read_csv(ROOT / "data" / "cardio.csv")
+    cardio.head(40).to_csv(tmp_path / "tonight.csv", index=False)
+    result = run_cli("score", "--model", out / "model", "--data", tmp_path / "tonight.csv",
+                     "--out", tmp_path / "s.parquet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_parquet(tmp_path / "s.parquet")
+    assert scores["record_id"].tolist() == cardio["record_id"].head(40).tolist()
+    assert "ids: record_id (the model's id columns" in result.stderr
+    cardio.head(40).drop(columns="record_id").to_csv(tmp_path / "no_ids.csv", index=False)
+    result = run_cli("score", "--model", out / "model", "--data", tmp_path / "no_ids.csv",
+                     "--out", tmp_path / "n.parquet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "record_id" not in pd.read_parquet(tmp_path / "n.parquet").columns
+    said = " ".join(result.stderr.split())
+    assert f"{tmp_path / 'no_ids.csv'} lacks the model's id column(s) 'record_id'" in said
+
+
+def test_an_error_keeps_both_quotes_and_no_progress_line_comes_before_it(trained, tmp_path):
+    out, _ = trained
+    cardio = pd.read_csv(ROOT / "data" / "cardio.csv").head(40)
+    gone = cardio.columns[3]
+    cardio.drop(columns=gone).to_csv(tmp_path / "short.csv", index=False)
+    result = run_cli("score", "--model", out / "model", "--data", tmp_path / "short.csv",
+                     "--id-column", "record_id", "--out", tmp_path / "s.parquet")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"'{gone}'" in said, said  # the closing quote too
+    assert "scoring" not in result.stderr.split("error:")[0]
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_key_errors_text_is_its_message_as_written():
+    from vae_core.cli.common import error_text
+
+    assert error_text(KeyError("missing column 'band_7'")) == "missing column 'band_7'"
+    assert error_text(ValueError("column 'a' is text")) == "column 'a' is text"
+    assert error_text(FileNotFoundError(2, "No such file", "x.csv")).endswith("'x.csv'")
+
+
+def test_the_help_gives_the_config_default_and_is_not_cut_at_80_columns():
+    def helped(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "vae_core.cli", *args, "--help"],
+            capture_output=True, text=True, env=dict(os.environ, COLUMNS="80"), timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert max(map(len, result.stdout.splitlines())) <= 80
+        return result.stdout
+
+    commands = helped().split("Commands:")[1]
+    assert "..." not in commands and "…" not in commands  # every command's line whole
+    text = " ".join(helped("score").split())
+    assert "(default: ./mlflow.yml if there is one, else the built-in defaults" in text

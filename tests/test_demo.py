@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.demo import meaning_lines, where_to_look
+from flows.demo import where_to_look
+from vae_core.evaluation.meaning import meaning_lines, stopping_line
 from vae_core.evaluation.report import evaluate
 from vae_core.foundations.calibrate import TargetFPR
 
@@ -58,3 +59,38 @@ def test_where_to_look_gives_absolute_paths_and_the_ui_commands(tmp_path, monkey
     assert f"PREFECT_HOME={tmp_path / '.prefect'} " in text  # resolved, not $PREFECT_HOME
     assert "server start --host 127.0.0.1 --port 4200" in text
     assert "http://127.0.0.1:4200/runs" in text
+
+
+def mnist_like_report() -> dict:
+    """A test split like the image demo's: 70 images, 45 anomalies the model tells apart,
+    and 2 of the 25 normal images above a threshold set for a 5% false-positive rate."""
+    y = np.r_[np.zeros(25, int), np.ones(45, int)]
+    scores = np.r_[np.linspace(0.0, 1.0, 25), np.linspace(2.0, 3.0, 45)]
+    threshold = float(np.sort(scores[:25])[-3])  # two normal images above it
+    return evaluate(scores, y, threshold, n_bootstrap=50).to_dict()
+
+
+def test_the_closing_sentence_follows_the_numbers():
+    """A high recall is not called low, and a test false-positive rate above the target is
+    said (the image demo: 0.08 against 5%, most of the split flagged because most of it are
+    anomalies)."""
+    report = mnist_like_report()
+    m = {k: v["value"] for k, v in report["metrics"].items()}
+    assert m["fpr"] == 2 / 25 and m["recall"] == 1.0
+    text = "\n".join(meaning_lines(report, TargetFPR(fpr=0.05)))
+    assert "flags few rows" not in text and "low recall" not in text
+    assert "The threshold flags 45 of the 45 anomalies (100%) and 2 of the 25 normal" in text
+    assert "false-positive rate (0.08, 2 of 25 normal rows) is above the 5% target" in text
+    assert "one row moves the rate by 0.04" in text
+    # at the target, nothing is said about it
+    calm = "\n".join(meaning_lines(report, TargetFPR(fpr=0.08)))
+    assert "above the" not in calm
+
+
+def test_why_training_stopped_is_said():
+    capped = stopping_line(epochs_run=100, best_epoch=100, max_epochs=100, patience=15)
+    assert "epoch cap, training.epochs = 100" in capped and "not by convergence" in capped
+    assert "still improving" in capped
+    assert "the best epoch was 97" in stopping_line(100, 97, 100, 15)
+    early = stopping_line(epochs_run=23, best_epoch=18, max_epochs=200, patience=5)
+    assert early.startswith("converged: stopped after 23 epochs, 5 without validation progress")

@@ -99,6 +99,24 @@ def test_prefect_artifacts_have_descriptions(store):
     assert any("highest-scoring rows" in d for d in described["top-anomalies"])
 
 
+def test_flow_runs_are_named_after_their_batch_and_model_version(store):
+    """Not Prefect's random two words: a score run is named after its batch id and the model
+    version that scored it, a train run after the version it registered."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.score import score
+
+    _, config, _ = store
+    score(data_path=str(CARDIO), batch_id="named", config_path=str(config))
+    wanted = ["score-named-vae-anomaly-v1", "train-vae-anomaly-v1"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=wanted))
+        )
+    assert set(wanted) <= {r.name for r in runs}
+
+
 def test_dask_task_runner_gives_the_same_scores_as_threads(store, tmp_path):
     from flows.score import score
 

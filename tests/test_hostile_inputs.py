@@ -19,7 +19,9 @@ def _config(tmp_path, text: str):
 
 
 CONFIG_CASES = [
-    ("model:\n  latnet_dim: 4\n", r"model\.latnet_dim: Extra inputs are not permitted"),
+    ("model:\n  latnet_dim: 4\n", r"model\.latnet_dim: unknown key; did you mean latent_dim\?"),
+    ("modle:\n  latent_dim: 4\n", r"modle: unknown key; did you mean model\?"),
+    ("model:\n  colour: red\n", r"model\.colour: unknown key; the keys here: latent_dim, hidden"),
     ("training:\n  epochs: many\n", r"training\.epochs: Input should be a valid integer"),
     ("training:\n  batch_size: -5\n", r"training\.batch_size: Input should be greater than"),
     ("model:\n  hidden_dims: [1000000000]\n", r"model\.hidden_dims: .*at most 65536 units"),

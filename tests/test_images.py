@@ -337,10 +337,33 @@ def test_score_images_writes_maps_for_the_top_anomalies(digit0, mnist, tmp_path)
 
 
 def test_review_grids_for_the_registry(digit0, mnist, tmp_path):
+    """Each grid is the plain tile grid (28 px digits at 2x), pixel for pixel, under a title
+    and beside a label for each row: a reader need not guess which rows are inputs."""
     paths = drawing.write_review_grids(digit0, mnist[1].images, tmp_path, n=12, ncols=8)
     prior, recon = (_read_png(paths[k]) for k in ("prior_samples", "reconstructions"))
-    assert prior.shape == (2 * (2 * 30 + 2), 2 * (8 * 30 + 2))  # 28 px digits drawn at 2x
-    assert recon.shape == (2 * (4 * 30 + 2), 2 * (8 * 30 + 2))  # originals, reconstructions, x2
+    for picture, rows in ((prior, 2), (recon, 4)):  # recon: originals, reconstructions
+        plain = (2 * (rows * 30 + 2), 2 * (8 * 30 + 2))
+        top, left = picture.shape[0] - plain[0], picture.shape[1] - plain[1]
+        assert top > 10 and left > 30  # room for the title and the row labels
+        tiles = picture[top:, left:]
+        assert (tiles[:4] == 128).all()  # the grid's grey border, where the plain grid has it
+        title, labels = picture[:top, :], picture[top:, :left]
+        assert (title < 100).any()  # dark text on white
+        for row in range(rows):  # a label beside every row of tiles
+            middle = 4 + row * 60 + 28
+            assert (labels[middle - 8 : middle + 8] < 100).any(), row
+    first = recon[recon.shape[0] - 2 * (4 * 30 + 2) :, recon.shape[1] - 2 * (8 * 30 + 2) :]
+    np.testing.assert_array_equal(first[4:60:2, 4:60:2], mnist[1].images[0])
+
+
+def test_an_anomaly_map_says_what_is_normal(digit0, mnist):
+    """The map's legend: the image's mean per pixel against the threshold spread over its
+    pixels, so a colour can be read as more or less than a flagged image's."""
+    amap = image_maps.anomaly_maps(digit0, mnist[1].images[:1])[0]
+    said = drawing.map_legend(amap, threshold=1568.0)
+    assert f"this image: {amap.mean():.2f} nats per pixel on average" in said
+    assert "the threshold, 1568.0 nats an image, is 2.00 per pixel" in said
+    assert drawing.map_legend(amap, None).endswith("on average")
 
 
 def test_importing_the_modules_loads_neither_pil_nor_matplotlib():

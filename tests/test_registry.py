@@ -234,8 +234,8 @@ def test_promote_without_a_challenger_names_the_fix(pipeline_config, cardio_tabl
     target = registry.TrackingTarget.from_config(pipeline_config)
     with pytest.raises(ValueError, match="no version with alias 'challenger'"):
         promote(target, pipeline_config, cardio_table)
-    with pytest.raises(ValueError, match="no version 7"):
-        promote(target, pipeline_config, cardio_table, version=7)
+    with pytest.raises(ValueError, match="no such registered model 'vae-anomaly'"):
+        promote(target, pipeline_config, cardio_table, version=7)  # none of that name yet
 
 
 # --------------------------------------------------------------------------- loading, scoring
@@ -408,10 +408,44 @@ def test_own_table_from_the_command_line_only_in_a_folder_without_a_config(
                   "--id-column", "txn_id", "--out", "scores.parquet", "--experiment", "fraud-dev"],
         )  # fmt: skip
         assert scored.exit_code == 0, scored.output
+        # mistyped: an alias (the aliases there are listed), a name (said to be absent)
+        score = ["score", "--data", "my.parquet", "--out", "x.parquet", "--model"]
+        typo = runner.invoke(app, [*score, "models:/fraud@champoin"])
+        assert typo.exit_code == 2
+        said = " ".join(typo.output.split())
+        assert "registered model 'fraud' has no alias 'champoin'" in said
+        assert "its aliases: @champion (version 1)" in said  # challenger: promoted
+        assert "did you mean @champion?" in said and "vae-anomaly train" not in said
+        absent = runner.invoke(app, [*score, "models:/frod@champion"])
+        assert absent.exit_code == 2
+        said = " ".join(absent.output.split())
+        assert "no such registered model 'frod'" in said and "did you mean 'fraud'?" in said
+        # no --id-column: the id column the model was trained with
+        by_default = runner.invoke(app, [*score[:-1], "--model", "runs/v1/model"])
+        assert by_default.exit_code == 0, by_default.output
     scores = pd.read_parquet(tmp_path / "scores.parquet")
     assert scores["txn_id"].tolist() == table["txn_id"].tolist()
+    assert pd.read_parquet(tmp_path / "x.parquet")["txn_id"].tolist() == table["txn_id"].tolist()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [m.name for m in client.search_registered_models()] == ["fraud"]
     experiment = client.get_experiment_by_name("fraud-dev")
     assert len(client.search_runs([experiment.experiment_id])) == 2  # training and scoring
     assert not (tmp_path / "mlflow.yml").exists()
+
+
+def test_a_new_local_store_is_announced_before_it_is_made(tmp_path, capsys, monkeypatch):
+    """From a folder without a config or store, a command that uses MLflow says first where
+    the store it creates will be; an existing store is not announced."""
+    from vae_core.cli.common import announce_new_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(write_pipeline_config(tmp_path))
+    cfg = cfg.model_copy(
+        update={"tracking": cfg.tracking.model_copy(update={"uri": "sqlite:///fresh.db"})}
+    )
+    announce_new_store(cfg)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"creating a new MLflow store: {tmp_path / 'fresh.db'} and" in said
+    (tmp_path / "fresh.db").touch()
+    announce_new_store(cfg)
+    assert capsys.readouterr().err == ""

@@ -29,6 +29,7 @@ from vae_core.cli.common import (  # noqa: F401 - the command's shared parts, im
     _scoring_model,
     _tracking_overrides,
     _user_errors,
+    announce_new_store,
     app,
     console,
 )
@@ -52,7 +53,7 @@ def _epoch_progress(max_epochs: int):
     return progress, on_epoch_end
 
 
-@app.command()
+@app.command(short_help="Fit, calibrate, evaluate, save and register a model.")
 @_user_errors
 def train(
     data: Annotated[
@@ -109,6 +110,9 @@ def train(
     from vae_core.foundations.calibrate import Calibration
 
     typer.echo(outcome.report.to_markdown(Calibration(**det.calibration_)))
+    from vae_core.evaluation.meaning import meaning_lines
+
+    typer.echo("\n".join(meaning_lines(outcome.report.to_dict(), cfg.calibration.policy)))
     typer.echo(f"\nmodel:  {out / 'model'}\nreport: {out / 'report' / 'report.md'}")
     from vae_core.steps.image_pipeline import skipped_markdown
 
@@ -155,10 +159,12 @@ def _train(dataset, cfg, out: Path, callbacks=(), leave_out=None):
             "anomalies (vae-anomaly feedback)"
         )
     det = outcome.detector
-    console.print(
-        f"stopped after {len(det.history_)} epochs (best {det.best_epoch_ + 1}); "
-        f"splits {outcome.splits.sizes()}"
+    from vae_core.evaluation.meaning import stopping_line
+
+    stopped = stopping_line(
+        len(det.history_), det.best_epoch_ + 1, cfg.training.epochs, cfg.training.patience
     )
+    console.print(f"{stopped}; splits {outcome.splits.sizes()}", highlight=False)
     return outcome
 
 
@@ -168,6 +174,7 @@ def _train_registered(dataset, cfg, data: Path, out: Path, config: Path | None =
 
     from vae_core.tracking import registry
 
+    announce_new_store(cfg)
     target = registry.TrackingTarget.from_config(cfg)
     source = str(Path(data).resolve())  # recorded: promote finds the rows from anywhere
     from vae_core.steps.feedback import confirmed_positions
@@ -209,7 +216,7 @@ def _script(name: str) -> str:
         return str(script)
 
 
-@app.command()
+@app.command(short_help="Move @champion to the challenger if it passes the gate.")
 @_user_errors
 def promote(
     version: Annotated[
@@ -255,6 +262,7 @@ def promote(
         label_column,
         id_column,
     )
+    announce_new_store(cfg)
     target = registry.TrackingTarget.from_config(cfg)
     if data is None and label_column is None and not id_column:
         # the rows the version was trained and tested on, as its training run recorded them
@@ -276,7 +284,7 @@ def promote(
     typer.echo(f"models:/{decision.model_name}@champion -> version {decision.champion or '-'}")
 
 
-@app.command()
+@app.command(short_help="Score a table or images with a saved or registered model.")
 @_user_errors
 def score(
     model: Annotated[
@@ -305,7 +313,8 @@ def score(
         list[str] | None,
         typer.Option(
             help="Pass-through id column(s) (tables only; default: the config's "
-            "data.id_columns when --data is the config's own data, else none)."
+            "data.id_columns when --data is the config's own data, else the id columns the "
+            "model was trained with if --data has them)."
         ),
     ] = None,
     top_features: Annotated[
@@ -358,6 +367,8 @@ def score(
         raise ValueError("--batch-id is for images; a table's batch is the --out file name")
     else:
         table_output(out)
+        if not cfg.data.id_columns:
+            cfg = _with_model_ids(cfg, det, data)
     # A flag wins over the config (mlflow.yml, then the defaults), as in the score flow.
     flags = (("chunk_rows", chunk_rows), ("top_features", top_features))
     settings = cfg.scoring.model_copy(update={k: v for k, v in flags if v is not None})
@@ -381,6 +392,32 @@ def score(
     typer.echo(f"scored with {ref.uri} (@{ref.alias or '-'}); logged as run {run_id}")
 
 
+def _with_model_ids(cfg, det, data: Path):
+    """``cfg`` with the id columns the model was trained with (``det.id_columns_``) when the
+    table to score has them all: scores keep their ids unless --id-column names others.
+    Without them the rows can only be matched by order, which is said."""
+    from vae_core.foundations.config import DataConfig
+    from vae_core.steps.batch_input import source_columns
+
+    trained = list(getattr(det, "id_columns_", []))
+    if not trained:
+        return cfg
+    have = set(source_columns(data))
+    if not set(trained) <= have:
+        lacking = ", ".join(repr(c) for c in trained if c not in have)
+        console.print(
+            f"[yellow]note:[/] no id columns in the scores: {escape(str(data))} lacks the "
+            f"model's id column(s) {escape(lacking)}; rows are in the input's order "
+            "(--id-column names others)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return cfg
+    console.print(f"ids: {', '.join(trained)} (the model's id columns; --id-column for others)")
+    data_section = DataConfig(**(cfg.data.model_dump() | {"id_columns": trained}))
+    return cfg.model_copy(update={"data": data_section})
+
+
 def _with_progress(det, cfg):
     """``score_parts`` for a table: ``scoring.max_workers`` partitions at a time on threads,
     as the score flow's thread runner scores them, with a progress bar."""
@@ -393,6 +430,7 @@ def _with_progress(det, cfg):
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
+            transient=True,  # gone when done: an error is not preceded by "scoring 0/1"
         ) as progress:
             task = progress.add_task("score", total=len(parts))
             advance = lambda: progress.update(task, advance=1)  # noqa: E731

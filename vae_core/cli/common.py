@@ -18,10 +18,20 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Anomaly detection with a variational auto-encoder.",
+    rich_markup_mode=None,  # plain help: rewrapped to any width, never cut at 80 columns
 )
 console = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="mlflow.yml to read.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Pipeline config to read (default: ./mlflow.yml if there is one, else the "
+        "built-in defaults, which keep MLflow in ./mlflow.db and ./mlartifacts).",
+        show_default=False,
+    ),
+]
 ModelNameOpt = Annotated[
     str | None,
     typer.Option("--registered-model", help="Registered model name (tracking.registered_model)."),
@@ -43,6 +53,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def error_text(exc: BaseException) -> str:
+    """The message of ``exc`` as it was written. ``str(KeyError("missing column 'x'"))`` is
+    its repr, in quotes of its own; stripping quotes from the ends would also cut the closing
+    quote of a name inside the message, so a KeyError's own argument is taken instead."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
+
+
 def _user_errors(fn):
     """Turn the exceptions that mean 'bad input' into one line and exit code 2."""
     import functools
@@ -52,7 +71,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
-            _fail(str(exc).strip("'\""))
+            _fail(error_text(exc))
         except OSError as exc:  # a full disk or quota is the machine's state, not a bug
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -61,11 +80,32 @@ def _user_errors(fn):
     return wrapper
 
 
+def announce_new_store(cfg) -> None:
+    """Say so before a command creates a local MLflow store (a sqlite file that does not exist
+    yet, and its artifact folder): from an empty folder, without an mlflow.yml, the defaults
+    put them in the working directory."""
+    uri = cfg.tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return
+    artifacts = cfg.path(cfg.tracking.artifact_location)
+    console.print(
+        f"creating a new MLflow store: {escape(str(db))} and {escape(str(artifacts))}/ "
+        "(tracking.uri, tracking.artifact_location; MLFLOW_TRACKING_URI or --config for "
+        "another)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _scoring_model(model: str, cfg):
     """(detector, RegisteredDetector or None) for a saved folder or a models:/ URI."""
     if model.startswith("models:/"):
         from vae_core.tracking import registry
 
+        announce_new_store(cfg)
         registered = registry.load_registered(registry.TrackingTarget.from_config(cfg), model)
         return registered.detector.set_params(missing=cfg.scoring.missing), registered
     from vae_core.estimator.detector import VAEDetector

@@ -69,7 +69,7 @@ def embed(
     typer.echo(f"embedded {len(frame)} rows in {det.latent_dim} dimensions -> {out}")
 
 
-@app.command()
+@app.command(short_help="Generate rows or images from the prior: z ~ N(0, I).")
 @_user_errors
 def sample(
     model: Annotated[str, typer.Option(help="Folder written by `train`, or models:/NAME@ALIAS.")],

@@ -59,6 +59,9 @@ def detector_metadata(det) -> dict:
     }
     if hasattr(det, "feature_names_in_"):
         meta["state"]["feature_names_in_"] = list(det.feature_names_in_)
+    # the pass-through id columns of the training table (pipeline.fit_detector): scoring
+    # writes them by default
+    meta["state"]["id_columns_"] = list(getattr(det, "id_columns_", []))
     if det.probability_ is not None:
         meta["anomaly_probability"] = det.probability_.to_dict()
     return meta
@@ -143,6 +146,7 @@ def load_detector(path, cls):
     det.score_eps_ = tensors["score_eps"]
     det.preprocessor_ = preprocessor_from_dict(meta["preprocessing"])
     det.loss_cutoff_ = det.n_left_out_ = None
+    det.id_columns_ = []  # a model saved before they were recorded
     for key, value in meta["state"].items():
         setattr(det, key, np.asarray(value, dtype=object) if key == "feature_names_in_" else value)
     det.probability_ = None

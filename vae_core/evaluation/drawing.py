@@ -69,15 +69,71 @@ def image_grid_png(
     (nearest neighbour, so pixels stay pixels). Tiles are separated by ``pad`` grey pixels.
     """
     tiles = _to_display(images, pixel_max)
+    ncols = max(1, min(int(ncols), len(tiles)))
+    return _write_file(path, _png_bytes(_grid_canvas(tiles, ncols, scale, pad)))
+
+
+def _grid_canvas(tiles: np.ndarray, ncols: int, scale: int, pad: int) -> np.ndarray:
+    """uint8 display tiles laid out row by row on grey, upsampled by ``scale``."""
     n, h, w = tiles.shape[:3]
-    ncols = max(1, min(int(ncols), n))
     nrows = math.ceil(n / ncols)
     canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, *tiles.shape[3:]), 128)
     for i, tile in enumerate(tiles):
         top, left = pad + (i // ncols) * (h + pad), pad + (i % ncols) * (w + pad)
         canvas[top : top + h, left : left + w] = tile
-    canvas = canvas.astype(np.uint8).repeat(int(scale), axis=0).repeat(int(scale), axis=1)
-    return _write_file(path, _png_bytes(canvas))
+    return canvas.astype(np.uint8).repeat(int(scale), axis=0).repeat(int(scale), axis=1)
+
+
+def labelled_grid_png(
+    images,
+    path,
+    row_labels: list[str],
+    title: str,
+    ncols: int = 8,
+    pixel_max: float = 255.0,
+    scale: int = 1,
+    pad: int = 2,
+) -> Path:
+    """``image_grid_png`` with words a reader needs: ``title`` above the grid and
+    ``row_labels[i % len(row_labels)]`` left of grid row i (e.g. input / reconstruction).
+    The grid itself is drawn pixel for pixel as ``image_grid_png`` draws it, on white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    tiles = _to_display(images, pixel_max)
+    ncols = max(1, min(int(ncols), len(tiles)))
+    grid = _grid_canvas(tiles, ncols, scale, pad)
+    font = ImageFont.load_default(size=13)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    margin = 12 + int(max(probe.textlength(label, font=font) for label in row_labels))
+    head = 24
+    mode = "RGB" if grid.ndim == 3 else "L"
+    white = (255, 255, 255) if mode == "RGB" else 255
+    page = Image.new(mode, (margin + grid.shape[1], head + grid.shape[0]), white)
+    page.paste(Image.fromarray(grid, mode), (margin, head))
+    draw = ImageDraw.Draw(page)
+    draw.text((6, 5), title, fill=0 if mode == "L" else (0, 0, 0), font=font)
+    row_height = (tiles.shape[1] + pad) * scale
+    for i in range(math.ceil(len(tiles) / ncols)):
+        middle = head + pad * scale + i * row_height + tiles.shape[1] * scale // 2
+        label = row_labels[i % len(row_labels)]
+        draw.text((6, middle), label, fill=0 if mode == "L" else (0, 0, 0), font=font, anchor="lm")
+    buf = io.BytesIO()
+    page.save(buf, format="PNG")
+    return _write_file(path, buf.getvalue())
+
+
+def map_legend(amap, threshold: float | None) -> str:
+    """What a map's colours mean against the threshold: the image's mean per pixel, and the
+    threshold (nats per image, the KL term included) spread over its pixels, the mean above
+    which an image is flagged whatever its KL term."""
+    amap = np.asarray(amap, dtype="float64")
+    said = f"this image: {amap.mean():.2f} nats per pixel on average"
+    if threshold is None or not np.isfinite(threshold):
+        return said
+    return (
+        f"{said}; the threshold, {threshold:.1f} nats an image, is {threshold / amap.size:.2f} "
+        "per pixel: an image whose pixels average more is flagged"
+    )
 
 
 def _map_range(maps: np.ndarray) -> tuple[float, float]:
@@ -94,8 +150,11 @@ def save_anomaly_map_png(
     title: str | None = None,
     pixel_max: float = 255.0,
     map_range: tuple[float, float] | None = None,
+    threshold: float | None = None,
 ) -> Path:
-    """Write original | reconstruction | anomaly map (nats per pixel) side by side as a PNG.
+    """Write original | reconstruction | anomaly map (nats per pixel) side by side as a PNG,
+    with a legend under it (``map_legend``: the image's mean per pixel against the
+    ``threshold``, nats an image, spread over its pixels) so a reader can tell what is normal.
 
     image, reconstruction : (H, W) or (C, H, W) in data units. amap : (H, W).
     map_range : colour scale of the map, (low, high) in nats; share one across images to
@@ -107,7 +166,7 @@ def save_anomaly_map_png(
     shown = _to_display(np.stack([image, reconstruction]), pixel_max)
     amap = np.asarray(amap, dtype="float64")
     low, high = map_range if map_range is not None else _map_range(amap)
-    fig = Figure(figsize=(8.0, 2.9), layout="constrained")
+    fig = Figure(figsize=(8.0, 3.2), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, picture, name in zip(axes[:2], shown, ("original", "reconstruction"), strict=True):
         ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -120,6 +179,7 @@ def save_anomaly_map_png(
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.supxlabel(map_legend(amap, threshold), fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return _write_file(path, buf.getvalue())
@@ -186,6 +246,7 @@ def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
                 title,
                 pixel_max,
                 map_range,
+                threshold=float(det.threshold_) if det.threshold_ is not None else None,
             )
         )
     return paths
@@ -194,8 +255,9 @@ def write_top_maps(det, top: ImageSet, scores, folder) -> list[Path]:
 def write_review_grids(
     det, images, out_dir, n: int = 32, ncols: int = 8, random_state: int = 0
 ) -> dict[str, Path]:
-    """PNG grids for the registry review: ``prior_samples.png`` (decoder means at z ~ N(0, I))
-    and ``reconstructions.png`` (rows of originals, each followed by its reconstructions).
+    """PNG grids for the registry review, titled and with each row labelled
+    (``labelled_grid_png``): ``prior_samples.png`` (decoder means at z ~ N(0, I)) and
+    ``reconstructions.png`` (rows of inputs, each followed by a row of their reconstructions).
 
     Small images are upsampled (nearest neighbour) to tiles of at least 56 pixels.
     """
@@ -209,11 +271,24 @@ def write_review_grids(
         pairs += [originals[start : start + ncols], recons[start : start + ncols]]
     prior = prior_means(det, n, random_state)
     return {
-        "prior_samples": image_grid_png(
-            prior, out_dir / "prior_samples.png", ncols, pixel_max, scale
+        "prior_samples": labelled_grid_png(
+            prior,
+            out_dir / "prior_samples.png",
+            ["sample"],
+            "What the model has learnt: decoder means at z ~ N(0, I)",
+            ncols,
+            pixel_max,
+            scale,
         ),
-        "reconstructions": image_grid_png(
-            _pad_rows(pairs, ncols), out_dir / "reconstructions.png", ncols, pixel_max, scale
+        "reconstructions": labelled_grid_png(
+            _pad_rows(pairs, ncols),
+            out_dir / "reconstructions.png",
+            ["input", "reconstruction"],
+            f"Test images in split order (the first {len(originals)}): each input row, then "
+            "its reconstructions",
+            ncols,
+            pixel_max,
+            scale,
         ),
     }
 

@@ -329,8 +329,34 @@ def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: {_unknown_key(e['loc'])}")
+        else:
+            lines.append(f"  {key}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _unknown_key(loc: tuple) -> str:
+    """'unknown key' with the nearest key of its section ("did you mean latent_dim?"), or the
+    section's keys when none is near."""
+    import difflib
+
+    section: type[BaseModel] | None = PipelineConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if section else None
+        annotation = field.annotation if field else None
+        section = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    if section is None:
+        return "unknown key"
+    known = [name for name in section.model_fields if name != "root"]
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if near:
+        return f"unknown key; did you mean {near[0]}?"
+    return f"unknown key; the keys here: {', '.join(known)}"
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PipelineConfig:

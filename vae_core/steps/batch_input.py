@@ -88,6 +88,14 @@ def _file_partitions(path: Path) -> list[Partition]:
     return [Partition(str(path), g) for g in range(n_groups)]
 
 
+def source_columns(source: str | Path) -> list[str]:
+    """The column names of a batch's first partition (every partition has the same)."""
+    path = Path(list_partitions(source)[0].path)
+    if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
+        return csv_header(path)
+    return list(pq.ParquetFile(path).schema_arrow.names)
+
+
 def read_partition(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Chunks of at most ``chunk_rows`` rows; each chunk's index is its rows' 0-based
     positions in the whole file (a row group's rows too), which error messages name."""

@@ -101,8 +101,12 @@ def _strata(y: np.ndarray | None) -> np.ndarray | None:
 def fit_detector(
     features: pd.DataFrame, cfg: PipelineConfig, callbacks: Sequence[EpochCallback] = ()
 ) -> VAEDetector:
-    """A VAEDetector with the config's model and training settings, fitted on ``features``."""
-    return VAEDetector(**cfg.detector_params()).fit(features, callbacks=callbacks)
+    """A VAEDetector with the config's model and training settings, fitted on ``features``.
+    It keeps the table's id columns (``cfg.data.id_columns``) as ``id_columns_``, saved with
+    it: scoring passes them through unless told otherwise (``vae-anomaly score``)."""
+    det = VAEDetector(**cfg.detector_params()).fit(features, callbacks=callbacks)
+    det.id_columns_ = list(cfg.data.id_columns)  # an image is named by its path: unused
+    return det
 
 
 def calibrate_detector(

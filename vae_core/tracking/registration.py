@@ -76,12 +76,48 @@ def version_by_alias(client: MlflowClient, name: str, alias: str):
         raise
 
 
+def not_found_message(client: MlflowClient, name: str, alias: str | None, where: str) -> str:
+    """Why ``models:/NAME@ALIAS`` (or ``models:/NAME/N`` when ``alias`` is None) found no
+    version: no registered model of that name (the names there are listed), or the aliases
+    the model has (the nearest first, as "did you mean"), or that it has none yet."""
+    import difflib
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        near = difflib.get_close_matches(name, names, n=1)
+        return (
+            f"no such registered model {name!r} in {where}"
+            + (f"; did you mean {near[0]!r}?" if near else "")
+            + f" (registered there: {', '.join(names) or 'none'})"
+        )
+    if alias is None:
+        return f"registered model {name!r} in {where} has no such version"
+    aliases = dict(model.aliases or {})
+    if not aliases:
+        return (
+            f"registered model {name!r} has no aliases yet in {where} (vae-anomaly train "
+            "registers @challenger, vae-anomaly promote moves @champion)"
+        )
+    near = difflib.get_close_matches(alias, list(aliases), n=1)
+    listed = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items()))
+    return f"registered model {name!r} has no alias {alias!r} in {where}; its aliases: " + (
+        f"{listed} (did you mean @{near[0]}?)" if near else listed
+    )
+
+
 def version_by_number(client: MlflowClient, name: str, version: str | int):
     """Version ``version`` of ``name``; ``ValueError`` naming both when it does not exist."""
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            missing = not_found_message(client, name, None, "this store")
+            if missing.startswith("no such registered model"):
+                raise ValueError(missing) from None
             raise ValueError(f"registered model {name!r} has no version {version}") from None
         raise
 

@@ -26,6 +26,7 @@ from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.provenance import source_digest
 from vae_core.tracking.registration import (
     ModelVersionRef,
+    not_found_message,
     version_by_alias,
     version_by_number,
     version_ref,
@@ -71,10 +72,7 @@ def load_registered(target: TrackingTarget, model_uri: str) -> RegisteredDetecto
     else:
         mv = version_by_number(client, name, version)
     if mv is None:
-        raise ValueError(
-            f"{model_uri}: no version of {name!r} has alias {alias!r} in {target.uri} "
-            "(train and promote one: vae-anomaly train, vae-anomaly promote)"
-        )
+        raise ValueError(f"{model_uri}: {not_found_message(client, name, alias, target.uri)}")
     return RegisteredDetector(version_ref(mv, alias), load_packaged_detector(name, mv.version))
 
 
