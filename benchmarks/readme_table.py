@@ -1,0 +1,115 @@
+"""The README's results table, regenerated from the recorded benchmark runs.
+
+    python benchmarks/readme_table.py            # rewrite the block in README.md
+    python benchmarks/readme_table.py --check    # exit 1 if README.md's block is stale
+
+Reads benchmarks/results/quality.json (benchmarks/quality.py --json) and images.json
+(benchmarks/images.py --json) and writes the table between the markers
+``<!-- results:begin -->`` and ``<!-- results:end -->`` of README.md: mean ROC-AUC and average
+precision over the tabular sets (each set's mean over its seeds first), the one-class MNIST
+mean over digits, how many sets the VAE leads IsolationForest on, and the commit, date and
+machine the runs were made on. Nothing else in the README holds a benchmark number, so
+rerunning the benchmarks and then this script keeps the README true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+METHODS = ("vae_core", "pyod_vae", "iforest")
+HEADERS = ("vae_core (defaults)", "PyOD VAE (defaults)", "IsolationForest")
+
+
+def per_group_means(results: list[dict], method: str, key: str, by: str) -> dict:
+    """{group: mean of ``key`` over its runs} for one method (groups: datasets or digits)."""
+    groups: dict = {}
+    for r in results:
+        if r["method"] == method and r.get(key) is not None:
+            groups.setdefault(r[by], []).append(float(r[key]))
+    return {g: sum(v) / len(v) for g, v in groups.items()}
+
+
+def mean_of(results: list[dict], method: str, key: str, by: str) -> float | None:
+    """The mean over groups of each group's mean (None when the method has no runs)."""
+    means = per_group_means(results, method, key, by)
+    return sum(means.values()) / len(means) if means else None
+
+
+def _row(label: str, values: list[float | None]) -> str:
+    best = max((v for v in values if v is not None), default=None)
+    cells = ["" if v is None else (f"**{v:.3f}**" if v == best else f"{v:.3f}") for v in values]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _machine(meta: dict) -> str:
+    return (
+        f"{meta['cpu']}, {meta['nproc']} cores, at commit {meta['git_commit']}, {meta['date'][:10]}"
+    )
+
+
+def table(quality: dict, images: dict) -> str:
+    """The Markdown block (without the markers)."""
+    q, im = quality["results"], images["results"]
+    n_sets, seeds = len({r["dataset"] for r in q}), quality["meta"].get("seeds")
+    lines = [
+        f"| {n_sets} ADBench / ODDS sets, {seeds} seeds | " + " | ".join(HEADERS) + " |",
+        "|---|---|---|---|",
+        _row("mean ROC-AUC", [mean_of(q, m, "roc_auc", "dataset") for m in METHODS]),
+        _row(
+            "mean average precision",
+            [mean_of(q, m, "average_precision", "dataset") for m in METHODS],
+        ),
+        _row(
+            "one-class MNIST, mean ROC-AUC over 10 digits",
+            [mean_of(im, m, "roc_auc", "digit") for m in METHODS],
+        ),
+    ]
+    vae = per_group_means(q, "vae_core", "roc_auc", "dataset")
+    forest = per_group_means(q, "iforest", "roc_auc", "dataset")
+    ahead = sum(vae[d] > forest[d] for d in vae if d in forest)
+    lines += [
+        "",
+        f"vae_core's ROC-AUC is above IsolationForest's on {ahead} of {len(vae)} sets.",
+        f"Tables: {_machine(quality['meta'])} (`benchmarks/results/quality.json`);",
+        f"MNIST: {_machine(images['meta'])} (`images.json`).",
+    ]
+    return "\n".join(lines)
+
+
+def render(readme: str, block: str) -> str:
+    """``readme`` with the text between the markers replaced by ``block``."""
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    quality = json.loads((RESULTS / "quality.json").read_text())
+    images = json.loads((RESULTS / "images.json").read_text())
+    readme = args.readme.read_text()
+    updated = render(readme, table(quality, images))
+    if args.check:
+        if updated != readme:
+            print(f"{args.readme}: the results table is stale; run {Path(__file__).name}")
+            return 1
+        return 0
+    if updated != readme:
+        args.readme.write_text(updated)
+        print(f"{args.readme}: results table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
