@@ -25,14 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"site_front.png": "", "site_configuration.png": "configuration/"}
+PAGES = {  # name: (page, window height)
+    "site_front.png": ("", 1000),
+    "site_configuration.png": ("configuration/#tracking", 1400),
+}
 
 
 @contextlib.contextmanager
 def serving(folder: Path) -> Iterator[int]:
     """A static HTTP server of ``folder`` on 127.0.0.1 and a free port, stopped after."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None  # quiet
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -46,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    parser.add_argument("--size", default="1280,1000", help="window width,height in pixels")
+    parser.add_argument("--width", type=int, default=1280, help="window width in pixels")
     args = parser.parse_args()
     mkdocs = Path(sys.executable).parent / "mkdocs"
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,12 +65,12 @@ def main() -> None:
             env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
         )
         with serving(site) as port:
-            for name, page in PAGES.items():
+            for name, (page, height) in PAGES.items():
                 subprocess.run(
                     [
                         args.chromium, "--headless", "--no-sandbox", "--disable-gpu",
                         "--hide-scrollbars", f"--user-data-dir={Path(tmp) / 'profile'}",
-                        f"--window-size={args.size}", "--virtual-time-budget=10000",
+                        f"--window-size={args.width},{height}", "--virtual-time-budget=10000",
                         f"--screenshot={args.out / name}", f"http://127.0.0.1:{port}/{page}",
                     ],
                     check=True, capture_output=True, timeout=180,

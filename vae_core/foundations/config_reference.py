@@ -112,13 +112,12 @@ def _section_table(name: str, model: type[BaseModel], comments: dict[str, str]) 
     lines = [f"### `{name}`", "", doc]
     if comments.get(name):
         lines += ["", _cell(comments[name])]
-    lines += ["", "| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
+    lines += ["", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, field in model.model_fields.items():
         meaning = comments.get(f"{name}.{key}", "")
-        lines.append(
-            f"| `{name}.{key}` | {type_name(field.annotation)} | {_default(field)} | "
-            f"{_limits(field)} | {_cell(meaning)} |"
-        )
+        limits = _limits(field)
+        kind = type_name(field.annotation) + (f", {limits}" if limits else "")
+        lines.append(f"| `{key}` | {kind} | {_default(field)} | {_cell(meaning)} |")
     return [*lines, ""]
 
 
