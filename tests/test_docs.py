@@ -88,3 +88,21 @@ def test_the_config_reference_reads_the_meaning_of_keys_from_the_commented_file(
     text = reference_markdown(ROOT / "mlflow.yml")
     assert "| `latent_dim` | int, ≥ 1, ≤ 65536 | `8` |" in text
     assert "| `target_fpr` |" in text  # the calibration policies, by name
+
+
+def test_links_to_files_the_site_does_not_carry_become_their_paths():
+    """The README's links work on the site (docs/x.md -> x.md); a link to a repository file
+    outside docs/ shows its path; a broken link is left for --strict to fail on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_hook", ROOT / "docs/hooks/readme.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    assert hook.site_links("[a](docs/images.md#x) ![m](docs/latent_mnist_map.png)") == (
+        "[a](images.md#x) ![m](latent_mnist_map.png)"
+    )
+    assert hook.site_links("see [data/README.md](data/README.md)") == "see `data/README.md`"
+    page = "[c](../mlflow.yml) [t](tables.md) [x](gone.md) [w](https://example.org)"
+    assert hook.site_links(page, hook.DOCS) == (
+        "`mlflow.yml` [t](tables.md) [x](gone.md) [w](https://example.org)"
+    )

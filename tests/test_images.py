@@ -362,7 +362,7 @@ def test_an_anomaly_map_says_what_is_normal(digit0, mnist):
     amap = image_maps.anomaly_maps(digit0, mnist[1].images[:1])[0]
     said = drawing.map_legend(amap, threshold=1568.0)
     assert f"this image: {amap.mean():.2f} nats per pixel on average" in said
-    assert "the threshold, 1568.0 nats an image, is 2.00 per pixel" in said
+    assert "\nthe threshold, 1568.0 nats an image, is 2.00 per pixel" in said  # 2 lines
     assert drawing.map_legend(amap, None).endswith("on average")
 
 

@@ -108,7 +108,8 @@ def labelled_grid_png(
     head = 24
     mode = "RGB" if grid.ndim == 3 else "L"
     white = (255, 255, 255) if mode == "RGB" else 255
-    page = Image.new(mode, (margin + grid.shape[1], head + grid.shape[0]), white)
+    width = max(margin + grid.shape[1], 12 + int(probe.textlength(title, font=font)))
+    page = Image.new(mode, (width, head + grid.shape[0]), white)
     page.paste(Image.fromarray(grid, mode), (margin, head))
     draw = ImageDraw.Draw(page)
     draw.text((6, 5), title, fill=0 if mode == "L" else (0, 0, 0), font=font)
@@ -131,8 +132,8 @@ def map_legend(amap, threshold: float | None) -> str:
     if threshold is None or not np.isfinite(threshold):
         return said
     return (
-        f"{said}; the threshold, {threshold:.1f} nats an image, is {threshold / amap.size:.2f} "
-        "per pixel: an image whose pixels average more is flagged"
+        f"{said};\nthe threshold, {threshold:.1f} nats an image, is {threshold / amap.size:.2f} "
+        "per pixel (an image whose pixels average more is flagged)"
     )
 
 
@@ -166,7 +167,7 @@ def save_anomaly_map_png(
     shown = _to_display(np.stack([image, reconstruction]), pixel_max)
     amap = np.asarray(amap, dtype="float64")
     low, high = map_range if map_range is not None else _map_range(amap)
-    fig = Figure(figsize=(8.0, 3.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, picture, name in zip(axes[:2], shown, ("original", "reconstruction"), strict=True):
         ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -275,7 +276,7 @@ def write_review_grids(
             prior,
             out_dir / "prior_samples.png",
             ["sample"],
-            "What the model has learnt: decoder means at z ~ N(0, I)",
+            "What the model learnt: decoder means at z ~ N(0, I)",
             ncols,
             pixel_max,
             scale,
@@ -284,8 +285,7 @@ def write_review_grids(
             _pad_rows(pairs, ncols),
             out_dir / "reconstructions.png",
             ["input", "reconstruction"],
-            f"Test images in split order (the first {len(originals)}): each input row, then "
-            "its reconstructions",
+            f"{len(originals)} test inputs in split order; under each row, its reconstructions",
             ncols,
             pixel_max,
             scale,
