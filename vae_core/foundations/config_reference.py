@@ -108,7 +108,7 @@ def _cell(text: str) -> str:
 
 
 def _section_table(name: str, model: type[BaseModel], comments: dict[str, str]) -> list[str]:
-    doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
     lines = [f"### `{name}`", "", doc]
     if comments.get(name):
         lines += ["", _cell(comments[name])]
@@ -138,7 +138,7 @@ def _policies() -> list[str]:
             for k, f in fields.items()
             if k != "name"
         )
-        doc = (policy.__doc__ or "").strip().replace("\n", " ")
+        doc = " ".join((policy.__doc__ or "").split())
         lines.append(f"| `{fields['name'].default}` | {_cell(doc)} | {keys} |")
     return [*lines, ""]
 
