@@ -4,5 +4,8 @@ share (``common``). The top layer: it may import every other.
 """
 
 from vae_core.cli.commands import app, main
+from vae_core.cli.common import whole_short_help
+
+whole_short_help(app)  # every command registered by now (commands imports the others)
 
 __all__ = ["app", "main"]

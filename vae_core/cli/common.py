@@ -41,6 +41,16 @@ ExperimentOpt = Annotated[
 ]
 
 
+def whole_short_help(typer_app: typer.Typer) -> None:
+    """Give every command without a ``short_help`` its docstring's first sentence as one:
+    ``--help`` then wraps it instead of cutting it to the terminal's width with "..."."""
+    for info in typer_app.registered_commands:
+        if info.short_help is None:
+            doc = info.help or (info.callback.__doc__ if info.callback else None) or ""
+            first = " ".join(doc.strip().split("\n\n")[0].split())
+            info.short_help = first.split(". ")[0].rstrip(".") + "." if first else None
+
+
 def _tracking_overrides(registered_model: str | None, experiment: str | None) -> dict:
     """Config overrides for the tracking section from the command line (a flag wins)."""
     given = {"registered_model": registered_model, "experiment": experiment}
