@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {  # name: (page, window height)
     "site_front.png": ("", 1000),
-    "site_configuration.png": ("configuration/#tracking", 1400),
+    "site_configuration.png": ("configuration/", 1800),
 }
 
 

@@ -70,8 +70,10 @@ def test_the_configuration_reference_has_every_key_of_the_typed_config(site):
 
 
 def test_the_api_reference_comes_from_the_docstrings(site):
-    page = _text((site / "api" / "index.html").read_text())
-    assert "VAEDetector" in page and "anomaly_score" in page
+    html = (site / "api" / "index.html").read_text()
+    for method in ("fit", "calibrate", "anomaly_score", "log_likelihood", "transform", "save"):
+        assert f'id="vae_core.estimator.detector.VAEDetector.{method}"' in html, method
+    page = _text(html)
     assert "load_config" in page and "score_batch" in page
 
 
