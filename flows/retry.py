@@ -3,7 +3,8 @@ backoff; user errors (bad input, bad config) fail at once, since retrying cannot
 
 from __future__ import annotations
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+# PermissionError: a refused call (tracking.access.AccessRefused) is refused again
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError, PermissionError)
 BACKOFF = [2, 8, 30]  # seconds between the attempts
 
 

@@ -5,7 +5,7 @@ store, and two real ``vae-anomaly score`` processes writing one sqlite store at 
 Nothing of MLflow is mocked: the only hook wraps one function of the registration
 (``vae_core.tracking.registration``) so that
 the server dies at an exact point of the registration sequence (log run -> create version ->
-description -> alias -> the ``registration_state: incomplete`` tag removed).
+description -> alias -> ``registration_state: complete``).
 """
 
 import contextlib
@@ -147,7 +147,7 @@ def assert_one_finished_version(client: MlflowClient, name: str, run_id: str):
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
     mv = client.get_model_version(name, versions[0].version)
     assert mv.run_id == run_id
-    assert "registration_state" not in mv.tags  # removed by the last step: finished
+    assert mv.tags["registration_state"] == "complete"  # set by the last step: finished
     assert len(mv.tags) <= registry.MAX_VERSION_TAGS, mv.tags  # the versions table stays readable
     assert (mv.description or "").startswith(f"## Review of {name} version {mv.version}")
     assert "**Promotion log**" in mv.description

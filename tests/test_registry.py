@@ -149,7 +149,7 @@ def test_register_challenger_writes_a_review_and_tags(
     assert float(tags["threshold"]) == pytest.approx(trained_cardio.detector.threshold_, rel=1e-3)
     assert tags["policy"] == "target_fpr" and "test_roc_auc" in tags and tags["rows"] == "1831"
     assert tags["data_sha256"] == registry.table_fingerprint(cardio_table)["sha256"][:16]
-    assert tags["promotion"] == "pending" and "registration_state" not in tags  # finished
+    assert tags["promotion"] == "pending" and tags["registration_state"] == "complete"
     assert len(tags) <= registry.MAX_VERSION_TAGS
     assert "vae_core" in text and "commit `" in text  # the code version: in the review
 

@@ -465,8 +465,10 @@ def _report(summary, cfg) -> None:
         )
 
 
-# embed, sample and interpolate (the latent space), feedback and recalibrate (the loop) live in
-# their own modules and register here.
+# embed, sample and interpolate (the latent space), feedback and recalibrate (the loop) and
+# access (the users of an MLflow server with authentication) live in their own modules and
+# register here.
+import vae_core.cli.access  # noqa: E402
 import vae_core.cli.latent  # noqa: E402
 import vae_core.cli.loop  # noqa: E402, F401
 

@@ -80,7 +80,9 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
+        # PermissionError: a file we may not write, or a call the tracking server refused
+        # (tracking.access.AccessRefused names the user, the action and the permission)
+        except (ValueError, FileNotFoundError, KeyError, ConnectionError, PermissionError) as exc:
             _fail(error_text(exc))
         except OSError as exc:  # a full disk or quota is the machine's state, not a bug
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -50,6 +50,9 @@ class TrackingConfig(_Section):
 
     uri: str = "sqlite:///mlflow.db"  # relative sqlite paths are resolved against the config
     experiment: str = "vae-anomaly"
+    # scoring runs; null: ``experiment``. A scoring worker of its own then needs EDIT on this
+    # experiment only (vae-anomaly access, docs/production.md)
+    scoring_experiment: str | None = None
     artifact_location: str = "mlartifacts"
     registered_model: str = "vae-anomaly"
     max_retries: int = Field(3, ge=0, le=10)  # for an unreachable tracking server

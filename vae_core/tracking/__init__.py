@@ -10,6 +10,8 @@ One job a module:
 - ``packaging``: the detector as an MLflow pyfunc model (models-from-code), and back.
 - ``registration``: versions, the ``challenger`` and ``champion`` aliases, promotion.
 - ``scoring_runs``: registered models loaded for scoring, and scoring runs.
+- ``access``: credentials from the environment only, a refused call as one line
+  (``AccessRefused``); ``users``: the users and permissions of a server with authentication.
 
 Every function takes plain arguments (a ``TrackingTarget``, config sections, a detector, a
 dataset) so that a Prefect task is one call; nothing here runs at import time.

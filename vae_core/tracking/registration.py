@@ -31,6 +31,7 @@ from vae_core.steps.promotion import (
     review_description,
     training_fingerprint,
 )
+from vae_core.tracking import access
 from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.store import (
     TrackingTarget,
@@ -122,7 +123,8 @@ def version_by_number(client: MlflowClient, name: str, version: str | int):
         raise
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create registered model ``name`` with the description of its aliases, if missing."""
     try:
         client.get_registered_model(name)
     except MlflowException as exc:
@@ -149,7 +151,7 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
 
     Safe to rerun after a failure at any step (a tracking server that died, a killed
     process). The version is created tagged ``registration_state: incomplete``, in the same
-    write as its other tags, and that tag is removed (the version is complete) only after
+    write as its other tags, and that tag becomes ``complete`` only after
     its description and alias are set. A rerun for the same run finishes that version (or
     returns it, if it was finished) instead of creating another; a rerun of the same training
     as a new run (the same ``training_fingerprint``: settings and data) deletes the
@@ -175,10 +177,11 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
         ) from exc
 
 
-# Version tag: INCOMPLETE from creation until the last step of registration, which removes
-# it (a tag less in the versions table); "complete" on versions registered before that.
+# Version tag: INCOMPLETE from creation until the last step of registration sets COMPLETE.
+# Set, not deleted: deleting a version's tag needs MANAGE on the registered model (MLflow's
+# basic-auth), which the trainers' role (EDIT) does not have (tracking.users.ROLES).
 REGISTRATION_STATE = "registration_state"
-INCOMPLETE = "incomplete"
+INCOMPLETE, COMPLETE = "incomplete", "complete"
 FINGERPRINT_TAG = "training_fingerprint"  # promotion.training_fingerprint of the run
 
 
@@ -194,13 +197,24 @@ def _version_of_run(client: MlflowClient, name: str, run: RunRecord):
         if ours is None and mv.run_id == run.run_id:
             ours = mv
         elif mv.tags.get(REGISTRATION_STATE) == INCOMPLETE:
-            client.delete_model_version(name, mv.version)
+            _delete_superseded(client, name, mv.version)
     return ours
+
+
+def _delete_superseded(client: MlflowClient, name: str, version: str) -> None:
+    """Delete an unfinished version that this registration supersedes. Deleting needs MANAGE
+    (MLflow's basic-auth); a trainer's EDIT leaves it unfinished, which promotion refuses,
+    for a reviewer to delete."""
+    try:
+        client.delete_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
 
 
 def _create_version(client: MlflowClient, name: str, run: RunRecord):
     """A new version of the run's packaged model, tagged ``registration_state: incomplete``."""
-    _ensure_registered_model(client, name)
+    ensure_registered_model(client, name)
     with contextlib.redirect_stderr(io.StringIO()):  # two progress lines; we report the version
         return mlflow.register_model(run.tags[MODEL_URI_TAG], name, tags=version_tags(run))
 
@@ -208,8 +222,8 @@ def _create_version(client: MlflowClient, name: str, run: RunRecord):
 def _finish_registration(
     client: MlflowClient, name: str, run: RunRecord, version: str
 ) -> ModelVersionRef:
-    """Write the review, move ``challenger`` to ``version``, and mark it complete (last: the
-    ``registration_state: incomplete`` tag removed)."""
+    """Write the review, move ``challenger`` to ``version``, and mark it complete (last:
+    ``registration_state: complete``)."""
     champion = version_by_alias(client, name, CHAMPION)
     champion_run = _record_with_schema(client, champion.run_id) if champion else None
     run = dataclasses.replace(run, schema=_feature_schema(client, run.run_id))
@@ -217,7 +231,7 @@ def _finish_registration(
     description = review_description(name, version, run, old, champion_run)
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    client.delete_model_version_tag(name, version, REGISTRATION_STATE)
+    client.set_model_version_tag(name, version, REGISTRATION_STATE, COMPLETE)
     return version_ref(client.get_model_version(name, version), CHALLENGER)
 
 
@@ -382,8 +396,11 @@ def _challenger_version(client: MlflowClient, name: str, version: str | int | No
 
 
 def _move_champion(client: MlflowClient, decision: PromotionDecision) -> None:
+    """Move ``champion`` first: a refused move leaves both aliases as they were."""
     name, version = decision.model_name, decision.version
-    client.set_registered_model_alias(name, CHAMPION, version)
+    model = f"{access.MODEL} {name!r}"
+    with access.acting(f"move @{CHAMPION} of {model} to version {version}", f"EDIT on {model}"):
+        client.set_registered_model_alias(name, CHAMPION, version)
     current = version_by_alias(client, name, CHALLENGER)
     if current is not None and str(current.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)

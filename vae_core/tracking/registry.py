@@ -4,6 +4,7 @@ runs), re-exported so that callers write ``registry.log_training_run(...)``. The
 the life of a model in calls are in ``vae_core/tracking/``.
 """
 
+from vae_core.tracking.access import AccessRefused
 from vae_core.tracking.feedback_runs import (
     FEEDBACK_RUN_TAG,
     read_feedback,
@@ -77,6 +78,7 @@ __all__ = [
     "PROMOTION_TAG",
     "REGISTRATION_STATE",
     "RUNTIME_PACKAGES",
+    "AccessRefused",
     "ModelVersionRef",
     "RegisteredDetector",
     "TrackingTarget",

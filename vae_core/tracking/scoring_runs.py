@@ -205,7 +205,9 @@ def _scoring_run(
     tags[NOTE_TAG] = scoring_run_note(model, summary, data_source)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
-        experiment_id_of(target), run_name=f"score-v{model.version}-{stamp}", tags=tags
+        experiment_id_of(target, target.scoring_experiment),
+        run_name=f"score-v{model.version}-{stamp}",
+        tags=tags,
     )
     run_id = run.info.run_id
     try:

@@ -1,6 +1,7 @@
 """The tracking store: where it is (``TrackingTarget``), whether it answers, and the wrapper
 every call into it goes through (``tracking_call``: reachability, bounded retries, the URI set
-and put back, a store that stops answering reported as ``TrackingUnavailable``).
+and put back, a store that stops answering reported as ``TrackingUnavailable``, a refused call
+as ``access.AccessRefused``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from vae_core.foundations.config import PipelineConfig
 from vae_core.steps.promotion import RunRecord
+from vae_core.tracking import access
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 _REMOTE_SCHEMES = ("http://", "https://", "databricks")
@@ -35,6 +37,7 @@ class TrackingTarget:
 
     artifact_location : root for new experiments' artifacts; None leaves it to a tracking
         server (its ``--artifacts-destination``).
+    scoring_experiment : where scoring runs go; None: ``experiment``.
     """
 
     uri: str
@@ -42,10 +45,11 @@ class TrackingTarget:
     model_name: str
     artifact_location: str | None
     max_retries: int = 3
+    scoring_experiment: str | None = None
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> TrackingTarget:
-        uri, location = cfg.tracking_uri(), cfg.tracking.artifact_location
+        uri, location = access.check_uri(cfg.tracking_uri()), cfg.tracking.artifact_location
         if ":/" not in location:  # a plain path: local stores only
             location = None if uri.startswith(_REMOTE_SCHEMES) else str(cfg.path(location))
         return cls(
@@ -54,6 +58,7 @@ class TrackingTarget:
             model_name=cfg.tracking.registered_model,
             artifact_location=location,
             max_retries=cfg.tracking.max_retries,
+            scoring_experiment=cfg.tracking.scoring_experiment,
         )
 
     def ui_command(self) -> str:
@@ -113,7 +118,9 @@ def unreachable_as_error(target: TrackingTarget) -> Iterator[None]:
 
 
 def tracking_call(fn):
-    """Check the store, point MLflow at it, and report it if it stops answering."""
+    """Check the store, point MLflow at it, and report it if it stops answering or refuses
+    the call (``access.AccessRefused``: one line naming the user, the action, the permission
+    it needs)."""
 
     @functools.wraps(fn)
     def wrapper(target: TrackingTarget, *args, **kwargs):
@@ -124,8 +131,13 @@ def tracking_call(fn):
         exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(target.uri)
         try:
-            with unreachable_as_error(target):
+            with unreachable_as_error(target), access.acting_for(fn.__name__, target):
                 return fn(target, *args, **kwargs)
+        except (MlflowException, requests.HTTPError) as exc:
+            refused = access.refusal(target, exc)
+            if refused is None:
+                raise
+            raise refused from exc
         finally:
             if exported is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -140,22 +152,23 @@ def mlflow_client(target: TrackingTarget) -> MlflowClient:
     return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
 
-def experiment_id_of(target: TrackingTarget) -> str:
-    """The id of the target's experiment, created if missing; a deleted one is an error."""
-    client = mlflow_client(target)
-    exp = client.get_experiment_by_name(target.experiment)
+def experiment_id_of(target: TrackingTarget, name: str | None = None) -> str:
+    """The id of experiment ``name`` (default the target's), created if missing; a deleted
+    one is an error."""
+    client, name = mlflow_client(target), name or target.experiment
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(target.experiment, target.artifact_location)
+            return client.create_experiment(name, target.artifact_location)
         except MlflowException as exc:  # created meanwhile by another process
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            exp = client.get_experiment_by_name(target.experiment)
+            exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage != "active":
         raise ValueError(
-            f"experiment {target.experiment!r} in {target.uri} is deleted: restore it with "
+            f"experiment {name!r} in {target.uri} is deleted: restore it with "
             f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or rename "
-            "tracking.experiment"
+            "it in the tracking section"
         )
     return exp.experiment_id
 
