@@ -1,5 +1,5 @@
-"""Who may promote: the production profile with authentication (docs/production.md, "Access
-control"), on real servers started once for the module:
+"""Who may promote: the production profile with authentication (docs/production.md, section 8,
+"Access control"), on real servers started once for the module:
 
 * PostgreSQL: one role per server, each with a password (sent to PostgreSQL as a SCRAM
   verifier, never in clear), read by the servers from a ``.pgpass`` (``PGPASSFILE``); no

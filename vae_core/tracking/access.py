@@ -1,5 +1,5 @@
 """Who may do what on an MLflow server run as ``mlflow server --app-name basic-auth``
-(docs/production.md, "Access control").
+(docs/production.md, section 8, "Access control").
 
 - Credentials come from the environment only (``MLFLOW_TRACKING_USERNAME`` and
   ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client reads on each request); a tracking URI

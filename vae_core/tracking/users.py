@@ -1,7 +1,7 @@
 """The project's users on an MLflow server run with ``--app-name basic-auth``: each with a
 role (``ROLES``) and its permissions, set up by ``set_up_access`` (the ``vae-anomaly
 access`` command), which is repeatable and replaces the admin's bootstrap password.
-docs/production.md, "Access control", says who holds which role and what MLflow's
+docs/production.md, section 8 ("Access control"), says who holds which role and what MLflow's
 permissions cannot separate.
 """
 
