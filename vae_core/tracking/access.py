@@ -128,6 +128,12 @@ ACTIONS: dict[str, tuple[str, str]] = {
         "load a version of {model}",
         "READ on {model} and on {experiment} (the model's files)",
     ),
+    "scored_rows": ("read the scoring runs of {model}", "READ on {scoring} and {model}"),
+    "read_feedback": ("read the verdicts on {model}", "READ on {model} and {experiment}"),
+    "record_feedback": (
+        "record verdicts on {model}",
+        "EDIT on {model}, {experiment} and {scoring} (and on logged models)",
+    ),
     "log_scoring_run": (
         "log a scoring run in {scoring}",
         "EDIT on {scoring} (and on logged models: the run's link to its model)",

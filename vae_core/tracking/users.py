@@ -41,8 +41,15 @@ ROLES: dict[str, dict[str, str]] = {
     },
     # logs training runs, registers versions as @challenger
     "trainer": {"model": "EDIT", "experiment": "EDIT", "scoring_experiment": "READ"},
-    # promotes through the gate (moves @champion), may delete versions
-    "reviewer": {"model": "MANAGE", "experiment": "READ", "scoring_experiment": "READ"},
+    # promotes through the gate (moves @champion), may delete versions; records reviewers'
+    # verdicts (vae-anomaly feedback: a feedback run in the training experiment, metrics on
+    # the scoring runs and their logged models)
+    "reviewer": {
+        "model": "MANAGE",
+        "experiment": "EDIT",
+        "scoring_experiment": "EDIT",
+        "logged_models": "EDIT",
+    },
 }
 
 
