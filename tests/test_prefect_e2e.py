@@ -4,6 +4,7 @@ flows/deploy.py, `prefect deployment run`, and a worker that executes the run.
 Every process the test starts is stopped in a finally block, even when the test fails.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import CARDIO, ROOT, free_port, prefect_flow_run, write_pipeline_config
+from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
 
 pytestmark = pytest.mark.e2e
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -123,8 +124,9 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
             ],
             env,
         )
-        name = next(
-            line.split("'")[1] for line in started.splitlines() if "Created flow run" in line
+        # by its id: the score flow renames its run after the batch and the model version
+        run_id = next(
+            line.split("UUID:")[1].strip() for line in started.splitlines() if "UUID:" in line
         )
         worker = subprocess.Popen(
             [*PREFECT, "worker", "start", "--pool", "e2e-pool", "--run-once"],
@@ -136,7 +138,9 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
             text=True,
         )
         output, _ = worker.communicate(timeout=300)
-        assert prefect_flow_run(api, name)["state_type"] == "COMPLETED", output[-3000:]
+        with urllib.request.urlopen(f"{api}/flow_runs/{run_id}") as r:
+            state = json.load(r)["state_type"]
+        assert state == "COMPLETED", output[-3000:]
     finally:
         _stop(worker)
         _stop(server)
