@@ -371,7 +371,7 @@ def test_a_tracking_call_leaves_the_environment_as_it_was(tmp_path, monkeypatch)
         model_name="m",
         artifact_location=str(tmp_path / "art"),
     )
-    with pytest.raises(ValueError, match="no version"):
+    with pytest.raises(ValueError, match="no such registered model 'm'"):
         registry.load_registered(target, "models:/m@champion")
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
