@@ -21,7 +21,7 @@ export PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE := 100
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 
-.PHONY: demo demo-images test lint docs install clean
+.PHONY: demo demo-images test test-fast lint docs install clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -54,6 +54,11 @@ demo-images: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: every test that starts no server (no Prefect or MLflow server, worker or
+# Dask cluster; conftest.py marks those "server") and does not train on the real datasets.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not server and not slow"
 
 # The documentation site at http://127.0.0.1:8000 (mkdocs.yml; the configuration reference is
 # generated from the typed config at build). CI builds it with --strict (tests/test_docs.py).

@@ -4,7 +4,7 @@ The image path reads a training folder into one uint8 array when its decoded pix
 ``images.in_memory_mb``, and otherwise keeps the files and decodes them minibatch by minibatch
 (``vae_core.data.images.ImageFiles``). This script measures what that buys: for each image count and
 mode, a fresh Python process lists and reads a folder of PNG files with
-``image_pipeline.load_images`` and trains the conv VAE for ``--epochs`` epochs on it through
+``kinds.choice.load_dataset`` and trains the conv VAE for ``--epochs`` epochs on it through
 ``pipeline.fit_detector`` (the flow's calls), then reports its peak resident memory
 (``ru_maxrss``) and the seconds per epoch.
 
@@ -57,7 +57,8 @@ def child(args) -> None:
     import torch
 
     from vae_core.foundations.config import load_config
-    from vae_core.steps import image_pipeline, pipeline
+    from vae_core.kinds.choice import load_dataset
+    from vae_core.steps import pipeline
 
     torch.set_num_threads(args.threads)
     in_memory_mb = 1e9 if args.mode == "in_memory" else 0
@@ -76,7 +77,7 @@ def child(args) -> None:
         },
     )
     started = time.perf_counter()
-    data = image_pipeline.load_images(args.folder, cfg.images)
+    data = load_dataset(args.folder, cfg)
     loaded = time.perf_counter() - started
     rows = np.arange(len(data.images))
     det = pipeline.fit_detector(data.features_at(rows), cfg)

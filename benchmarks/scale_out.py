@@ -57,10 +57,17 @@ def _worker_detector(model_dir: str):
 
 def score_in_worker(model_dir: str, part, staging: str, index: int, top_features: int):
     """What the flow's ``score_partition`` task runs in a Dask worker."""
+    from vae_core.foundations.config import PipelineConfig
     from vae_core.steps import batch
 
     det = _worker_detector(model_dir)
-    return batch.score_partition(det, part, Path(staging), index, ["id"], 65_536, top_features)
+    cfg = PipelineConfig.model_validate(
+        {
+            "data": {"id_columns": ["id"]},
+            "scoring": {"chunk_rows": 65_536, "top_features": top_features},
+        }
+    )
+    return batch.score_partition(det, part, Path(staging), index, cfg)
 
 
 def fit_model(model_dir: Path, features: int) -> None:
@@ -80,9 +87,10 @@ def measure(
 ) -> dict:
     from dask.distributed import Client, LocalCluster
 
+    from vae_core.kinds.table_input import list_partitions
     from vae_core.steps import batch
 
-    parts = batch.list_partitions(src)
+    parts = list_partitions(src)
     with (
         LocalCluster(
             n_workers=workers,

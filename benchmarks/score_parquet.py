@@ -77,14 +77,15 @@ def score_parquet(
     workers: int = 1,
 ) -> int:
     """Score every row of ``src`` into ``dst`` through the product's batch path
-    (``batch.score_table_batch``: schema validation, chunked scoring, staged atomic commit, as
+    (``batch.score_batch_into``: schema validation, chunked scoring, staged atomic commit, as
     the score flow and ``vae-anomaly score`` run it), ``workers`` partitions at a time on
     threads (``batch.local_parts``, ``scoring.max_workers``); returns the number of rows."""
-    from vae_core.foundations.config import ScoringConfig
+    from vae_core.foundations.config import PipelineConfig
     from vae_core.steps import batch
 
-    scoring = ScoringConfig(chunk_rows=batch_rows, top_features=top_features, max_workers=workers)
-    return batch.score_table_batch(det, src, dst, "speed", scoring, ids).rows
+    scoring = {"chunk_rows": batch_rows, "top_features": top_features, "max_workers": workers}
+    cfg = PipelineConfig.model_validate({"data": {"id_columns": list(ids)}, "scoring": scoring})
+    return batch.score_batch_into(det, src, dst, "speed", cfg).rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ Three measurements, one Markdown table with the ratios and their targets:
 2. Scoring throughput on a synthetic table of ``--rows`` rows x ``--features`` float64 columns
    (fixed seed, written once to Parquet in ``--workdir``): (a) ``det.anomaly_score`` on the
    in-memory array, (b) Parquet in -> Parquet out with ``score_parquet.py`` (the product's
-   ``batch.score_table_batch``) in a subprocess, (c) PyOD's ``decision_function`` on the first
+   ``batch.score_batch_into``) in a subprocess, (c) PyOD's ``decision_function`` on the first
    ``--pyod-rows`` rows; each the best of ``--repeats`` runs, taken in turns. At the scoring
    defaults (8 draws of z, 3 top features; ``--top-features 0`` for scores only). Targets
    (issue "Production scale"): (b) >= 50% of (a) and >= 3x (c) (an earlier target said 20x).

@@ -1,5 +1,5 @@
 """Training memory on tables larger than memory: peak RSS of a whole training run
-(``load_table`` -> ``dataset.train_and_evaluate``: split, fit, calibrate, evaluate, review)
+(``load_dataset`` -> ``training.train_and_evaluate``: split, fit, calibrate, evaluate, review)
 on synthetic Parquet files of each ``--rows`` size, each in a fresh process.
 
 With ``data.max_train_rows`` (default 500,000) the table is read as a fixed uniform sample
@@ -49,9 +49,10 @@ def peak_rss_mib() -> float:
 def child(path: Path, epochs: int, threads: int, max_rows: int | None) -> dict:
     """One training run in this process; its phases' times and peak RSS."""
     protocol.set_torch_threads(threads)
-    from vae_core.data.ingest import load_table, table_rows
+    from vae_core.data.ingest import table_rows
     from vae_core.foundations.config import PipelineConfig
-    from vae_core.steps.dataset import train_and_evaluate
+    from vae_core.kinds.choice import load_dataset
+    from vae_core.steps.training import train_and_evaluate
 
     cfg = PipelineConfig.model_validate(
         {
@@ -61,7 +62,7 @@ def child(path: Path, epochs: int, threads: int, max_rows: int | None) -> dict:
     )
     out: dict = {"file_rows": table_rows(path), "after_imports_mib": peak_rss_mib()}
     t0 = time.perf_counter()
-    table = load_table(path, cfg.data)
+    table = load_dataset(path, cfg)
     out |= {"rows_read": len(table.features), "load_s": time.perf_counter() - t0}
     out["after_load_mib"] = peak_rss_mib()
     t0 = time.perf_counter()

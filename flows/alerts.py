@@ -34,7 +34,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from vae_core.foundations.config import AlertsConfig, PipelineConfig
-from vae_core.steps.batch import BatchSummary
+from vae_core.steps.batch_report import BatchSummary
 
 SCORED = "vae-anomaly.batch.scored"
 LIMIT_CROSSED = "vae-anomaly.batch.limit-crossed"

@@ -1,15 +1,15 @@
 """The nightly batch-scoring flow.
 
-    resolve the model (models:/NAME@champion, or a version) -> ``dataset.score_batch``, the
-    batch scoring ``vae-anomaly score`` runs too: list the batch's partitions -> score each
-    partition (validated, chunked, staged) as a Prefect task on the configured task runner ->
-    commit one Parquet file atomically -> log the run to MLflow -> Prefect events (the batch, and
-a crossed limit: flows/alerts.py) -> Prefect artifacts.
+    resolve the model (models:/NAME@champion, or a version) -> ``batch.score_batch``, the
+    one batch engine ``vae-anomaly score`` runs too: list the batch's partitions -> score each
+    partition (read, validated, chunked, staged) as a Prefect task on the configured task
+    runner -> commit one Parquet file atomically -> log the run to MLflow (drift included)
+    -> Prefect events (the batch, and a crossed limit: flows/alerts.py) -> Prefect artifacts.
 
-An image model (``data.kind: images``) scores the folder (or .npz) in chunks of
-``images.chunk_images``, with anomaly maps for the top ``images.top_maps``, into one Parquet
-file (path, class, anomaly_score, is_anomaly, anomaly_probability, map_path); its MLflow run
-also holds the maps and the skipped files.
+An image model (``data.kind: images``) goes through the same engine: its one partition, the
+folder (or .npz), is read in chunks of ``images.chunk_images``, with anomaly maps for the top
+``images.top_maps``, into one Parquet file (path, class, anomaly_score, is_anomaly,
+anomaly_probability, map_path); its MLflow run also holds the maps and the skipped files.
 
 Run it: ``python -m flows.score [--config configs/mnist.yml]`` or
 ``prefect deployment run 'score/nightly'``.
@@ -28,8 +28,10 @@ from flows import alerts, run_names
 from flows.retry import BACKOFF, transient_only
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PipelineConfig, load_config
+from vae_core.kinds.protocol import Partition
 from vae_core.network import devices
-from vae_core.steps import batch, dataset
+from vae_core.steps import batch
+from vae_core.steps.batch_report import BatchSummary, StagedPart, summary_markdown
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=transient_only)
 
@@ -53,20 +55,11 @@ def _detector(folder: str) -> VAEDetector:
 
 @task(**IO_RETRIES)
 def score_partition(
-    model_dir: str,
-    part: batch.Partition,
-    staging: str,
-    index: int,
-    id_columns: list[str],
-    chunk_rows: int,
-    top_features: int,
-    missing: str = "marginalise",
-) -> batch.StagedPart:
+    model_dir: str, part: Partition, staging: str, index: int, cfg: PipelineConfig
+) -> StagedPart:
     _check_visible(model_dir, Path(staging).parent)
-    det = _detector(model_dir).set_params(missing=missing)
-    return batch.score_partition(
-        det, part, Path(staging), index, id_columns, chunk_rows, top_features
-    )
+    det = _detector(model_dir).set_params(missing=cfg.scoring.missing)
+    return batch.score_partition(det, part, Path(staging), index, cfg)
 
 
 def _check_visible(model_dir: str, out_dir: Path) -> None:
@@ -143,24 +136,17 @@ def _dask_runner_class():
 
 @flow(name="score-partitions")
 def score_partitions(
-    model_dir: str, parts: list[batch.Partition], staging: str, cfg: PipelineConfig
-) -> list[batch.StagedPart]:
+    model_dir: str, parts: list[Partition], staging: str, cfg: PipelineConfig
+) -> list[StagedPart]:
     """Score every partition on this flow's task runner; a failure fails the batch."""
     futures = score_partition.map(
-        unmapped(model_dir),
-        parts,
-        unmapped(staging),
-        list(range(len(parts))),
-        unmapped(cfg.data.id_columns),
-        unmapped(cfg.scoring.chunk_rows),
-        unmapped(cfg.scoring.top_features),
-        unmapped(cfg.scoring.missing),
+        unmapped(model_dir), parts, unmapped(staging), list(range(len(parts))), unmapped(cfg)
     )
     return [f.result() for f in futures]
 
 
 @task(**IO_RETRIES)
-def log_scoring_run(cfg: PipelineConfig, model, summary: batch.BatchSummary, source: str) -> str:
+def log_scoring_run(cfg: PipelineConfig, model, summary: BatchSummary, source: str) -> str:
     from vae_core.tracking import registry
 
     target, settings = registry.TrackingTarget.from_config(cfg), registry.scoring_settings(cfg)
@@ -179,8 +165,8 @@ def score(
     ``<output_dir>/<batch id>.parquet``: ids, anomaly_score, is_anomaly, anomaly_probability,
     top contributing columns (images: path, class, scores and ``map_path``, with
     ``<batch id>.maps/`` and, for skipped files, ``<batch id>.skipped.csv``). Rerunning a
-    batch replaces its output. ``dataset.score_batch`` does the work, as for
-    ``vae-anomaly score``; a table's partitions are Prefect tasks on the configured runner.
+    batch replaces its output. ``batch.score_batch`` does the work, as for
+    ``vae-anomaly score``; the partitions are Prefect tasks on the configured runner.
     """
     cfg = load_config(config_path)
     logger = get_run_logger()
@@ -197,7 +183,7 @@ def score(
         with devices.shared_cores(min(cfg.scoring.max_workers, len(parts))):
             return runner(model_dir, parts, str(staging), cfg)
 
-    summary = dataset.score_batch(
+    summary = batch.score_batch(
         _detector(model_dir),
         source,
         cfg,
@@ -216,7 +202,7 @@ def score(
     for limit in crossed:
         logger.warning("batch %s crossed a limit: %s", summary.batch_id, limit.describe())
     name, unit = f"{model.name} v{model.version}", summary.unit
-    text = batch.summary_markdown(summary, name, source)
+    text = summary_markdown(summary, name, source)
     create_markdown_artifact(
         text + f"\nMLflow run: `{run_id}`\n",
         key="scoring-summary",

@@ -46,11 +46,11 @@ def free_port() -> int:
 def train_register_promote(store: Path, epochs: int) -> str:
     """Two versions of the demo model in ``store``; the registered model's name."""
     sys.path.insert(0, str(ROOT))
-    from vae_core.data.ingest import load_table
     from vae_core.foundations.config import load_config
-    from vae_core.steps.dataset import train_and_evaluate
+    from vae_core.kinds.choice import load_dataset
     from vae_core.steps.pipeline import held_out
     from vae_core.steps.promotion import measure_on
+    from vae_core.steps.training import train_and_evaluate
     from vae_core.tracking import registry
 
     for latent_dim in (4, 8):
@@ -64,7 +64,7 @@ def train_register_promote(store: Path, epochs: int) -> str:
         }
         cfg = load_config(ROOT / "mlflow.yml", overrides)
         source = str(cfg.path(cfg.data.train_path))
-        table = load_table(source, cfg.data)
+        table = load_dataset(source, cfg)
         target = registry.TrackingTarget.from_config(cfg)
         run_id = registry.start_training_run(target, cfg, source)
         outcome = train_and_evaluate(table, cfg, store / f"run-{latent_dim}")

@@ -21,6 +21,16 @@ from tests.helpers import (  # noqa: F401 - the fixtures' helpers
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark ``server`` every test that starts a server: the e2e tests (real servers, workers,
+    clusters) and those that run flows in process (the ``harness`` fixture, a temporary
+    Prefect API server). ``make test-fast`` runs ``-m "not server and not slow"``."""
+    for item in items:
+        if item.get_closest_marker("e2e") or "harness" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture(scope="session")
 def mixed_data() -> pd.DataFrame:
     return mixed_frame()
@@ -76,19 +86,32 @@ def pipeline_config(tmp_path, mlflow_uri):
 def cardio_table():
     """data/cardio.csv as features, labels (176 anomalies of 1831) and record ids."""
     from vae_core.data.ingest import read_table, split_columns
+    from vae_core.kinds.table import LabelledTable
 
-    return split_columns(read_table(CARDIO), "label", ["record_id"], source=str(CARDIO))
+    return LabelledTable(
+        *split_columns(read_table(CARDIO), "label", ["record_id"], source=str(CARDIO))
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_cardio(cardio_table, tmp_path_factory):
     """One tiny model trained, calibrated and evaluated on cardio per session (TrainOutcome)."""
     from vae_core.foundations.config import load_config
-    from vae_core.steps.dataset import train_and_evaluate
+    from vae_core.steps.training import train_and_evaluate
 
     folder = tmp_path_factory.mktemp("trained-cardio")
     cfg = load_config(write_pipeline_config(folder))
     return train_and_evaluate(cardio_table, cfg, folder / "run")
+
+
+@pytest.fixture
+def own_store():
+    """Each config's tracking.uri decides which store a test talks to (``config_store``):
+    ``pytestmark = pytest.mark.usefixtures("own_store")`` in a module whose configs hold it."""
+    from tests.helpers import config_store
+
+    with config_store():
+        yield
 
 
 @pytest.fixture(scope="session")

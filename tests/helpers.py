@@ -4,6 +4,11 @@ several test modules take."""
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +59,24 @@ def mixed_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 
 CARDIO = ROOT / "data" / "cardio.csv"
+
+
+def default_top_features() -> int:
+    """``scoring.top_features`` at its default: what a model trained with the tiny configs
+    is packaged with, so a test's own ``score_table`` matches its ``predict``."""
+    from vae_core.foundations.config import ScoringConfig
+
+    return ScoringConfig().top_features
+
+
+def scoring_config(id_columns=(), **scoring):
+    """A ``PipelineConfig`` for batch scoring a table: ``data.id_columns`` and the given
+    ``scoring`` settings (chunk_rows, top_features, max_workers ...), the rest the defaults."""
+    from vae_core.foundations.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {"data": {"id_columns": list(id_columns)}, "scoring": scoring}
+    )
 
 
 # Small enough to train in about a second; the registry tests are about the plumbing.
@@ -153,3 +176,92 @@ def own_table(folder: Path, n: int = 1500) -> pd.DataFrame:
     table["is_fraud"] = (np.random.default_rng(7).random(len(table)) < 0.1).astype(int)
     table.to_parquet(folder / "my.parquet", index=False)
     return table
+
+
+# ---- real servers ----------------------------------------------------------------------------
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until the server started as ``proc`` answers ``url``/health; its log on failure."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM the process group of ``proc`` (SIGKILL after 20 s), if it still runs."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ---- images ----------------------------------------------------------------------------------
+MNIST = ROOT / "data" / "mnist"  # the embedded sample: train/good, test/<digit>
+PNG = b"\x89PNG\r\n\x1a\n"  # a PNG file's first bytes
+
+# A tiny conv VAE on data/mnist: the plumbing of the image path, not its quality. A module
+# adds what it needs (its top_maps, epochs, score path) through ``images_config``.
+TINY_IMAGES = {
+    "tracking": {"uri": "sqlite:///mlflow.db", "max_retries": 1, "registered_model": "digits"},
+    "data": {"kind": "images", "train_path": str(MNIST)},
+    "images": {"chunk_images": 64},  # 140 test images: three chunks
+    "model": {
+        "architecture": "conv",
+        "hidden_dims": [8, 16],
+        "latent_dim": 4,
+        "n_score_samples": 2,
+    },
+    "training": {"batch_size": 32, "lr": 0.003},
+    "calibration": {"policy": {"name": "target_fpr", "fpr": 0.1, "tail_method": "quantile"}},
+    "promotion": {"flagged_rate_max": 1.0},  # the test split is 64% other digits
+}
+
+
+def images_config(folder, *overrides: dict) -> Path:
+    """``folder/mlflow.yml``: ``TINY_IMAGES`` with each of ``overrides`` merged over it, section
+    by section (its own sqlite store in ``folder`` unless one overrides the tracking URI)."""
+    settings = {k: dict(v) for k, v in TINY_IMAGES.items()}
+    for extra in overrides:
+        for section, values in (extra or {}).items():
+            settings[section] = settings.get(section, {}) | values
+    return write_pipeline_config(folder, settings)
+
+
+def is_png(path) -> bool:
+    """Whether the file at ``path`` starts as a PNG does."""
+    with open(path, "rb") as f:
+        return f.read(8) == PNG
+
+
+def sqlite_client(folder):
+    """An MlflowClient on ``folder/mlflow.db``, the store a tiny config in ``folder`` uses."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{Path(folder) / 'mlflow.db'}")
+
+
+# ---- reports -------------------------------------------------------------------------------
+def demo_like_report(labelled: bool = True) -> dict:
+    """A test split like the demo's: 367 rows, 35 anomalies (9.5%), few of them flagged
+    (``report.evaluate``'s record, as a dict)."""
+    from vae_core.evaluation.report import evaluate
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(332, int), np.ones(35, int)]
+    scores = rng.normal(size=y.size) + 0.6 * y
+    threshold = float(np.quantile(scores[y == 0], 0.99))
+    return evaluate(scores, y if labelled else None, threshold, n_bootstrap=50).to_dict()

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT / "data" / "mnist"
+from tests.helpers import MNIST
+
 SIZE = (28, 28)
 
 

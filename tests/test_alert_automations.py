@@ -35,14 +35,16 @@ import pytest
 from flows.alerts import LIMIT_CROSSED, NOTIFY, RETRAIN, SCORED, automation_name
 from tests.helpers import (
     CARDIO,
+    PREFECT,
     ROOT,
     config_store,
     free_port,
     promote,
     register,
+    stop_process,
+    wait_healthy,
     write_pipeline_config,
 )
-from tests.test_prefect_e2e import PREFECT, _stop, _wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -258,14 +260,14 @@ def _occurred(event: dict) -> float:
 
 def _champion(config: Path, folder: Path) -> None:
     """A tiny model, registered and promoted in the config's own sqlite store."""
-    from vae_core.data.ingest import load_table
     from vae_core.foundations.config import load_config
-    from vae_core.steps import dataset
+    from vae_core.kinds.choice import load_dataset
+    from vae_core.steps import training
 
     with config_store():
         cfg = load_config(config)
-        table = load_table(CARDIO, cfg.data)
-        target, _ = register(cfg, table, dataset.train_and_evaluate(table, cfg, folder / "run"))
+        table = load_dataset(CARDIO, cfg)
+        target, _ = register(cfg, table, training.train_and_evaluate(table, cfg, folder / "run"))
         assert promote(target, cfg, table).promoted
 
 
@@ -326,7 +328,7 @@ def stack(tmp_path_factory):
         _champion(config, folder)  # while the server starts and the set-up imports Prefect
         said, errors = set_up.communicate(timeout=300)
         assert set_up.returncode == 0, errors[-3000:] + log.read_text()[-2000:]
-        _wait_healthy(api, server, log)
+        wait_healthy(api, server, log)
         with open(folder / "worker.log", "w") as out:
             worker = subprocess.Popen(
                 [*PREFECT, "worker", "start", "--pool", "alerts-pool", "--name", "w1"],
@@ -339,9 +341,9 @@ def stack(tmp_path_factory):
         said = json.loads(said.strip().splitlines()[-1])
         yield Stack(api, folder, received, said, batches)
     finally:
-        _stop(worker)
-        _stop(set_up)
-        _stop(server)
+        stop_process(worker)
+        stop_process(set_up)
+        stop_process(server)
         hook.shutdown()
 
 

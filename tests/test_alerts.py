@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from vae_core.foundations.config import AlertsConfig, load_config
-from vae_core.steps.batch import BatchSummary
+from vae_core.steps.batch_report import BatchSummary
 
 
 def summary(rows=200, flagged=10, psi=0.1, drift=False) -> BatchSummary:

@@ -94,19 +94,20 @@ def test_the_library_never_imports_the_flows():
 # A test of the kind of data: isinstance against the table or image classes, or a comparison
 # of ``data.kind`` / ``.kind`` with "table" or "images".
 _KIND_TEST = re.compile(
-    r"isinstance\([^)]*\b(ImagePreprocessor|TabularPreprocessor|ImageData|LabelledTable)\b"
+    r"isinstance\([^)]*\b(ImagePreprocessor|TabularPreprocessor|ImageData|LabelledTable"
+    r"|TableKind|ImageKind)\b"
     r"|\bkind\s*[!=]=\s*[\"'](images|table)[\"']"
     r"|[\"'](images|table)[\"']\s*[!=]=\s*\S*kind\b"
 )
 # Where such a test may stand, and why.
 _KIND_DECIDED = {
-    "vae_core/steps/dataset.py": "the one place: kind_of_model (a fitted detector's kind)",
+    "vae_core/kinds/choice.py": "the one place: kind_of_model (a fitted detector's kind)",
     "flows/demo.py": "the demo's output folder (runs/demo or runs/demo-images) and its lines",
 }
 
 
 def test_the_kind_of_data_is_decided_in_one_place():
-    """Issue "One path for tables and images": the code asks a ``dataset.DataKind`` what to
+    """Issue "One path for tables and images": the code asks a ``protocol.DataKind`` what to
     do; it does not test which kind it has (``load_dataset`` and ``kind_named`` look the
     config's kind up in a table, no comparison)."""
     found = {}
@@ -121,3 +122,116 @@ def test_the_kind_of_data_is_decided_in_one_place():
         k: v for k, v in found.items() if k not in _KIND_DECIDED
     }
     assert all(len(lines) == 1 for lines in found.values()), found
+
+
+# ---- the kinds of data: classes behind one typed protocol --------------------------------------
+KINDS_PACKAGE = PACKAGE / "kinds"
+# The kinds' classes and their datasets: named only inside vae_core/kinds.
+KIND_CLASSES = ("TableKind", "ImageKind", "LabelledTable", "ImageData")
+
+
+def _protocol_members(protocol) -> set[str]:
+    return {
+        name
+        for name in vars(protocol)
+        if not name.startswith("_") or name == "__len__"
+        if name not in {"_is_protocol", "_is_runtime_protocol"}
+    } | set(getattr(protocol, "__annotations__", {}))
+
+
+def test_every_kind_implements_the_protocol_with_its_signatures():
+    """Each kind of ``kinds.choice.KINDS`` is a ``protocol.DataKind``: every method the
+    protocol names, with the same parameters (names, kinds, keyword-only ones); every dataset
+    class a ``protocol.Dataset``."""
+    import inspect
+
+    from vae_core.kinds import choice, protocol
+    from vae_core.kinds.image_sets import ImageData
+    from vae_core.kinds.table import LabelledTable
+
+    members = {m for m in _protocol_members(protocol.DataKind) if not m.startswith("__")}
+    assert {
+        "read",
+        "chunks",
+        "score_frame",
+        "record",
+        "review",
+        "examples",
+        "latent_frame",
+    } <= members
+    assert set(choice.KINDS) == {"table", "images"}
+    for name, kind in choice.KINDS.items():
+        assert isinstance(kind, protocol.DataKind), name
+        assert kind.name == name
+        for member in members:
+            wanted = getattr(protocol.DataKind, member, None)
+            if not callable(wanted):  # an attribute: isinstance checked it is there
+                continue
+            got = getattr(type(kind), member)
+            want_params = list(inspect.signature(wanted).parameters.values())
+            got_params = list(inspect.signature(got).parameters.values())
+            assert [(p.name, p.kind) for p in got_params] == [
+                (p.name, p.kind) for p in want_params
+            ], f"{type(kind).__name__}.{member}"
+    dataset_members = _protocol_members(protocol.Dataset) - {"__len__"}
+    for cls in (LabelledTable, ImageData):
+        fields = set(getattr(cls, "__dataclass_fields__", {}))
+        missing = {m for m in dataset_members if not hasattr(cls, m) and m not in fields}
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_no_module_outside_the_kinds_names_a_kinds_class():
+    """The steps, the tracking layer, the command line and the flows get a kind from
+    ``kinds.choice`` and call it: none of them names ``TableKind``, ``ImageKind`` or their
+    datasets' classes (``LabelledTable``, ``ImageData``)."""
+    pattern = re.compile(r"\b(" + "|".join(KIND_CLASSES) + r")\b")
+    outside = [
+        p
+        for p in [*PACKAGE.rglob("*.py"), *(ROOT / "flows").glob("*.py")]
+        if KINDS_PACKAGE not in p.parents
+    ]
+    named = {
+        str(p.relative_to(ROOT)): n
+        for p in outside
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    }
+    assert not named, named
+
+
+def test_no_private_name_crosses_a_module():
+    """What one module takes from another has a public name: no ``from x import _name``
+    in the library or the flows (a private name is the module's own business)."""
+    private = [
+        f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
+        for path in [*PACKAGE.rglob("*.py"), *(ROOT / "flows").glob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__"
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not private, private
+
+
+def test_no_test_module_imports_another_test_module():
+    """What several test modules share lives in tests/helpers.py (and conftest.py): a test
+    module imports no other ``tests.test_*`` module."""
+    crossing = [
+        f"{path.name}: {node.module}"
+        for path in (ROOT / "tests").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.startswith("tests.test_")
+    ]
+    assert not crossing, crossing
+
+
+def test_no_module_is_longer_than_450_lines():
+    """A module past about 450 lines holds two concerns: split it along them."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in [*PACKAGE.rglob("*.py"), *(ROOT / "flows").glob("*.py")]
+        if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert not long, long

@@ -9,10 +9,10 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from tests.helpers import CARDIO
-from vae_core.data.ingest import load_table
 from vae_core.foundations.config import CalibrationConfig, load_config
-from vae_core.steps.dataset import train_and_evaluate
+from vae_core.kinds.choice import load_dataset
 from vae_core.steps.pipeline import evaluate_detector, isolation_forest_baseline, split_data
+from vae_core.steps.training import train_and_evaluate
 
 
 def test_the_baseline_is_isolation_forest_on_the_model_input(fitted_mixed, mixed_data):
@@ -44,7 +44,7 @@ def test_train_and_evaluate_writes_the_baseline_in_both_report_files(tmp_path):
             "calibration": {"bootstrap": 20},
         },
     )  # fmt: skip
-    table = load_table(CARDIO, cfg.data)
+    table = load_dataset(CARDIO, cfg)
     outcome = train_and_evaluate(table, cfg, tmp_path)
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     baseline = saved["baseline"]

@@ -8,16 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import mixed_frame
-from vae_core.steps.batch import (
-    batch_identity,
-    commit_scores,
-    list_partitions,
-    population_stability_index,
-    read_partition,
-    score_partition,
-    staging_dir,
-)
+from tests.helpers import mixed_frame, scoring_config
+from vae_core.kinds.table_input import list_partitions, read_partition
+from vae_core.steps.batch import batch_identity, commit_scores, score_partition, staging_dir
+from vae_core.steps.batch_report import population_stability_index
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,8 @@ def score_source(det, source, dest, chunk_rows=50):
     parts = list_partitions(source)
     staging = staging_dir(dest, "b")
     staged = [
-        score_partition(det, p, staging, i, ["row_id"], chunk_rows) for i, p in enumerate(parts)
+        score_partition(det, p, staging, i, scoring_config(["row_id"], chunk_rows=chunk_rows))
+        for i, p in enumerate(parts)
     ]
     return commit_scores(staged, dest, staging), staged
 
@@ -137,7 +132,7 @@ def test_a_mistyped_id_column_is_an_id_column_not_found_naming_it_and_the_file(
     with_ids(mixed_data).to_parquet(tmp_path / "in.parquet", index=False)
     (part,) = list_partitions(tmp_path / "in.parquet")
     with pytest.raises(ValueError) as info:
-        score_partition(calibrated, part, tmp_path / "staging", 0, ["rowid"])
+        score_partition(calibrated, part, tmp_path / "staging", 0, scoring_config(["rowid"]))
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'in.parquet'}: id column(s) 'rowid' not found")
     assert "'row_id'" in message and "schema" not in message  # the file's columns are listed
@@ -155,15 +150,17 @@ def test_corrupt_parquet_names_the_file(tmp_path):
         list_partitions(tmp_path / "bad.parquet")
 
 
-def test_batch_identity_follows_content(tmp_path, mixed_data):
+def test_batch_identity_follows_content(tmp_path, mixed_data, calibrated):
     mixed_data.to_csv(tmp_path / "a.csv", index=False)
-    first = batch_identity(tmp_path / "a.csv")
-    assert first == batch_identity(tmp_path / "a.csv")
+    first = batch_identity(calibrated, tmp_path / "a.csv")
+    assert first == batch_identity(calibrated, tmp_path / "a.csv")
     mixed_data.iloc[:10].to_csv(tmp_path / "a.csv", index=False)
-    assert batch_identity(tmp_path / "a.csv") != first
-    assert batch_identity(tmp_path / "a.csv", "nightly-2026-11-25") == "nightly-2026-11-25"
+    assert batch_identity(calibrated, tmp_path / "a.csv") != first
+    assert (
+        batch_identity(calibrated, tmp_path / "a.csv", "nightly-2026-11-25") == "nightly-2026-11-25"
+    )
     with pytest.raises(ValueError, match="batch id"):
-        batch_identity(tmp_path / "a.csv", "../escape")
+        batch_identity(calibrated, tmp_path / "a.csv", "../escape")
 
 
 def test_population_stability_index():
@@ -267,7 +264,8 @@ def test_two_runs_of_one_batch_id_at_once_both_finish_with_one_whole_output(
         try:
             with staging_for(dest, "b", on_wait=lambda: waits.append(name)) as staging:
                 parts = list_partitions(tmp_path / f"{name}.csv")
-                staged = [score_partition(calibrated, p, staging, i, ["row_id"], 20) for i, p in
+                cfg = scoring_config(["row_id"], chunk_rows=20)
+                staged = [score_partition(calibrated, p, staging, i, cfg) for i, p in
                           enumerate(parts)]  # fmt: skip
                 commit_scores(staged, dest, staging)
         except Exception as exc:  # reported below
@@ -327,7 +325,7 @@ def test_the_batch_lock_outlives_a_killed_holder_and_leaves_no_file(tmp_path):
 def test_top_contributors_are_the_stable_sorts_first_k_ties_and_non_finite_included():
     """The top columns of a row are the first k of a stable descending sort: the largest
     first, a tie to the leftmost column; rows with NaN or infinities keep the sort's order."""
-    from vae_core.steps.scoring import top_contributors
+    from vae_core.kinds.table_scores import top_contributors
 
     rng = np.random.default_rng(0)
     values = rng.integers(-3, 3, size=(400, 7)).astype(float)  # many ties
@@ -355,7 +353,7 @@ def test_top_contributors_are_the_stable_sorts_first_k_ties_and_non_finite_inclu
 def test_a_chunk_passed_as_it_is_is_one_that_pandera_passes_unchanged(fitted_mixed, missing):
     """``validate_chunk`` skips pandera for a chunk its vectorised check passes: only where
     pandera passes it too and returns the same frame; every other chunk gets pandera's report."""
-    from vae_core.steps.batch_input import _passes_as_it_is, input_schema, validate_chunk
+    from vae_core.kinds.table_input import _passes_as_it_is, input_schema, validate_chunk
 
     det = copy.deepcopy(fitted_mixed).set_params(missing=missing)
     schema = input_schema(det, ["row_id"])
@@ -397,17 +395,16 @@ def test_partitions_scored_on_threads_give_the_serial_output_in_order(
 
     import torch
 
-    from vae_core.foundations.config import ScoringConfig
-    from vae_core.steps.batch import score_table_batch
+    from vae_core.steps.batch import score_batch_into
 
     df = with_ids(mixed_data)
     pq.write_table(pa.Table.from_pandas(df), tmp_path / "in.parquet", row_group_size=70)
     outputs, threads_before = {}, torch.get_num_threads()
     for workers in (1, 3):
-        scoring = ScoringConfig(chunk_rows=50, max_workers=workers)
-        summary = score_table_batch(
+        cfg = scoring_config(["row_id"], chunk_rows=50, max_workers=workers)
+        summary = score_batch_into(
             calibrated, tmp_path / "in.parquet", tmp_path / f"out{workers}.parquet",
-            f"b{workers}", scoring, ["row_id"],
+            f"b{workers}", cfg,
         )  # fmt: skip
         assert summary.rows == len(df)
         outputs[workers] = pd.read_parquet(summary.output)
@@ -415,7 +412,7 @@ def test_partitions_scored_on_threads_give_the_serial_output_in_order(
     assert list(outputs[3]["row_id"]) == list(df["row_id"])
     pd.testing.assert_frame_equal(outputs[3], outputs[1], check_exact=False, rtol=1e-9)
 
-    from vae_core.steps.batch import list_partitions, local_parts, staging_dir
+    from vae_core.steps.batch import local_parts
 
     seen, lock = [], threading.Lock()
 
@@ -425,7 +422,7 @@ def test_partitions_scored_on_threads_give_the_serial_output_in_order(
 
     parts = list_partitions(tmp_path / "in.parquet")
     scorer = local_parts(
-        calibrated, ["row_id"], ScoringConfig(chunk_rows=50, max_workers=3), on_part
+        calibrated, scoring_config(["row_id"], chunk_rows=50, max_workers=3), on_part
     )
     staged = scorer(parts, staging_dir(tmp_path / "p.parquet", "p"))
     assert [s.path.rsplit("-", 1)[-1] for s in staged] == [
@@ -440,7 +437,6 @@ def test_a_bad_partition_on_threads_fails_the_batch_naming_it_and_starts_no_more
     """A long first partition, then short ones of which the first is bad: the batch fails
     as soon as the bad one does, naming it, without waiting for the long one's turn (scoring
     results in order would run every short partition first)."""
-    from vae_core.foundations.config import ScoringConfig
     from vae_core.steps.batch import local_parts
 
     folder = tmp_path / "batch"
@@ -454,7 +450,9 @@ def test_a_bad_partition_on_threads_fails_the_batch_naming_it_and_starts_no_more
     parts = list_partitions(folder)
     done = []
     scorer = local_parts(
-        calibrated, ["row_id"], ScoringConfig(chunk_rows=500, max_workers=2), lambda: done.append(1)
+        calibrated,
+        scoring_config(["row_id"], chunk_rows=500, max_workers=2),
+        lambda: done.append(1),
     )
     with pytest.raises(ValueError, match=r"(?s)b\.parquet.*infinite value at row\(s\) 76"):
         scorer(parts, staging_dir(tmp_path / "out.parquet", "b"))

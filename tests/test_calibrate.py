@@ -15,7 +15,6 @@ from pydantic import TypeAdapter, ValidationError
 from sklearn.isotonic import IsotonicRegression
 
 from vae_core.foundations.calibrate import (
-    AnomalyProbability,
     Calibration,
     CalibrationFallbackWarning,
     CalibrationPolicy,
@@ -28,6 +27,7 @@ from vae_core.foundations.calibrate import (
     calibrate_threshold,
     flag_anomalies,
 )
+from vae_core.foundations.score_distribution import AnomalyProbability
 
 SCORES = np.arange(100.0)
 

@@ -9,49 +9,31 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import ROOT, config_store, write_pipeline_config
+from tests.helpers import MNIST, PNG, ROOT, config_store, images_config, is_png, sqlite_client
 from vae_core.cli import app
 
-MNIST = ROOT / "data" / "mnist"
-PNG = b"\x89PNG\r\n\x1a\n"
 DIGITS = {"good": 0, "one": 1, "two": 2, "three": 3, "four": 4}
 DIGITS |= {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
-TINY_IMAGES = {
-    "tracking": {"uri": "sqlite:///mlflow.db", "max_retries": 1, "registered_model": "digits"},
-    "data": {"kind": "images", "train_path": str(MNIST), "label_column": None, "id_columns": []},
-    "images": {"top_maps": 2, "chunk_images": 64},  # 140 test images: three chunks
-    "model": {
-        "architecture": "conv",
-        "hidden_dims": [8, 16],
-        "latent_dim": 4,
-        "n_score_samples": 2,
-    },
-    "training": {"epochs": 2, "batch_size": 32, "lr": 0.003},  # plumbing, not quality
-    "calibration": {"policy": {"name": "target_fpr", "fpr": 0.1, "tail_method": "quantile"}},
-    "promotion": {"flagged_rate_max": 1.0},  # the test split is 64% other digits
+
+# This module's tiny image model: two epochs, two anomaly maps, no label or id columns.
+SETTINGS = {
+    "data": {"label_column": None, "id_columns": []},
+    "images": {"top_maps": 2},
+    "training": {"epochs": 2},
 }
+pytestmark = pytest.mark.usefixtures("own_store")
 
 
 def _config(folder, overrides=None):
-    settings = {k: dict(v) for k, v in TINY_IMAGES.items()}
-    for section, values in (overrides or {}).items():
-        settings[section] = settings.get(section, {}) | values
-    return write_pipeline_config(folder, settings)
+    return images_config(folder, SETTINGS, overrides or {})
 
 
 def cli(*args):
     """Run `vae-anomaly ARGS` in this process; the click Result (stdout, stderr apart)."""
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def _own_store():
-    with config_store():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +54,15 @@ def store(tmp_path_factory, _mlflow_template_db):
     return folder, config, trained
 
 
-def _client(folder) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-
-
-def _is_png(path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(8) == PNG
-
-
 def test_train_registers_the_image_model_with_report_and_review(store):
     folder, _, trained = store
     run = folder / "run"
     assert (run / "model" / "model.json").exists() and (run / "report" / "report.md").exists()
-    assert _is_png(run / "review" / "prior_samples.png")
+    assert is_png(run / "review" / "prior_samples.png")
     assert len(list((run / "review" / "maps").glob("*.png"))) == 2
     assert "registered digits version 1 as @challenger" in trained.stdout
     assert f"review: {run / 'review'}" in trained.stdout
-    client = _client(folder)
+    client = sqlite_client(folder)
     version = client.get_model_version_by_alias("digits", "champion")
     assert str(version.version) == "1"
     tags = client.get_run(version.run_id).data.tags
@@ -143,10 +116,37 @@ def test_score_from_the_registry_logs_the_scoring_run(store, tmp_path):
     (written,) = tmp_path.glob("b-*.parquet")  # named by the hash of the files
     assert len(pd.read_parquet(written)) == 10
     run_id = result.stdout.split("logged as run ")[1].split()[0]
-    client = _client(folder)
+    client = sqlite_client(folder)
     run = client.get_run(run_id)
     assert run.data.tags["model.alias"] == "champion" and run.data.metrics["rows"] == 10
     assert len(client.list_artifacts(run_id, "anomaly_maps")) == 2
+
+
+def test_an_image_batch_logs_its_drift_and_warns_as_a_table_batch_does(store, tmp_path):
+    """Image batches pass through the one batch engine (issue 26): the scoring run logs
+    ``score_psi``, the PSI of the batch's scores against the calibration score deciles, and
+    the command warns of drift above ``scoring.drift_psi_warning``, as for a table."""
+    from vae_core import VAEDetector
+    from vae_core.steps.batch_report import population_stability_index
+
+    folder, _, _ = store
+    tracking = {"uri": f"sqlite:///{folder / 'mlflow.db'}"}
+    config = _config(tmp_path, {"tracking": tracking, "scoring": {"drift_psi_warning": 1e-9}})
+    out = tmp_path / "scores"
+    result = cli(
+        "score", "--model", "models:/digits@champion", "--data", MNIST / "test", "--out", out,
+        "--batch-id", "drift", "--config", config,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "score drift: PSI" in result.stderr  # any drift exceeds a 1e-9 warning level
+    run = sqlite_client(folder).get_run(result.stdout.split("logged as run ")[1].split()[0])
+    scores = pd.read_parquet(out / "drift.parquet")["anomaly_score"].to_numpy()
+    edges = np.asarray(
+        VAEDetector.load(folder / "run" / "model").calibration_["details"]["score_deciles"]
+    )
+    counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
+    assert run.data.metrics["score_psi"] == pytest.approx(population_stability_index(counts))
+    assert run.data.metrics["rows"] == 140
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ NPZ_KEYS = {"npz_image_key": "digits", "npz_class_key": "digit", "npz_normal_cla
 
 def test_npz_class_ids_and_normal_classes_give_labels(digits_npz):
     from vae_core.foundations.config import ImagesConfig
-    from vae_core.steps.image_pipeline import load_images
+    from vae_core.kinds.image_sets import load_images
 
     data = load_images(digits_npz, ImagesConfig(**NPZ_KEYS))
     classes = np.array(data.images.classes)

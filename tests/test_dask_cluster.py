@@ -32,6 +32,7 @@ from tests.helpers import (
     free_port,
     promote,
     register,
+    scoring_config,
     write_pipeline_config,
 )
 
@@ -208,7 +209,7 @@ def run_score(config: Path, **kwargs) -> dict:
 def reference_scores(folder: Path, frame: pd.DataFrame, version: str) -> pd.DataFrame:
     """The rows scored in this process with the detector the flow saved."""
     from vae_core.estimator.detector import VAEDetector
-    from vae_core.steps.pipeline import score_table
+    from vae_core.kinds.table_scores import score_table
 
     (model_dir,) = (folder / "outputs" / "models").glob(f"*-v{version}")
     det = VAEDetector.load(model_dir)
@@ -354,12 +355,12 @@ def test_a_folder_the_worker_cannot_see_fails_naming_it(tmp_path):
     error (a user error, not retried), not a missing model file or parts staged on the
     worker's own disk."""
     from flows.score import score_partition
-    from vae_core.steps.batch import Partition
+    from vae_core.kinds.protocol import Partition
 
     model = tmp_path / "models" / "cardio-v1"
     model.mkdir(parents=True)
     staging = tmp_path / "elsewhere" / ".b.staging"
-    args = (Partition(str(CARDIO)), str(staging), 0, ["record_id"], 100, 3)
+    args = (Partition(str(CARDIO)), str(staging), 0, scoring_config(["record_id"], chunk_rows=100))
     with pytest.raises(FileNotFoundError, match=r"model folder .*models/gone is not visible"):
         score_partition.fn(str(tmp_path / "models" / "gone"), *args)
     shared = r"(?s)output folder .*elsewhere is not visible.*scoring.model_cache and scoring"

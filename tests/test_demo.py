@@ -7,18 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from flows.demo import where_to_look
+from tests.helpers import demo_like_report
 from vae_core.evaluation.meaning import meaning_lines, stopping_line
 from vae_core.evaluation.report import evaluate
 from vae_core.foundations.calibrate import TargetFPR
-
-
-def demo_like_report(labelled: bool = True) -> dict:
-    """A test split like the demo's: 367 rows, 35 anomalies (9.5%), few of them flagged."""
-    rng = np.random.default_rng(0)
-    y = np.r_[np.zeros(332, int), np.ones(35, int)]
-    scores = rng.normal(size=y.size) + 0.6 * y
-    threshold = float(np.quantile(scores[y == 0], 0.99))
-    return evaluate(scores, y if labelled else None, threshold, n_bootstrap=50).to_dict()
 
 
 def test_the_numbers_are_said_in_words_with_their_counts_and_the_target():

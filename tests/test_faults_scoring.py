@@ -36,14 +36,17 @@ import pytest
 
 from tests.helpers import (
     CARDIO,
+    PREFECT,
     ROOT,
     free_port,
     prefect_flow_run,
     promote,
     register,
+    scoring_config,
+    stop_process,
+    wait_healthy,
     write_pipeline_config,
 )
-from tests.test_prefect_e2e import PREFECT, _stop, _wait_healthy
 
 BATCH = "nightly-2026-12-01"
 EARLIER = "nightly-2026-11-30.parquet"  # another batch's output, which no fault may touch
@@ -223,7 +226,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         cfg = load_config(config)
         target, _ = register(cfg, cardio_table, trained_cardio)
         assert promote(target, cfg, cardio_table).promoted
-        _wait_healthy(api, server, server_log)
+        wait_healthy(api, server, server_log)
         ready = set_up.stdout.readline()  # "" if the script died
         assert ready.startswith("pool ready"), (tmp_path / "set-up.log").read_text()[-3000:]
         worker = _start_worker(env, worker_log)  # boots while the deployments are created
@@ -271,14 +274,14 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
     finally:
         for run_id in run_ids:
             _kill_groups(_process_groups_of_flow_run(run_id))
-        _stop(rerun_worker)
+        stop_process(rerun_worker)
         for proc in (set_up, worker, rerun_worker):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         if set_up is not None:
             set_up.stdout.close()
-        _stop(server)
+        stop_process(server)
 
     out = pd.read_parquet(scores / f"{BATCH}.parquet")
     assert len(out) == rows and out["record_id"].is_unique
@@ -370,7 +373,8 @@ def _pages(size: int) -> int:
 def full_disk_batch(tmp_path_factory, trained_cardio):
     """A detector, a three-partition batch, a good earlier output of that batch, and the
     sizes the batch's staged parts and final file take (measured on an ordinary disk)."""
-    from vae_core.steps.batch import commit_scores, list_partitions, score_partition, staging_dir
+    from vae_core.kinds.table_input import list_partitions
+    from vae_core.steps.batch import commit_scores, score_partition, staging_dir
 
     folder = tmp_path_factory.mktemp("full-disk")
     det = trained_cardio.detector
@@ -382,7 +386,7 @@ def full_disk_batch(tmp_path_factory, trained_cardio):
         dest.parent.mkdir()
         staging = staging_dir(dest, "b")
         staged = [
-            score_partition(det, p, staging, i, ["record_id"], 500)
+            score_partition(det, p, staging, i, scoring_config(["record_id"], chunk_rows=500))
             for i, p in enumerate(list_partitions(source))
         ]
         sizes[name] = [Path(s.path).stat().st_size for s in staged]
@@ -416,13 +420,8 @@ def _disk_size(batch: dict, fails_in: str) -> int:
 def test_a_full_output_disk_fails_the_batch_naming_the_path_and_keeps_earlier_output(
     small_tmpfs, full_disk_batch, fails_in
 ):
-    from vae_core.steps.batch import (
-        commit_scores,
-        discard_staging,
-        list_partitions,
-        score_partition,
-        staging_dir,
-    )
+    from vae_core.kinds.table_input import list_partitions
+    from vae_core.steps.batch import commit_scores, discard_staging, score_partition, staging_dir
 
     disk = small_tmpfs("scores", _disk_size(full_disk_batch, fails_in))
     dest = disk / "b.parquet"
@@ -432,7 +431,9 @@ def test_a_full_output_disk_fails_the_batch_naming_the_path_and_keeps_earlier_ou
     step = "staging"
     with pytest.raises(OSError) as info:
         staged = [
-            score_partition(full_disk_batch["det"], p, staging, i, ["record_id"], 500)
+            score_partition(
+                full_disk_batch["det"], p, staging, i, scoring_config(["record_id"], chunk_rows=500)
+            )
             for i, p in enumerate(list_partitions(full_disk_batch["input"]))
         ]
         step = "commit"

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
 from vae_core.cli import app
 from vae_core.foundations.config import load_config
-from vae_core.steps.promotion import RunRecord, training_fingerprint
+from vae_core.steps.run_notes import RunRecord, training_fingerprint
 from vae_core.tracking import registration, registry
 
 READY_TIMEOUT_S = 120  # a server start measured 6-32 s on a loaded 2-core box

@@ -28,6 +28,9 @@ CONFIG_CASES = [
     ("model:\n  latent_dim: 10000000\n", r"model\.latent_dim: Input should be less than"),
     ("training:\n  trim_fraction: 1.5\n", r"training\.trim_fraction: Input should be less"),
     ("scoring:\n  missing: ignore\n", r"scoring\.missing: Input should be 'marginalise'"),
+    # A kind and a network that do not go together: refused at load, naming both keys.
+    ("data:\n  kind: images\n", r"data\.kind 'images' needs model\.architecture 'conv', got 'mlp'"),
+    ("model:\n  architecture: conv\n", r"data\.kind 'table' needs model\.architecture 'mlp'"),
     ("model: [1, 2\n", r"not valid YAML"),
     ("- just\n- a list\n", r"the top level must be a mapping"),
     # A "billion laughs": nine levels of nine aliases each.

@@ -17,44 +17,34 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.helpers import ROOT, config_store, write_pipeline_config
+from tests.helpers import (
+    MNIST,
+    PNG,
+    ROOT,
+    config_store,
+    images_config,
+    is_png,
+    sqlite_client,
+)
 from vae_core import VAEDetector
 from vae_core.data.images import ImageSet
 from vae_core.foundations.config import ImagesConfig, SplitConfig, load_config
-from vae_core.steps import image_pipeline
+from vae_core.kinds import image_scores, image_sets
 from vae_core.steps.pipeline import held_out, split_data
 
-MNIST = ROOT / "data" / "mnist"
-PNG = b"\x89PNG\r\n\x1a\n"
-TINY_IMAGES = {
-    "tracking": {"uri": "sqlite:///mlflow.db", "max_retries": 1, "registered_model": "digits"},
-    "data": {"kind": "images", "train_path": str(MNIST), "score_path": str(MNIST / "test")},
-    "images": {"top_maps": 3, "chunk_images": 64},  # 140 test images: three chunks
-    "model": {
-        "architecture": "conv",
-        "hidden_dims": [8, 16],
-        "latent_dim": 4,
-        "n_score_samples": 2,
-    },
-    "training": {"epochs": 4, "batch_size": 32, "lr": 0.003},
-    "calibration": {"policy": {"name": "target_fpr", "fpr": 0.1, "tail_method": "quantile"}},
+# This module's tiny image model: four epochs, three anomaly maps, scores in ./scores.
+SETTINGS = {
+    "data": {"score_path": str(MNIST / "test")},
+    "images": {"top_maps": 3},
+    "training": {"epochs": 4},
     "scoring": {"output_dir": "scores"},
-    "promotion": {"flagged_rate_max": 1.0},  # the test split is 64% other digits
 }
+pytestmark = pytest.mark.usefixtures("own_store")
 
 
 def _images(folder, overrides=None):
     """A tiny image config in ``folder`` (its own sqlite store unless overridden)."""
-    settings = {k: dict(v) for k, v in TINY_IMAGES.items()}
-    for section, values in (overrides or {}).items():
-        settings[section] = settings.get(section, {}) | values
-    return write_pipeline_config(folder, settings)
-
-
-@pytest.fixture(autouse=True)
-def _own_store():
-    with config_store():
-        yield
+    return images_config(folder, SETTINGS, overrides or {})
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +59,14 @@ def store(tmp_path_factory, harness):
     return folder, config, result
 
 
-def _client(folder) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-
-
 def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
     return [a.path for a in client.list_artifacts(run_id, path)]
-
-
-def _is_png(path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(8) == PNG
 
 
 def test_image_train_flow_registers_and_promotes_with_grids_and_maps(store):
     folder, _, result = store
     assert result["version"] == "1" and result["promoted"] is True
-    client = _client(folder)
+    client = sqlite_client(folder)
     champion = client.get_model_version_by_alias("digits", "champion")
     assert str(champion.version) == "1" and champion.tags["promotion"] == "promoted"
     assert "(70 rows)" in champion.description  # the held-out rows promotion scored
@@ -130,12 +111,15 @@ def test_image_score_flow_writes_one_row_per_image_with_maps(store):
     assert len(maps) == 3
     top3 = out.nlargest(3, "anomaly_score")
     assert set(top3["map_path"]) == set(maps["map_path"])
-    assert all(_is_png(p) for p in maps["map_path"])
-    client = _client(folder)
+    assert all(is_png(p) for p in maps["map_path"])
+    client = sqlite_client(folder)
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["model.version"] == "1" and run.data.metrics["rows"] == 140
     assert len(_artifacts(client, run.info.run_id, "anomaly_maps")) == 3
     assert result["skipped"] is None
+    # the one batch engine: the drift against the calibration deciles, as for a table
+    assert result["psi"] is not None and result["psi"] >= 0
+    assert run.data.metrics["score_psi"] == pytest.approx(result["psi"])
 
 
 def test_pyfunc_scores_image_paths_and_arrays_in_a_fresh_process(store):
@@ -205,7 +189,7 @@ def test_a_corrupt_png_fails_the_score_flow_naming_it_or_is_skipped_and_listed(
     assert result["rows"] == 6
     listed = pd.read_csv(result["skipped"])
     assert listed["path"].tolist() == [str(corrupt_folder / "seven" / "broken.png")]
-    client = _client(folder)
+    client = sqlite_client(folder)
     run_id = result["mlflow_run_id"]
     logged = client.download_artifacts(run_id, "skipped/bad.skipped.csv")
     assert "broken.png" in open(logged).read()
@@ -256,7 +240,7 @@ def test_the_hostile_image_corpus_through_the_score_flow_and_the_packaged_model(
 
 # ---- the nodes, without the orchestrator ---------------------------------------------------
 def test_mvtec_layout_trains_on_train_and_splits_test_into_calibration_and_test():
-    data = image_pipeline.load_images(MNIST, ImagesConfig())
+    data = image_sets.load_images(MNIST, ImagesConfig())
     splits = split_data(data, SplitConfig())
     assert data.n_fit_only == 200 and splits.train.tolist() == list(range(200))
     assert len(splits.calibration) == len(splits.test) == 70
@@ -274,7 +258,7 @@ def test_class_subfolders_are_split_like_table_rows():
         rng.integers(0, 256, (50, 4, 4), dtype=np.uint8), [""] * 50, [""] * 50, labels
     )
     cfg = SplitConfig(train_on_normal_only=True)
-    splits = split_data(image_pipeline.ImageData(images), cfg)
+    splits = split_data(image_sets.ImageData(images), cfg)
     assert labels[splits.train].sum() == 0 and labels[splits.test].sum() == 2
 
 
@@ -293,14 +277,14 @@ def test_npz_arrays_train_unlabelled_and_score_with_maps(store, tmp_path):
     _, config, _ = store
     digits = np.stack([np.asarray(Image.open(p)) for p in sorted(MNIST.rglob("*.png"))[:30]])
     np.savez(tmp_path / "batch.npz", images=digits)
-    data = image_pipeline.load_images(tmp_path / "batch.npz", ImagesConfig())
+    data = image_sets.load_images(tmp_path / "batch.npz", ImagesConfig())
     assert len(data.images) == 30 and data.labels is None
     with pytest.raises(ValueError, match=r"batch\.npz: images of shape \(28, 28\)"):
-        image_pipeline.load_images(tmp_path / "batch.npz", ImagesConfig(size=(32, 32)))
+        image_sets.load_images(tmp_path / "batch.npz", ImagesConfig(size=(32, 32)))
     result = score(data_path=str(tmp_path / "batch.npz"), config_path=str(config))
     out = pd.read_parquet(result["output"])
     assert out["path"].tolist() == [f"{tmp_path / 'batch.npz'}::images[{i}]" for i in range(30)]
-    assert all(_is_png(p) for p in out["map_path"] if p) and (out["map_path"] != "").sum() == 3
+    assert all(is_png(p) for p in out["map_path"] if p) and (out["map_path"] != "").sum() == 3
 
 
 def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
@@ -308,11 +292,11 @@ def test_packaged_model_input_errors_name_the_file_or_the_columns(store):
 
     det = VAEDetector.load(store[0] / "run" / "model")
     with pytest.raises(ValueError, match=r"nowhere\.png: no such file"):
-        image_pipeline.score_image_input(det, pd.DataFrame({"path": ["nowhere.png"]}))
+        image_scores.score_image_input(det, pd.DataFrame({"path": ["nowhere.png"]}))
     with pytest.raises(ValueError, match=r"expected a column 'path' .* got \['pixels'\]"):
-        image_pipeline.score_image_input(det, pd.DataFrame({"pixels": [1]}))
+        image_scores.score_image_input(det, pd.DataFrame({"pixels": [1]}))
     with pytest.raises(ValueError, match="images must have shape"):
-        image_pipeline.score_image_input(det, np.zeros((2, 8, 8), np.uint8))
+        image_scores.score_image_input(det, np.zeros((2, 8, 8), np.uint8))
 
 
 def test_the_mnist_config_has_its_own_deployment_names():
@@ -332,7 +316,7 @@ def test_a_set_above_the_memory_limit_trains_from_its_files_to_the_same_model(st
     config = _images(tmp_path, {"images": {"in_memory_mb": 0}})
     result = train(config_path=str(config), out_dir=str(tmp_path / "run"))
     assert result["version"] == "1" and result["promoted"] is True
-    streamed, in_memory = _client(tmp_path), _client(folder)
+    streamed, in_memory = sqlite_client(tmp_path), sqlite_client(folder)
     got = streamed.get_run(result["run_id"]).data
     want = in_memory.get_run(held["run_id"]).data
     timing = {"epoch_seconds", "fit_seconds", "seconds"}

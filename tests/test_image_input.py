@@ -7,14 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT
+from tests.helpers import MNIST
 from vae_core import VAEDetector
 from vae_core.data import image_input
 from vae_core.foundations.config import ImagesConfig
-from vae_core.steps.image_pipeline import score_image_input
-from vae_core.steps.latent import latent_image_input
-
-MNIST = ROOT / "data" / "mnist"
+from vae_core.kinds.image_scores import latent_image_input, score_image_input
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,7 @@ def test_paths_are_read_chunk_images_at_a_time_with_the_same_result(conv, files,
     whole = output(det, paths)
     assert reads == [len(files)] and ImagesConfig().chunk_images >= len(files)  # the default
     reads.clear()
-    chunked = output(det, paths, "reject", 4)
+    chunked = output(det, paths, on_size_mismatch="reject", chunk_images=4)
     assert reads == [4, 4, 2]
     pd.testing.assert_frame_equal(chunked, whole)
     assert chunked["path"].tolist() == files

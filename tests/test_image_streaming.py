@@ -13,17 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import ROOT
+from tests.helpers import MNIST
 from vae_core import VAEDetector
 from vae_core.data import image_stream
 from vae_core.data import images as vi
 from vae_core.data.input_stats import fingerprint, grid_variance
 from vae_core.foundations.calibrate import TargetFPR
 from vae_core.foundations.config import ImagesConfig, SplitConfig
-from vae_core.steps import image_pipeline
+from vae_core.kinds import image_sets
 from vae_core.steps.pipeline import split_data
 
-MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
 SETTINGS = dict(
     architecture="conv", hidden_dims=(8, 16), latent_dim=4, epochs=3, batch_size=16,
@@ -131,13 +130,13 @@ def test_the_floor_rule_holds_for_colour_images_in_small_blocks(monkeypatch):
 
 def test_load_images_streams_above_the_memory_limit_with_the_same_data():
     cfg = ImagesConfig()
-    held = image_pipeline.load_images(MNIST, cfg)
-    streamed = image_pipeline.load_images(MNIST, cfg.model_copy(update={"in_memory_mb": 0}))
+    held = image_sets.load_images(MNIST, cfg)
+    streamed = image_sets.load_images(MNIST, cfg.model_copy(update={"in_memory_mb": 0}))
     assert not held.streamed and streamed.streamed
     assert streamed.n_fit_only == held.n_fit_only == 200
     assert streamed.images.paths == held.images.paths
     np.testing.assert_array_equal(streamed.labels, held.labels)
-    assert image_pipeline.image_fingerprint(streamed.images) == image_pipeline.image_fingerprint(
+    assert image_sets.image_fingerprint(streamed.images) == image_sets.image_fingerprint(
         held.images
     )
     splits = split_data(streamed, SplitConfig())

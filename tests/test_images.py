@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from tests.helpers import ROOT, SHARED
+from tests.helpers import MNIST, ROOT, SHARED
 from vae_core import VAEDetector
 from vae_core.data import images as vi
 from vae_core.data.image_npz import read_image_npz
@@ -24,7 +24,6 @@ from vae_core.evaluation import drawing, image_maps
 from vae_core.foundations.calibrate import TargetFPR
 from vae_core.foundations.config import load_config
 
-MNIST = ROOT / "data" / "mnist"
 SIZE = (28, 28)
 # The test split holds 140 images (50 zeros), so the ROC-AUC moves with the weights. Measured
 # with the settings of configs/mnist.yml, seeds 0-4 on 1 torch thread: 0.983, 0.976, 0.981,
@@ -75,8 +74,17 @@ def mnist():
 @pytest.fixture(scope="module")
 def digit0(mnist):
     """The convolutional Gaussian VAE on digit-0 training images, with the model and training
-    settings the image demo ships with (configs/mnist.yml), seed 0."""
+    settings the image demo ships with (configs/mnist.yml), seed 0: the quality tests
+    (``slow``: about 4 minutes on 2 cores)."""
     params = load_config(ROOT / "configs" / "mnist.yml").detector_params()
+    return VAEDetector(**params).fit(mnist[0].images)
+
+
+@pytest.fixture(scope="module")
+def digit0_tiny(mnist):
+    """The shipped architecture on digit-0 training images for 3 epochs: for the tests of
+    the maps' arithmetic and files, which hold for any fitted model (seconds to fit)."""
+    params = load_config(ROOT / "configs" / "mnist.yml").detector_params() | {"epochs": 3}
     return VAEDetector(**params).fit(mnist[0].images)
 
 
@@ -235,15 +243,16 @@ def test_one_class_mnist_reaches_the_roc_auc_floor(digit0, mnist):
     assert auc >= AUC_FLOOR, f"one-class MNIST (digit 0) ROC-AUC {auc:.3f} < {AUC_FLOOR}"
 
 
-def test_anomaly_maps_add_up_with_the_kl_to_the_anomaly_score(digit0, mnist):
+def test_anomaly_maps_add_up_with_the_kl_to_the_anomaly_score(digit0_tiny, mnist):
     images = mnist[1].images[::7]
-    maps = image_maps.anomaly_maps(digit0, images)
+    maps = image_maps.anomaly_maps(digit0_tiny, images)
     assert maps.shape == (len(images), 28, 28)
-    total = maps.sum(axis=(1, 2)) + digit0.kl_divergence(images)
-    np.testing.assert_allclose(total, digit0.anomaly_score(images), rtol=1e-6, atol=1e-3)
-    np.testing.assert_array_equal(image_maps.anomaly_maps(digit0, images, block_size=3), maps)
+    total = maps.sum(axis=(1, 2)) + digit0_tiny.kl_divergence(images)
+    np.testing.assert_allclose(total, digit0_tiny.anomaly_score(images), rtol=1e-6, atol=1e-3)
+    np.testing.assert_array_equal(image_maps.anomaly_maps(digit0_tiny, images, block_size=3), maps)
 
 
+@pytest.mark.slow
 def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
     # A map in nats per pixel carries a constant part (log sigma and the pixel scale); what a
     # defect adds is the difference to the map of the same image without it.
@@ -260,6 +269,7 @@ def test_a_pasted_square_gets_the_mass_of_the_anomaly_map(digit0, mnist):
     assert (digit0.anomaly_score(defect) > digit0.anomaly_score(good)).all()
 
 
+@pytest.mark.slow
 def test_reconstructions_follow_their_input(digit0, mnist):
     normal = mnist[1].images[mnist[1].labels == 0]  # 50 zeros, chance 0.02
     retrieval = image_maps.reconstruction_retrieval(digit0, normal)
@@ -282,6 +292,7 @@ def test_maps_sum_channels_for_rgb_and_work_for_bernoulli():
         assert image_maps.reconstructions(det, images[:5]).shape == images[:5].shape
 
 
+@pytest.mark.slow
 def test_reconstructions_are_closer_for_the_trained_digit(digit0, mnist):
     test = mnist[1]
     recon = image_maps.reconstructions(digit0, test.images)
@@ -296,12 +307,12 @@ def test_maps_need_a_detector_fitted_on_images(fitted_mixed):
         image_maps.anomaly_maps(fitted_mixed, np.zeros((2, 28, 28), np.uint8))
 
 
-def test_saved_model_gives_the_same_maps(digit0, mnist, tmp_path):
-    digit0.save(tmp_path / "model")
+def test_saved_model_gives_the_same_maps(digit0_tiny, mnist, tmp_path):
+    digit0_tiny.save(tmp_path / "model")
     loaded = VAEDetector.load(tmp_path / "model")
     images = mnist[1].images[:4]
     np.testing.assert_array_equal(
-        image_maps.anomaly_maps(loaded, images), image_maps.anomaly_maps(digit0, images)
+        image_maps.anomaly_maps(loaded, images), image_maps.anomaly_maps(digit0_tiny, images)
     )
 
 
@@ -318,11 +329,11 @@ def test_image_grid_png_tiles_the_images_pixel_for_pixel(tmp_path, mnist):
     assert _read_png(drawing.image_grid_png(rgb, tmp_path / "rgb.png")).shape[-1] == 3
 
 
-def test_score_images_writes_maps_for_the_top_anomalies(digit0, mnist, tmp_path):
+def test_score_images_writes_maps_for_the_top_anomalies(digit0_tiny, mnist, tmp_path):
     test = mnist[1]
-    frame = drawing.score_images(digit0, test, tmp_path, top_k=3)
+    frame = drawing.score_images(digit0_tiny, test, tmp_path, top_k=3)
     assert len(frame) == len(test) and frame["path"].tolist() == test.paths
-    np.testing.assert_array_equal(frame["is_anomaly"], digit0.predict(test.images) == -1)
+    np.testing.assert_array_equal(frame["is_anomaly"], digit0_tiny.predict(test.images) == -1)
     assert frame["anomaly_probability"].isna().all()  # not calibrated yet
     top = frame.sort_values("rank").head(4)
     assert top["score"].is_monotonic_decreasing and top["rank"].tolist() == [1, 2, 3, 4]
@@ -331,15 +342,15 @@ def test_score_images_writes_maps_for_the_top_anomalies(digit0, mnist, tmp_path)
     written = pd.read_csv(tmp_path / "image_scores.csv", keep_default_na=False)
     assert written["map_path"].tolist() == frame["map_path"].tolist()
     policy = TargetFPR(fpr=0.1, tail_method="quantile")
-    calibrated = copy.deepcopy(digit0).calibrate(test.images[test.labels == 0], policy=policy)
+    calibrated = copy.deepcopy(digit0_tiny).calibrate(test.images[test.labels == 0], policy=policy)
     probs = drawing.score_images(calibrated, test, tmp_path, top_k=0)["anomaly_probability"]
     assert probs.between(0, 1).all()
 
 
-def test_review_grids_for_the_registry(digit0, mnist, tmp_path):
+def test_review_grids_for_the_registry(digit0_tiny, mnist, tmp_path):
     """Each grid is the plain tile grid (28 px digits at 2x), pixel for pixel, under a title
     and beside a label for each row: a reader need not guess which rows are inputs."""
-    paths = drawing.write_review_grids(digit0, mnist[1].images, tmp_path, n=12, ncols=8)
+    paths = drawing.write_review_grids(digit0_tiny, mnist[1].images, tmp_path, n=12, ncols=8)
     prior, recon = (_read_png(paths[k]) for k in ("prior_samples", "reconstructions"))
     for picture, rows in ((prior, 2), (recon, 4)):  # recon: originals, reconstructions
         plain = (2 * (rows * 30 + 2), 2 * (8 * 30 + 2))
@@ -390,7 +401,7 @@ def test_reading_sits_below_the_detector_and_drawing_above_it():
         found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         return {part for m in found if m.startswith("vae_core.") for part in m.split(".")[1:]}
 
-    above = {"detector", "drawing", "image_maps", "image_pipeline", "latent", "registry", "cli"}
+    above = {"detector", "drawing", "image_maps", "kinds", "latent_review", "registry", "cli"}
     for below in ("data.images", "data.image_stream", "data.input_stats"):
         assert not imports(below) & above, below
     assert not imports("estimator.detector") & {"drawing", "image_maps"}

@@ -11,12 +11,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
-from tests.helpers import ROOT, mixed_frame, write_pipeline_config
+from tests.helpers import MNIST, mixed_frame, write_pipeline_config
 from vae_core import VAEDetector
 from vae_core.cli import app
-from vae_core.steps.latent import sample_realism, top_variance_directions
-
-MNIST = ROOT / "data" / "mnist"
+from vae_core.evaluation.latent_review import sample_realism, top_variance_directions
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +239,9 @@ def test_cli_interpolate_names_a_bad_id(saved, args, message):
 
 def test_cli_on_an_image_model(tmp_path, conv):
     conv.save(tmp_path / "model")
-    config = write_pipeline_config(tmp_path, {"data": {"kind": "images"}})
+    config = write_pipeline_config(
+        tmp_path, {"data": {"kind": "images"}, "model": {"architecture": "conv"}}
+    )
     folder = MNIST / "test" / "good"
     names = sorted(p.name for p in folder.glob("*.png"))
     embedded = cli("embed", "--model", tmp_path / "model", "--data", folder,

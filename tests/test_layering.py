@@ -6,7 +6,8 @@ import sys
 
 def test_vae_core_does_not_import_prefect_or_mlflow():
     code = (
-        "import sys, vae_core, vae_core.steps.pipeline, vae_core.steps.image_pipeline, "
+        "import sys, vae_core, vae_core.steps.pipeline, vae_core.steps.batch, "
+        "vae_core.kinds.choice, "
         "vae_core.cli,"
         " vae_core.foundations.config;"
         "print(sorted(m for m in ('prefect', 'mlflow') if m in sys.modules))"

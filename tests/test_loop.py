@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import config_store, shared_dataset, write_pipeline_config
+from tests.helpers import config_store, demo_like_report, shared_dataset, write_pipeline_config
 from vae_core.evaluation.report_record import baseline_sentence
 from vae_core.foundations.config import PromotionConfig
 from vae_core.steps.promotion import decide, gate_checks
@@ -185,7 +185,6 @@ def test_on_a_real_table_the_gate_refuses_a_vae_behind_isolation_forest_and_prom
 
 def test_the_demo_says_which_is_better_in_words():
     from flows.demo import meaning_lines
-    from tests.test_demo import demo_like_report
     from vae_core.foundations.calibrate import TargetFPR
 
     report = demo_like_report()

@@ -20,11 +20,19 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
+from tests.helpers import (
+    CARDIO,
+    default_top_features,
+    free_port,
+    promote,
+    register,
+    write_pipeline_config,
+)
 from vae_core.foundations.config import load_config
-from vae_core.steps.dataset import train_and_evaluate
-from vae_core.steps.pipeline import held_out, score_table
+from vae_core.kinds.table_scores import score_table
+from vae_core.steps.pipeline import held_out
 from vae_core.steps.promotion import measure_on
+from vae_core.steps.training import train_and_evaluate
 from vae_core.tracking import registry
 
 pytestmark = pytest.mark.e2e
@@ -147,7 +155,9 @@ def test_train_register_promote_and_load_through_a_tracking_server(
         atol=1e-10,
     )  # fmt: skip
     loaded = pd.read_json(StringIO(lines[-1]), orient="split")
-    expected = score_table(outcome.detector, cardio_table.features.head(5))
+    expected = score_table(
+        outcome.detector, cardio_table.features.head(5), top_features=default_top_features()
+    )
     assert list(loaded.columns) == list(expected.columns)
     np.testing.assert_allclose(loaded["anomaly_score"], expected["anomaly_score"], rtol=1e-9)
     assert loaded["top_feature_1"].tolist() == expected["top_feature_1"].tolist()
@@ -183,7 +193,9 @@ def test_models_serve_answers_with_the_champion(
     assert refused.status_code >= 400 and "params output must be one of" in refused.text
     assert response.status_code == 200, response.text
     served = pd.DataFrame(response.json()["predictions"])
-    expected = score_table(trained_cardio.detector, rows).reset_index(drop=True)
+    expected = score_table(
+        trained_cardio.detector, rows, top_features=default_top_features()
+    ).reset_index(drop=True)
     assert list(served.columns) == list(expected.columns)
     np.testing.assert_allclose(served["anomaly_score"], expected["anomaly_score"], rtol=1e-9)
     assert served["is_anomaly"].tolist() == expected["is_anomaly"].tolist()

@@ -79,11 +79,11 @@ def test_another_file_gives_the_same_scores_when_its_ids_are_named(champion, har
 
 
 def test_score_batch_names_its_output_by_file_or_by_batch_in_a_folder(trained_cardio, tmp_path):
-    """``dataset.score_batch``, what both doors call: a table file output is its own batch
+    """``batch.score_batch``, what both doors call: a table file output is its own batch
     (its name), a folder gets ``<batch id>.parquet``; a batch id beside a file is refused
     before anything is written; both give the same scores."""
     from vae_core.foundations.config import load_config
-    from vae_core.steps.dataset import score_batch
+    from vae_core.steps.batch import score_batch
 
     cfg = load_config(write_pipeline_config(tmp_path, {"data": {"score_path": str(CARDIO)}}))
     det = trained_cardio.detector

@@ -6,45 +6,23 @@ Every process the test starts is stopped in a finally block, even when the test 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
+from tests.helpers import (
+    CARDIO,
+    PREFECT,
+    ROOT,
+    free_port,
+    stop_process,
+    wait_healthy,
+    write_pipeline_config,
+)
 
 pytestmark = pytest.mark.e2e
-PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _run(args, env, timeout=180):
@@ -56,9 +34,9 @@ def _run(args, env, timeout=180):
 
 
 def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
-    from vae_core.data.ingest import load_table
     from vae_core.foundations.config import load_config
-    from vae_core.steps import dataset, pipeline
+    from vae_core.kinds.choice import load_dataset
+    from vae_core.steps import pipeline, training
     from vae_core.steps.promotion import measure_on
     from vae_core.tracking import registry
 
@@ -66,9 +44,9 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
     config = write_pipeline_config(tmp_path, {"scoring": {"output_dir": "scores"}})
     cfg = load_config(config)
     target = registry.TrackingTarget.from_config(cfg)
-    table = load_table(CARDIO, cfg.data)
+    table = load_dataset(CARDIO, cfg)
     run_id = registry.start_training_run(target, cfg, str(CARDIO))
-    outcome = dataset.train_and_evaluate(table, cfg, tmp_path / "run")
+    outcome = training.train_and_evaluate(table, cfg, tmp_path / "run")
     registry.log_training_run(target, run_id, cfg, table, outcome, str(CARDIO))
     registry.register_challenger(target, run_id)
     measure = measure_on(*pipeline.held_out(table, cfg.split))
@@ -96,7 +74,7 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _wait_healthy(api, server, log)
+        wait_healthy(api, server, log)
         _run([*PREFECT, "work-pool", "create", "e2e-pool", "--type", "process"], env)
         _run(
             [
@@ -142,8 +120,8 @@ def test_deployment_run_is_executed_by_a_worker(tmp_path, mlflow_uri):
             state = json.load(r)["state_type"]
         assert state == "COMPLETED", output[-3000:]
     finally:
-        _stop(worker)
-        _stop(server)
+        stop_process(worker)
+        stop_process(server)
 
     scores = pd.read_parquet(tmp_path / "scores" / "e2e.parquet")
     assert len(scores) == 1831 and scores["record_id"].is_unique

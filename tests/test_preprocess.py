@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vae_core.data.columns import MISSING_CATEGORY, _to_category
+from vae_core.data.columns import MISSING_CATEGORY, to_category
 from vae_core.data.input_stats import grid_variance
 from vae_core.data.preprocess import TabularPreprocessor
 
@@ -19,7 +19,7 @@ def test_numpy_mapping_equals_the_fitted_column_transformer(mixed_data):
     data = (
         mixed_data[numeric]
         .astype("float64")
-        .assign(**{c: _to_category(mixed_data[c]) for c in categorical})
+        .assign(**{c: to_category(mixed_data[c]) for c in categorical})
     )
     reference = ct.fit_transform(data)
     ours = pre.transform(mixed_data)

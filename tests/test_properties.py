@@ -55,7 +55,6 @@ import vae_core
 from vae_core.data.ingest import read_table
 from vae_core.data.preprocess import MIN_FIT_ROWS, TabularPreprocessor
 from vae_core.foundations.calibrate import (
-    AnomalyProbability,
     CalibrationFallbackWarning,
     CalibrationPolicy,
     Contamination,
@@ -64,6 +63,7 @@ from vae_core.foundations.calibrate import (
     flag_anomalies,
     metrics_at_threshold,
 )
+from vae_core.foundations.score_distribution import AnomalyProbability
 
 VAE_CORE = Path(vae_core.__file__).resolve().parent
 

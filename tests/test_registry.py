@@ -14,13 +14,20 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.helpers import CARDIO, free_port, promote, register, write_pipeline_config
+from tests.helpers import (
+    CARDIO,
+    default_top_features,
+    free_port,
+    promote,
+    register,
+    write_pipeline_config,
+)
 from vae_core.cli import app
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.config import PromotionConfig, load_config
-from vae_core.steps.dataset import train_and_evaluate
-from vae_core.steps.pipeline import score_table
+from vae_core.kinds.table_scores import score_table
 from vae_core.steps.promotion import gate_checks
+from vae_core.steps.training import train_and_evaluate
 from vae_core.tracking import registry
 
 
@@ -253,7 +260,9 @@ def test_champion_loads_and_scoring_run_is_linked_to_its_version(
         champion.detector.anomaly_score(rows), trained_cardio.detector.anomaly_score(rows)
     )
 
-    scores = score_table(champion.detector, rows, cardio_table.ids.iloc[:50])
+    scores = score_table(
+        champion.detector, rows, cardio_table.ids.iloc[:50], top_features=default_top_features()
+    )
     path = tmp_path / "scores.parquet"
     scores.to_parquet(path)
     run_id = registry.log_scoring_run(

@@ -5,12 +5,12 @@ import dataclasses
 
 from mlflow import MlflowClient
 
-from tests.helpers import promote, register
+from tests.helpers import default_top_features, promote, register
 from vae_core.estimator.detector import VAEDetector
-from vae_core.steps.batch import BatchSummary
-from vae_core.steps.dataset import train_and_evaluate
-from vae_core.steps.pipeline import score_table
-from vae_core.steps.promotion import RunRecord, data_changes
+from vae_core.kinds.table_scores import score_table
+from vae_core.steps.batch_report import BatchSummary
+from vae_core.steps.run_notes import RunRecord, data_changes
+from vae_core.steps.training import train_and_evaluate
 from vae_core.tracking import registry
 
 NAME = "vae-anomaly"
@@ -116,7 +116,9 @@ def test_scoring_run_has_a_description_parameters_and_its_dataset(
     batch_file = tmp_path / "batch-0601.csv"
     frame = cardio_table.features.iloc[:40]
     frame.to_csv(batch_file, index=False)
-    scores = score_table(champion.detector, frame, cardio_table.ids.iloc[:40])
+    scores = score_table(
+        champion.detector, frame, cardio_table.ids.iloc[:40], top_features=default_top_features()
+    )
     scores.to_parquet(tmp_path / "out.parquet")
     flagged = int(scores["is_anomaly"].sum())
     summary = BatchSummary(

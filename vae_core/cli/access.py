@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from vae_core.cli.common import ConfigOpt, _user_errors, app
+from vae_core.cli.common import ConfigOpt, user_errors, app
 
 PASSWORD_PREFIX = "VAE_ACCESS_PASSWORD_"
 NEW_ADMIN_PASSWORD = "VAE_ACCESS_ADMIN_PASSWORD"
@@ -48,7 +48,7 @@ def _plan(users: list[str]):
 
 
 @app.command()
-@_user_errors
+@user_errors
 def access(
     user: Annotated[
         list[str],

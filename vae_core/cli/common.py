@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from vae_core.foundations.config import DataConfig
+from vae_core.kinds.choice import kind_named
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -51,13 +54,13 @@ def whole_short_help(typer_app: typer.Typer) -> None:
             info.short_help = first.split(". ")[0].rstrip(".") + "." if first else None
 
 
-def _tracking_overrides(registered_model: str | None, experiment: str | None) -> dict:
+def tracking_overrides(registered_model: str | None, experiment: str | None) -> dict:
     """Config overrides for the tracking section from the command line (a flag wins)."""
     given = {"registered_model": registered_model, "experiment": experiment}
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     # escaped: a message quoting a user's value ("column [bold]") must print as written
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
@@ -72,7 +75,7 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
-def _user_errors(fn):
+def user_errors(fn):
     """Turn the exceptions that mean 'bad input' into one line and exit code 2."""
     import functools
 
@@ -83,11 +86,11 @@ def _user_errors(fn):
         # PermissionError: a file we may not write, or a call the tracking server refused
         # (tracking.access.AccessRefused names the user, the action and the permission)
         except (ValueError, FileNotFoundError, KeyError, ConnectionError, PermissionError) as exc:
-            _fail(error_text(exc))
+            fail(error_text(exc))
         except OSError as exc:  # a full disk or quota is the machine's state, not a bug
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            _fail(str(exc))
+            fail(str(exc))
 
     return wrapper
 
@@ -112,7 +115,7 @@ def announce_new_store(cfg) -> None:
     )
 
 
-def _scoring_model(model: str, cfg):
+def scoring_model(model: str, cfg):
     """(detector, RegisteredDetector or None) for a saved folder or a models:/ URI."""
     if model.startswith("models:/"):
         from vae_core.tracking import registry
@@ -125,7 +128,7 @@ def _scoring_model(model: str, cfg):
     return VAEDetector.load(Path(model)).set_params(missing=cfg.scoring.missing), None
 
 
-def _as_recorded(cfg, record: dict, sections: tuple[str, ...] = ("data", "split", "images")):
+def as_recorded(cfg, record: dict, sections: tuple[str, ...] = ("data", "split", "images")):
     """(``cfg`` with the data, split and images settings a version's training run recorded,
     its data source): ``promote`` without --data scores both models on the held-out rows
     of the file the challenger was trained on, split as it was, whatever the current config
@@ -156,3 +159,26 @@ def _as_recorded(cfg, record: dict, sections: tuple[str, ...] = ("data", "split"
         update[section] = model(**(getattr(cfg, section).model_dump() | recorded))
     typer.echo(f"held-out rows of {path}, as version {record['version']} was trained")
     return cfg.model_copy(update=update), path
+
+
+def reading(cfg, data: Path | None, label_column: str | None, id_column: list[str] | None):
+    """``cfg`` with the data section for reading ``data``: the config's label, id and dropped
+    columns only when ``data`` is the config's own data (``DataConfig.for_file``), and the
+    flags over them (a flag wins)."""
+    if not kind_named(cfg.data.kind).columns:
+        no_table_options(label_column=label_column, id_column=id_column)
+    flags = {"label_column": label_column, "id_columns": id_column or None}
+    section = cfg.data.for_file(data, cfg.root).model_dump()
+    section |= {k: v for k, v in flags.items() if v is not None}
+    return cfg.model_copy(update={"data": DataConfig(**section)})
+
+
+def no_table_options(**given) -> None:
+    """ValueError naming the table-only options given for images."""
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+    if named:
+        raise ValueError(
+            f"{' and '.join(named)}: table options, not for images (data.kind images): labels "
+            "come from the folder names (good = 0) or images.npz_class_key, and each image is "
+            "identified by its path"
+        )

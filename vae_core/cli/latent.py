@@ -14,14 +14,17 @@ from typing import Annotated
 
 import typer
 
-from vae_core.cli.common import ConfigOpt, _scoring_model, _user_errors, app
+from vae_core.cli.common import ConfigOpt, app, scoring_model, user_errors
+from vae_core.data.ingest import table_output
+from vae_core.foundations.atomic import atomic_write_frame
+from vae_core.foundations.config import load_config
+from vae_core.kinds.choice import kind_of_model
 
 
 def _model(model: str, config):
-    from vae_core.foundations.config import load_config
 
     cfg = load_config(config)
-    return _scoring_model(model, cfg)[0], cfg
+    return scoring_model(model, cfg)[0], cfg
 
 
 def _id_columns(given, cfg, det, data: Path, kind) -> list[str]:
@@ -38,7 +41,7 @@ def _id_columns(given, cfg, det, data: Path, kind) -> list[str]:
 
 
 @app.command()
-@_user_errors
+@user_errors
 def embed(
     model: Annotated[str, typer.Option(help="Folder written by `train`, or models:/NAME@ALIAS.")],
     data: Annotated[
@@ -57,8 +60,6 @@ def embed(
     """Write the latent coordinates of every row or image.
 
     Columns: ids (or path), z0..z{k-1} (the posterior means of q(z|x)), anomaly_score."""
-    from vae_core.foundations.atomic import atomic_write_frame
-    from vae_core.steps.dataset import kind_of_model, table_output
 
     det, cfg = _model(model, config)
     table_output(out)
@@ -70,7 +71,7 @@ def embed(
 
 
 @app.command(short_help="Generate rows or images from the prior: z ~ N(0, I).")
-@_user_errors
+@user_errors
 def sample(
     model: Annotated[str, typer.Option(help="Folder written by `train`, or models:/NAME@ALIAS.")],
     out: Annotated[
@@ -88,7 +89,6 @@ def sample(
     config: ConfigOpt = None,
 ) -> None:
     """Generate new rows or images: z ~ N(0, I), then x ~ p(x|z) (or its mean)."""
-    from vae_core.steps.dataset import kind_of_model
 
     det, _ = _model(model, config)
     decoded = det.sample(n, random_state=seed, mean=mean)
@@ -97,7 +97,7 @@ def sample(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def interpolate(
     model: Annotated[str, typer.Option(help="Folder written by `train`, or models:/NAME@ALIAS.")],
     data: Annotated[Path, typer.Option(help="The table or image folder/npz holding both ends.")],
@@ -122,7 +122,6 @@ def interpolate(
 
     `steps` rows or images along the line (or great circle) between the two posterior means,
     the first and last the reconstructions of the two ends."""
-    from vae_core.steps.dataset import kind_of_model
 
     det, cfg = _model(model, config)
     kind = kind_of_model(det)

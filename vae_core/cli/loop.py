@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from vae_core.cli.common import ConfigOpt, _user_errors, app
+from vae_core.cli.common import ConfigOpt, app, user_errors
 
 
 @app.command()
-@_user_errors
+@user_errors
 def feedback(
     registered_model: Annotated[
         str, typer.Option("--registered-model", help="The model whose scored rows were reviewed.")
@@ -73,7 +73,7 @@ def submit_verdicts(target, path: Path, id_columns: list[str], label_column: str
 
 
 @app.command()
-@_user_errors
+@user_errors
 def recalibrate(
     registered_model: Annotated[
         str, typer.Option("--registered-model", help="The model whose verdicts to use.")
@@ -109,10 +109,10 @@ def recalibrate_version(target, cfg, version: int | None):
     review opened by what the reviewed rows said."""
     import tempfile
 
-    from vae_core.cli.common import _as_recorded
+    from vae_core.cli.common import as_recorded
+    from vae_core.kinds.choice import load_dataset
     from vae_core.steps import feedback as fb
     from vae_core.steps import recalibration as rc
-    from vae_core.steps.dataset import load_dataset
     from vae_core.steps.pipeline import split_data
     from vae_core.tracking import registry
 
@@ -126,7 +126,7 @@ def recalibrate_version(target, cfg, version: int | None):
     id_columns = fb.id_columns_of(history)
     record = registry.training_data_of(target, of)
     sections = ("data", "split", "images", "model", "training")
-    rcfg, source = _as_recorded(cfg, record, sections)
+    rcfg, source = as_recorded(cfg, record, sections)
     data = load_dataset(source, rcfg)
     splits = split_data(data, rcfg.split)
     det = registry.load_registered(target, f"models:/{name}/{of}").detector

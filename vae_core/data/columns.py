@@ -7,6 +7,7 @@ Every check raises ``ValueError`` with a message that names the column and examp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ MIN_FIT_ROWS = 10
 _EXAMPLES = 5  # rows quoted in an error message
 
 
-def _rows(index: pd.Index, mask: np.ndarray) -> str:
+def rows_named(index: pd.Index, mask: np.ndarray) -> str:
     bad = index[np.asarray(mask)]
     shown = ", ".join(str(r) for r in bad[:_EXAMPLES])
     more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
@@ -46,13 +47,13 @@ def as_frame(X, columns: list[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(arr, columns=columns or [f"x{i}" for i in range(arr.shape[1])])
 
 
-def _is_numeric(s: pd.Series) -> bool:
+def is_numeric(s: pd.Series) -> bool:
     return ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s)
 
 
-def _to_numeric(s: pd.Series, name: str) -> np.ndarray:
+def to_numeric(s: pd.Series, name: str) -> np.ndarray:
     """Column as float64; unparseable values and infinities raise, naming rows."""
-    if _is_numeric(s):
+    if is_numeric(s):
         values = s.to_numpy(dtype="float64", na_value=np.nan)
     else:
         parsed = pd.to_numeric(s, errors="coerce")
@@ -61,16 +62,16 @@ def _to_numeric(s: pd.Series, name: str) -> np.ndarray:
             examples = ", ".join(repr(v) for v in s[bad].head(3).tolist())
             raise ValueError(
                 f"column {name!r} must be numeric: unparseable value(s) {examples} at "
-                f"{_rows(s.index, bad)}"
+                f"{rows_named(s.index, bad)}"
             )
         values = parsed.to_numpy(dtype="float64", na_value=np.nan)
     inf = np.isinf(values)
     if inf.any():
-        raise ValueError(f"column {name!r} has infinite values at {_rows(s.index, inf)}")
+        raise ValueError(f"column {name!r} has infinite values at {rows_named(s.index, inf)}")
     return values
 
 
-def _to_category(s: pd.Series) -> np.ndarray:
+def to_category(s: pd.Series) -> np.ndarray:
     """Column as strings, missing values as their own category."""
     return np.where(s.isna().to_numpy(), MISSING_CATEGORY, s.astype(str).to_numpy(dtype=object))
 
@@ -91,9 +92,36 @@ class ColumnSpec:
     point_mass: float | None = None  # a value held by many rows, modelled as its own outcome
 
 
-def _numeric_strings(s: pd.Series) -> bool:
+def numeric_strings(s: pd.Series) -> bool:
     """True for a text column whose every non-missing value parses as a number."""
     if not (ptypes.is_string_dtype(s) or ptypes.is_object_dtype(s)):
         return False
     present = s.dropna()
     return bool(len(present)) and pd.to_numeric(present, errors="coerce").notna().all()
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_scaled(spec: ColumnSpec, values: np.ndarray, index: pd.Index) -> None:
+    """ValueError naming the column and rows when its training values, scaled by the fitted
+    statistics, overflow the model's float32 input (or the statistics themselves overflowed:
+    scikit-learn's variance is inf beyond |x| ~ 1e154 and its scale silently falls back to 1)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = (np.where(np.isnan(values), spec.median, values) - spec.mean) / spec.scale
+    bad = ~(np.abs(u) < _FLOAT32_MAX)
+    if bad.any() or not (math.isfinite(spec.mean) and math.isfinite(spec.scale)):
+        raise ValueError(
+            f"column {spec.name!r} cannot be scaled for the model: (value - {spec.mean:.3g}) / "
+            f"{spec.scale:.3g} overflows the float32 model input at {rows_named(index, bad)}; "
+            "rescale the column (other units) before training"
+        )
+
+
+def point_mass(values: pd.Series, share: float) -> float | None:
+    """The most frequent value of a numeric column when at least ``share`` of the rows hold
+    it and other values exist beside it; else None. NaN never counts."""
+    counts = values.dropna().value_counts()
+    if len(counts) < 2 or counts.iloc[0] < share * len(values):
+        return None
+    return float(counts.index[0])

@@ -1,6 +1,7 @@
 """Images as a fitted detector takes them: its files read at the training size and colour mode,
 a chunk at a time, and the packaged model's input parsed once for every output it gives
-(scores, ``image_pipeline.score_image_input``; latent coordinates, ``latent.latent_image_input``).
+(scores, ``kinds.image_scores.score_image_input``; latent coordinates,
+``kinds.image_scores.latent_image_input``).
 
 The packaged model takes a DataFrame with a ``path`` column (image files), a DataFrame with an
 ``image`` column (per row an (H, W) or (C, H, W) array or nested list of 0..255 integers), or

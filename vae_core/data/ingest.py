@@ -10,9 +10,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,17 @@ import pyarrow.parquet as pq
 from pandas.api import types as ptypes
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def is_table_file(out: str | Path) -> bool:
+    """Whether ``out`` names a table file (.csv, .parquet, .pq), not a folder."""
+    return TABLE_SUFFIXES.get(Path(out).suffix.lower()) is not None
+
+
+def table_output(out: str | Path) -> None:
+    """ValueError unless ``out`` names a table file (.csv or .parquet)."""
+    if not is_table_file(out):
+        raise ValueError(f"--out {out}: use a .csv or .parquet file name")
 
 
 _EXAMPLES = 5  # rows or columns quoted in a message
@@ -194,48 +204,18 @@ def _check_same_columns(first: pd.Index, first_path: Path, other: pd.Index, path
         )
 
 
-@dataclass
-class LabelledTable:
-    """Features (n, d), optional labels (n,) with 1 = anomaly, and pass-through id columns.
-
-    A dataset as the pipeline takes one (``vae_core.steps.dataset``; the images' is
-    ``image_pipeline.ImageData``): ``kind``, ``len``, ``n_fit_only``, ``labels``,
-    ``features_at`` / ``labels_at``, ``skipped`` and ``fingerprint``.
-    label_column : the column the labels came from (recorded with a training run), if any.
-    """
+class TableColumns(NamedTuple):
+    """A table's features (n, d), optional labels (n,) with 1 = anomaly, pass-through id
+    columns, and the column the labels came from, if any: what the table kind's dataset
+    (``vae_core.kinds.table``) is made of."""
 
     features: pd.DataFrame
     labels: np.ndarray | None
     ids: pd.DataFrame
     label_column: str | None = None
 
-    kind: ClassVar[str] = "table"
-    # Rows that only train (an image layout's train/ folder): none, every row is split.
-    n_fit_only: ClassVar[int] = 0
 
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """Inputs left out while reading, (path, reason): none for a table (a bad row is an
-        error naming it)."""
-        return []
-
-    def fingerprint(self) -> dict[str, str | int]:
-        """SHA-256 of the feature names, values and labels, with the table's shape."""
-        return table_fingerprint(self)
-
-    def features_at(self, rows) -> pd.DataFrame:
-        """The feature rows at positions ``rows``."""
-        return self.features.iloc[rows]
-
-    def labels_at(self, rows) -> np.ndarray | None:
-        """The labels at positions ``rows``, or None without labels."""
-        return None if self.labels is None else self.labels[rows]
-
-
-def table_fingerprint(table: LabelledTable) -> dict[str, str | int]:
+def table_fingerprint(table: TableColumns) -> dict[str, str | int]:
     """SHA-256 of a table's feature names, values and labels, with its shape."""
     h = hashlib.sha256(json.dumps([str(c) for c in table.features.columns]).encode())
     h.update(pd.util.hash_pandas_object(table.features, index=False).to_numpy().tobytes())
@@ -249,10 +229,11 @@ def split_columns(
     frame: pd.DataFrame,
     label_column: str | None = None,
     id_columns: list[str] | tuple[str, ...] = (),
+    *,
     drop_columns: list[str] | tuple[str, ...] = (),
     source: str = "input",
     require_label: bool = False,
-) -> LabelledTable:
+) -> TableColumns:
     """Separate features from the label and id columns.
 
     A label column that is absent is allowed unless ``require_label``; one that is present
@@ -269,7 +250,7 @@ def split_columns(
         )
     excluded = {*id_columns, *drop_columns, *([label_column] if label_column else [])}
     features = frame[[c for c in frame.columns if c not in excluded]]
-    return LabelledTable(features, labels, frame[list(id_columns)], label_column)
+    return TableColumns(features, labels, frame[list(id_columns)], label_column)
 
 
 NUMERIC_TEXT_SHARE = 0.95  # a text column this much numbers is a numeric column with typos
@@ -333,7 +314,7 @@ def _binary_labels(s: pd.Series, name: str, source: str) -> np.ndarray:
     return values.to_numpy(dtype="int64")
 
 
-def load_table(path: str | Path, data, require_label: bool = False) -> LabelledTable:
+def load_table(path: str | Path, data, *, require_label: bool = False) -> TableColumns:
     """Read a table and separate features, labels and ids as the ``data`` config says.
 
     A table of more than ``data.max_train_rows`` rows (when set) is read as a uniform sample
@@ -349,7 +330,7 @@ def load_table(path: str | Path, data, require_label: bool = False) -> LabelledT
         frame,
         data.label_column,
         data.id_columns,
-        data.drop_columns,
+        drop_columns=data.drop_columns,
         source=str(path),
         require_label=require_label,
     )

@@ -8,18 +8,16 @@ as plain numbers (medians, means, scales, category lists) and applied with NumPy
 JSON, so a model file cannot run code when loaded and reads the same under any scikit-learn
 version. ``tests/test_preprocess.py`` checks that both give the same matrix.
 
-Images: ``image_preprocess.ImagePreprocessor`` (re-exported here). Both answer the detector
-with the same methods (``transform_rows``, ``transform_blocks``, ``scoring_blocks``,
-``input_fingerprint``, ``left_out_columns``, ``as_one``, ``from_model_space``,
-``image_shape``), so the estimator does not ask which one it holds. The column conversions
-and the schema record of one column are in ``columns``.
+Images: ``image_preprocess.ImagePreprocessor``. Both answer the detector with the same
+methods (``transform_rows``, ``transform_blocks``, ``scoring_blocks``, ``input_fingerprint``,
+``left_out_columns``, ``as_one``, ``from_model_space``, ``image_shape``), so the estimator
+does not ask which one it holds. Column conversions, checks and schema records: ``columns``.
 
 Every check raises ``ValueError`` with a message that names the column and example rows.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict
 
@@ -33,14 +31,16 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from vae_core.data.columns import (
     MIN_FIT_ROWS,
     ColumnSpec,
-    _is_numeric,
-    _numeric_strings,
-    _rows,
-    _to_category,
-    _to_numeric,
     as_frame,
+    check_scaled,
+    is_numeric,
+    numeric_strings,
+    point_mass,
+    rows_named,
+    to_category,
+    to_numeric,
 )
-from vae_core.data.image_preprocess import ImagePreprocessor  # re-exported: callers import it here
+from vae_core.data.image_preprocess import ImagePreprocessor
 from vae_core.data.ingest import check_column_names, numeric_text_message, text_among_numbers
 from vae_core.data.input_stats import fingerprint
 from vae_core.network.model import FeatureLayout
@@ -96,8 +96,8 @@ class TabularPreprocessor:
         if not numeric and not categorical:
             raise ValueError("every column is constant: there is nothing to learn")
         data = pd.DataFrame(
-            {s.name: _to_numeric(frame[s.name], s.name) for s in specs if s.kind == "numeric"}
-            | {c: _to_category(frame[c]) for c in categorical}
+            {s.name: to_numeric(frame[s.name], s.name) for s in specs if s.kind == "numeric"}
+            | {c: to_category(frame[c]) for c in categorical}
         )
         fitted = self._column_transformer(numeric, categorical).fit(data)
         self._read_statistics(fitted, specs, numeric, categorical)
@@ -107,10 +107,10 @@ class TabularPreprocessor:
         if self.point_mass_share is not None and self.likelihood == "gaussian":
             for spec in specs:
                 if spec.kind == "numeric":
-                    spec.point_mass = _point_mass(data[spec.name], self.point_mass_share)
+                    spec.point_mass = point_mass(data[spec.name], self.point_mass_share)
         for spec in specs:
             if spec.kind == "numeric":
-                _check_scaled(spec, data[spec.name].to_numpy(), frame.index)
+                check_scaled(spec, data[spec.name].to_numpy(), frame.index)
         self.columns = specs
         return self
 
@@ -128,9 +128,9 @@ class TabularPreprocessor:
         dtype = str(s.dtype)
         typos = text_among_numbers(s)
         if typos is not None:
-            raise ValueError(numeric_text_message(name, s[typos], _rows(s.index, typos)))
-        if _is_numeric(s) or (self.likelihood == "gaussian" and _numeric_strings(s)):
-            values = _to_numeric(s, name)
+            raise ValueError(numeric_text_message(name, s[typos], rows_named(s.index, typos)))
+        if is_numeric(s) or (self.likelihood == "gaussian" and numeric_strings(s)):
+            values = to_numeric(s, name)
             finite = values[~np.isnan(values)]
             if finite.size == 0:
                 raise ValueError(f"column {name!r} is entirely missing (NaN) in the training data")
@@ -138,7 +138,7 @@ class TabularPreprocessor:
                 bad = (values < 0) | (values > 1)
                 raise ValueError(
                     f"likelihood='bernoulli' needs values in [0, 1]; column {name!r} has "
-                    f"values outside at {_rows(s.index, bad)}"
+                    f"values outside at {rows_named(s.index, bad)}"
                 )
             if np.all(finite == finite[0]) and finite.size == values.size:
                 warnings.warn(
@@ -264,7 +264,7 @@ class TabularPreprocessor:
         specs = [c for c in self._of_kind("numeric") if not c.missing_indicator]
         if self.likelihood != "gaussian" or not specs:
             return [], np.zeros((len(frame), 0), bool)
-        mask = np.stack([np.isnan(_to_numeric(frame[c.name], c.name)) for c in specs], 1)
+        mask = np.stack([np.isnan(to_numeric(frame[c.name], c.name)) for c in specs], 1)
         return [c.name for c in specs], mask
 
     def _transform(self, X, gaps: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -272,12 +272,12 @@ class TabularPreprocessor:
         numeric = self._of_kind("numeric")
         blocks, indicators, masses, unobserved = [], [], [], []
         for c in numeric:
-            values = _to_numeric(frame[c.name], c.name)
+            values = to_numeric(frame[c.name], c.name)
             missing = np.isnan(values)
             if missing.any() and not c.missing_indicator and not gaps:
                 raise ValueError(
                     f"column {c.name!r} had no missing values at fit, so the model cannot score "
-                    f"missing values; NaN at {_rows(frame.index, missing)}"
+                    f"missing values; NaN at {rows_named(frame.index, missing)}"
                 )
             unobserved.append(missing & (not c.missing_indicator))
             blocks.append((np.where(missing, c.median, values) - c.mean) / c.scale)
@@ -304,7 +304,7 @@ class TabularPreprocessor:
     @staticmethod
     def _one_hot(s: pd.Series, c: ColumnSpec) -> np.ndarray:
         lookup = {cat: i for i, cat in enumerate(c.categories)}
-        codes = np.array([lookup.get(v, len(c.categories)) for v in _to_category(s)], dtype=int)
+        codes = np.array([lookup.get(v, len(c.categories)) for v in to_category(s)], dtype=int)
         return np.eye(len(c.categories) + 1)[codes]
 
     def check(self, X) -> pd.DataFrame:
@@ -444,33 +444,6 @@ class TabularPreprocessor:
         pre = cls(d["likelihood"], d.get("scaling", "standard"), d.get("point_mass_share"))
         pre.columns = [ColumnSpec(**c) for c in d["columns"]]
         return pre
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _check_scaled(spec: ColumnSpec, values: np.ndarray, index: pd.Index) -> None:
-    """ValueError naming the column and rows when its training values, scaled by the fitted
-    statistics, overflow the model's float32 input (or the statistics themselves overflowed:
-    scikit-learn's variance is inf beyond |x| ~ 1e154 and its scale silently falls back to 1)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        u = (np.where(np.isnan(values), spec.median, values) - spec.mean) / spec.scale
-    bad = ~(np.abs(u) < _FLOAT32_MAX)
-    if bad.any() or not (math.isfinite(spec.mean) and math.isfinite(spec.scale)):
-        raise ValueError(
-            f"column {spec.name!r} cannot be scaled for the model: (value - {spec.mean:.3g}) / "
-            f"{spec.scale:.3g} overflows the float32 model input at {_rows(index, bad)}; "
-            "rescale the column (other units) before training"
-        )
-
-
-def _point_mass(values: pd.Series, share: float) -> float | None:
-    """The most frequent value of a numeric column when at least ``share`` of the rows hold
-    it and other values exist beside it; else None. NaN never counts."""
-    counts = values.dropna().value_counts()
-    if len(counts) < 2 or counts.iloc[0] < share * len(values):
-        return None
-    return float(counts.index[0])
 
 
 def preprocessor_from_dict(d: dict):

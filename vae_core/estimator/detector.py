@@ -26,10 +26,11 @@ from pydantic import ValidationError
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from vae_core.data.image_preprocess import ImagePreprocessor
 from vae_core.data.image_stream import PixelRows, scan_images
 from vae_core.data.images import image_rows
 from vae_core.data.input_stats import fingerprint, grid_variance
-from vae_core.data.preprocess import ImagePreprocessor, TabularPreprocessor
+from vae_core.data.preprocess import TabularPreprocessor
 from vae_core.estimator.detector_scoring import ScoringMixin
 from vae_core.estimator.latent_space import LatentSpaceMixin
 from vae_core.estimator.persist import load_detector, save_detector
@@ -365,11 +366,8 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         Records how the threshold was set in ``calibration_`` (policy, parameters, calibration
         size and fingerprint) and fits ``anomaly_probability`` on the same scores.
         """
-        from vae_core.foundations.calibrate import (
-            AnomalyProbability,
-            TargetFPR,
-            calibrate_threshold,
-        )
+        from vae_core.foundations.calibrate import TargetFPR, calibrate_threshold
+        from vae_core.foundations.score_distribution import AnomalyProbability
 
         if score not in ("negative_elbo", "iwae"):
             raise ValueError(f"score must be 'negative_elbo' or 'iwae', got {score!r}")

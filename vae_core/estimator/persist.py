@@ -151,7 +151,7 @@ def load_detector(path, cls):
         setattr(det, key, np.asarray(value, dtype=object) if key == "feature_names_in_" else value)
     det.probability_ = None
     if "anomaly_probability" in meta:
-        from vae_core.foundations.calibrate import AnomalyProbability
+        from vae_core.foundations.score_distribution import AnomalyProbability
 
         det.probability_ = AnomalyProbability.from_dict(meta["anomaly_probability"])
     return det

@@ -27,16 +27,10 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vae_core.evaluation.report_plots import (
-    plot_latent_map as plot_latent_map,  # re-exported: latent imports it here
-)
-from vae_core.evaluation.report_plots import (
     plot_pr_curve,
     plot_roc_curve,
     plot_score_histogram,
     plot_training_curve,
-)
-from vae_core.evaluation.report_record import (
-    METRIC_LABELS as METRIC_LABELS,  # re-exported: promotion imports it here
 )
 from vae_core.evaluation.report_record import Estimate, EvaluationReport
 from vae_core.foundations.atomic import atomic_write

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from vae_core.evaluation.report_record import EvaluationReport, _fmt
+from vae_core.evaluation.report_record import EvaluationReport, format_number
 from vae_core.foundations.atomic import atomic_write
 
 
@@ -86,7 +86,7 @@ def plot_score_histogram(
         groups = {"normal": scores[y == 0], "anomaly": scores[y == 1]}
     for label, group in groups.items():
         ax.hist(group, bins=bins, density=True, alpha=0.5, label=f"{label} (n={group.size})")
-    ax.axvline(threshold, color="C3", ls="--", label=f"threshold {_fmt(threshold)}")
+    ax.axvline(threshold, color="C3", ls="--", label=f"threshold {format_number(threshold)}")
     ax.set_xscale(xscale)
     ax.legend()
     return _save_figure(fig, path)

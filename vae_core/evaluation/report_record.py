@@ -89,7 +89,8 @@ class EvaluationReport:
 # --------------------------------------------------------------------------- markdown
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float) -> str:
+    """A number in 4 significant digits, as the report writes them."""
     return f"{value:.4g}"
 
 
@@ -126,7 +127,8 @@ def _metric_table(report: EvaluationReport) -> list[str]:
     for name, label in METRIC_LABELS.items():
         if name in report.metrics:
             est = report.metrics[name]
-            lines.append(f"| {label} | {_fmt(est.value)} | {_fmt(est.low)} – {_fmt(est.high)} |")
+            value, low, high = (format_number(v) for v in (est.value, est.low, est.high))
+            lines.append(f"| {label} | {value} | {low} – {high} |")
     lines.append("")
     lines.append(
         f"Intervals: percentile bootstrap, {report.n_bootstrap} resamples within each class "
@@ -172,7 +174,7 @@ def baseline_lines(report: EvaluationReport) -> list[str]:
     ]
     for key in ("roc_auc", "average_precision"):
         ours = report.metrics[key].value
-        lines.append(f"| {METRIC_LABELS[key]} | {_fmt(ours)} | {_fmt(b[key])} |")
+        lines.append(f"| {METRIC_LABELS[key]} | {format_number(ours)} | {format_number(b[key])} |")
     sentence = baseline_sentence(report.metrics["roc_auc"].value, b["roc_auc"], b["method"])
     return [*lines, "", sentence, ""]
 

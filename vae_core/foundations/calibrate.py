@@ -26,7 +26,7 @@ the tail (peaks over threshold) when fewer than ``pot_switch_expected`` calibrat
 expected above the threshold; the rule and the fit are recorded in ``Calibration.details``.
 
 The checks of score and label arrays live in ``score_checks``, the upper-tail estimates and
-``AnomalyProbability`` in ``score_distribution``; their public names import from here too.
+``AnomalyProbability`` in ``score_distribution``.
 """
 
 from __future__ import annotations
@@ -50,14 +50,11 @@ from sklearn.metrics import (
 from vae_core.foundations.score_checks import (
     MIN_CALIBRATION_SCORES,
     MIN_LABELLED_ANOMALIES,
-    _require_count,
     check_labels,
     check_scores,
+    require_count,
 )
-from vae_core.foundations.score_distribution import (
-    AnomalyProbability as AnomalyProbability,  # re-exported
-)
-from vae_core.foundations.score_distribution import _upper_tail_threshold
+from vae_core.foundations.score_distribution import upper_tail_threshold
 
 
 class CalibrationFallbackWarning(UserWarning):
@@ -357,7 +354,7 @@ def _fallback_to_unlabelled(
         "these scores"
     )
     warnings.warn(reason, CalibrationFallbackWarning, stacklevel=4)
-    threshold, method, details = _upper_tail_threshold(
+    threshold, method, details = upper_tail_threshold(
         scores, policy.fallback_fpr, TargetFPR(fpr=policy.fallback_fpr)
     )
     return threshold, method, details, reason
@@ -374,8 +371,8 @@ def _labelled_threshold(
     if n_anomalies == 0:
         return _fallback_to_unlabelled(scores, policy)
     hint = f" in the calibration split for policy {policy.name!r}"
-    _require_count(n_anomalies, MIN_LABELLED_ANOMALIES, "labelled anomalies", hint)
-    _require_count(y.size - n_anomalies, MIN_LABELLED_ANOMALIES, "labelled normal rows", hint)
+    require_count(n_anomalies, MIN_LABELLED_ANOMALIES, "labelled anomalies", hint)
+    require_count(y.size - n_anomalies, MIN_LABELLED_ANOMALIES, "labelled normal rows", hint)
     threshold, method, details = _LABELLED_RULES[type(policy)](scores, y, policy)
     return threshold, method, details, None
 
@@ -390,8 +387,8 @@ def _unlabelled_threshold(
         reference = scores if y is None else scores[y == 0]
         rate = policy.fpr
         details = {"reference": "scores assumed normal" if y is None else "labelled normal rows"}
-    _require_count(reference.size, MIN_CALIBRATION_SCORES, details["reference"])
-    threshold, method, tail_details = _upper_tail_threshold(reference, rate, policy)
+    require_count(reference.size, MIN_CALIBRATION_SCORES, details["reference"])
+    threshold, method, tail_details = upper_tail_threshold(reference, rate, policy)
     return threshold, method, details | tail_details, None
 
 
@@ -429,7 +426,7 @@ def calibrate_threshold(
     """
     scores = check_scores(scores)
     y = check_labels(y, scores.size)
-    _require_count(scores.size, MIN_CALIBRATION_SCORES, "calibration scores")
+    require_count(scores.size, MIN_CALIBRATION_SCORES, "calibration scores")
     if isinstance(policy, _LabelledPolicy):
         threshold, method, details, reason = _labelled_threshold(scores, y, policy)
     else:

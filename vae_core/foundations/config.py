@@ -291,6 +291,10 @@ class AlertsConfig(_Section):
         return self
 
 
+# The network each kind of data trains: its model.architecture.
+KIND_ARCHITECTURE = {"table": "mlp", "images": "conv"}
+
+
 class PipelineConfig(_Section):
     """The whole of ``mlflow.yml``."""
 
@@ -306,6 +310,18 @@ class PipelineConfig(_Section):
     schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     root: Path = Field(default_factory=Path.cwd, exclude=True)  # folder of the config file
+
+    @model_validator(mode="after")
+    def _kind_fits_architecture(self) -> PipelineConfig:
+        """A table trains the MLP and images the convolutional VAE: refused here, at load,
+        naming both keys, rather than at fit after the data was read."""
+        wanted = KIND_ARCHITECTURE[self.data.kind]
+        if self.model.architecture != wanted:
+            raise ValueError(
+                f"data.kind {self.data.kind!r} needs model.architecture {wanted!r}, got "
+                f"{self.model.architecture!r}: set both keys together"
+            )
+        return self
 
     def path(self, value: str) -> Path:
         """A path from the config, resolved against the config file's folder."""

@@ -67,6 +67,6 @@ def _is_binary(value: Any) -> bool:
     ) and value in (0, 1)
 
 
-def _require_count(count: int, minimum: int, what: str, hint: str = "") -> None:
+def require_count(count: int, minimum: int, what: str, hint: str = "") -> None:
     if count < minimum:
         raise ValueError(f"need at least {minimum} {what}, got {count}{hint}")

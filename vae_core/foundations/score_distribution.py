@@ -19,9 +19,9 @@ from sklearn.isotonic import IsotonicRegression
 from vae_core.foundations.score_checks import (
     MIN_CALIBRATION_SCORES,
     MIN_LABELLED_ANOMALIES,
-    _require_count,
     check_labels,
     check_scores,
+    require_count,
 )
 
 
@@ -64,7 +64,7 @@ def _pot_threshold(
     """
     u = float(np.quantile(scores, tail.pot_tail_quantile))
     excess = scores[scores > u] - u
-    _require_count(
+    require_count(
         excess.size,
         tail.pot_min_exceedances,
         f"scores above the {tail.pot_tail_quantile:g} quantile for the POT fit",
@@ -84,7 +84,7 @@ def _pot_threshold(
     return threshold, fit
 
 
-def _upper_tail_threshold(
+def upper_tail_threshold(
     scores: np.ndarray, rate: float, tail: UpperTailSettings
 ) -> tuple[float, str, dict[str, Any]]:
     """Threshold with about ``rate`` of the (n,) reference scores above it; method; details."""
@@ -147,7 +147,7 @@ class AnomalyProbability:
                     "p-value on the labelled normal rows instead of isotonic regression"
                 )
                 scores = scores[y == 0]
-            _require_count(scores.size, MIN_CALIBRATION_SCORES, "normal calibration scores")
+            require_count(scores.size, MIN_CALIBRATION_SCORES, "normal calibration scores")
             self._fit_conformal(scores)
         self.tail_low_, self.tail_high_ = _tail_scales(scores, self.TAIL_SHARE)
         return self

@@ -1,11 +1,16 @@
-"""Batch scoring with bounded memory, validated input and atomic, idempotent output.
+"""The one batch engine: batch scoring with bounded memory, validated input and atomic,
+idempotent output, for every kind of data.
 
-A batch is one input (a CSV or Parquet file, a glob, or a folder of Parquet partitions) split
-into partitions (files, or row groups of one large Parquet file). Each partition is read in
-chunks, validated against the model's schema (pandera, built from the schema recorded at fit),
-scored, and written to a staging folder next to the destination. Only when every partition has
-succeeded are the staged parts streamed into the final file under a temporary name and renamed
-over the destination (``commit_scores``). So:
+A batch is one input split into partitions by the model's kind (``DataKind.partitions``: a
+table's files or row groups of one large Parquet file; a folder or .npz of images). Each
+partition is read in chunks as the kind reads it (``DataKind.chunks``: a table's rows
+validated against the model's schema; images at the model's size, unreadable files skipped or
+refused as ``images.on_error`` says), scored into the kind's scores frame
+(``DataKind.score_frame``), and written to a staging folder next to the destination. What the
+kind writes beside the scores (an image batch's anomaly maps and skipped list,
+``DataKind.finish_batch``) is written under the batch's lock before the commit. Only when
+every partition has succeeded are the staged parts streamed into the final file under a
+temporary name and renamed over the destination (``commit_scores``). So:
 
 * a bad row anywhere fails the batch before any output is written, and earlier outputs are
   untouched;
@@ -20,21 +25,20 @@ over the destination (``commit_scores``). So:
   write; the failing step removes its temporary file and closes every file it opened, so the
   space is free again (for a retry), and earlier outputs keep their bytes.
 
-The input side (partitions, reading in chunks, the batch's id, schema validation, and how
-rows are named in error messages) is ``vae_core.steps.batch_input``; its public names are
-re-exported here. This module scores, stages, commits and summarises.
+The engine names no kind: it calls the ``DataKind`` of the model (``kinds.choice``). What a
+batch reports (counts, drift, top rows) is ``vae_core.steps.batch_report``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,28 +47,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vae_core.foundations.atomic import exclusive
+from vae_core.foundations.config import PipelineConfig
+from vae_core.kinds.choice import kind_of_model
+from vae_core.kinds.protocol import Partition
 from vae_core.network import devices
-from vae_core.steps.batch_input import Partition, input_schema, read_partition, validate_chunk
-from vae_core.steps.batch_input import batch_identity as batch_identity  # re-exported
-from vae_core.steps.batch_input import checked_batch_id as checked_batch_id  # re-exported
-from vae_core.steps.batch_input import files_identity as files_identity  # re-exported
-from vae_core.steps.batch_input import list_partitions as list_partitions  # re-exported
-from vae_core.steps.scoring import score_table
+from vae_core.steps.batch_report import BatchSummary, StagedPart, summarise_batch
 
 
 # ---- scoring into a staging folder, then commit ------------------------------------------------
-@dataclass
-class StagedPart:
-    """What scoring one partition produced: a staged file and its summary."""
-
-    path: str
-    rows: int = 0
-    flagged: int = 0
-    decile_counts: list[int] = field(default_factory=list)  # against the calibration deciles
-    score_sample: list[float] = field(default_factory=list)  # up to 2,000 scores, for plots
-    top: list[dict] = field(default_factory=list)  # the part's highest-scoring rows
-
-
 def staging_dir(dest: Path, batch_id: str) -> Path:
     return Path(dest).parent / f".{batch_id}.staging"
 
@@ -93,27 +83,25 @@ def staging_for(
 
 
 def score_partition(
-    det,
-    part: Partition,
-    staging: Path,
-    index: int,
-    id_columns: list[str],
-    chunk_rows: int = 100_000,
-    top_features: int = 3,
-    top_rows: int = 10,
+    det, part: Partition, staging: Path, index: int, cfg: PipelineConfig
 ) -> StagedPart:
-    """Validate, score and stage one partition, chunk by chunk (memory ~ one chunk)."""
-
-    schema = input_schema(det, id_columns)
+    """Read, score and stage one partition, chunk by chunk (memory ~ one chunk), as the
+    model's kind reads and scores it (``DataKind.chunks``, ``DataKind.score_frame``): its
+    counts, calibration-decile counts, a sample of its scores and its top rows come back
+    with the staged file."""
+    kind = kind_of_model(det)
     staging.mkdir(parents=True, exist_ok=True)
     out = StagedPart(str(staging / f"part-{index:05d}.parquet"))
     edges = _reference_edges(det)
     rng = np.random.default_rng(index)
+    top_rows = kind.top_rows(cfg)
 
     def scored_tables() -> Generator[pa.Table, None, None]:
-        for chunk in read_partition(part, chunk_rows):
-            clean = validate_chunk(chunk, schema, part.name)
-            scored = score_table(det, clean, clean[list(id_columns)], top_features)
+        for chunk in kind.chunks(det, part, cfg):
+            out.skipped += chunk.skipped
+            if not len(chunk):  # every image of the chunk skipped
+                continue
+            scored = kind.score_frame(det, chunk.inputs, cfg)
             _summarise(out, scored, edges, rng, top_rows)
             yield pa.Table.from_pandas(scored, preserve_index=False)
 
@@ -141,9 +129,15 @@ def _summarise(out: StagedPart, scored: pd.DataFrame, edges, rng, top_rows: int)
     out.top = sorted(merged, key=lambda r: -r["anomaly_score"])[:top_rows]
 
 
-def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
+def commit_scores(
+    parts: list[StagedPart],
+    dest: Path,
+    staging: Path,
+    add_columns: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> Path:
     """Stream the staged parts, in order, into ``dest`` (.parquet, or .csv) atomically;
-    remove the staging folder.
+    remove the staging folder. ``add_columns`` (the kind's ``BatchOutputs``: an image's
+    ``map_path``) completes each staged frame on the way.
 
     staging : the batch's ``staging_dir(dest, ...)``, in ``dest``'s folder (one file system,
     so the rename is atomic). The temporary file is written inside it, so a run killed while
@@ -152,7 +146,8 @@ def commit_scores(parts: list[StagedPart], dest: Path, staging: Path) -> Path:
     """
     dest, staging = Path(dest), Path(staging)
     write = _write_csv if dest.suffix.lower() == ".csv" else _write_parquet
-    _write_atomically(_staged_tables(parts), dest, staging, write, "the scores to", durable=True)
+    tables = _staged_tables(parts, add_columns)
+    _write_atomically(tables, dest, staging, write, "the scores to", durable=True)
     shutil.rmtree(staging, ignore_errors=True)
     return dest
 
@@ -163,6 +158,7 @@ def _write_atomically(
     staging: Path,
     write: Callable[[Iterator[pa.Table], Path], int],
     what: str,
+    *,
     durable: bool = False,
 ) -> int:
     """``write`` the tables to a temporary file in ``staging``, then rename it over ``dest``;
@@ -236,12 +232,16 @@ def _write_csv(tables: Iterator[pa.Table], path: Path) -> int:
     return rows
 
 
-def _staged_tables(parts: list[StagedPart]) -> Generator[pa.Table, None, None]:
+def _staged_tables(parts: list[StagedPart], add_columns=None) -> Generator[pa.Table, None, None]:
     for part in parts:
         # stream: memory ~ one row group; `with`: closed when the generator is
         with pq.ParquetFile(part.path, pre_buffer=False) as pf:
             for g in range(pf.num_row_groups):
-                yield pf.read_row_group(g)
+                table = pf.read_row_group(g)
+                if add_columns is not None:
+                    frame = add_columns(table.to_pandas())
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                yield table
 
 
 def discard_staging(staging: Path) -> None:
@@ -249,75 +249,62 @@ def discard_staging(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-# ---- drift -------------------------------------------------------------------------------------
-def population_stability_index(counts: list[int] | np.ndarray, n_bins: int = 10) -> float:
-    """PSI of scored rows across the calibration score deciles (10 equal reference shares).
-
-    PSI = sum_i (a_i - e_i) ln(a_i / e_i), with e_i = 1/10 and a_i the share of new scores in
-    decile bin i (empty bins get half a count so the sum stays finite). Common reading: < 0.1
-    stable, 0.1-0.25 moderate shift, > 0.25 large shift.
-    """
-    counts = np.asarray(counts, dtype=float)
-    if counts.size != n_bins or counts.sum() == 0:
-        raise ValueError(f"need {n_bins} bin counts with at least one row, got {counts.tolist()}")
-    actual = np.maximum(counts, 0.5) / counts.sum()
-    expected = np.full(n_bins, 1.0 / n_bins)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-# ---- the batch's summary -------------------------------------------------------------------
-@dataclass
-class BatchSummary:
-    """What a scoring run reports, for a table or a folder of images: counts, drift and the
-    top anomalies of the whole batch, and the files it wrote.
-
-    score_sample : scores to describe the distribution by (at most 2,000 per partition of a
-        table; every image's score).
-    output : the scores file; artifacts : more files a scoring run logs, {artifact folder:
-        path} (images: ``anomaly_maps``, the maps folder; ``skipped``, the list of files
-        left out, each only when written); skipped_files : (path, reason) of those files.
-    unit : what a row is, "rows" or "images".
-    """
-
-    batch_id: str
-    rows: int
-    flagged: int
-    threshold: float
-    psi: float | None
-    drift_warning: bool
-    score_sample: np.ndarray
-    top: pd.DataFrame
-    output: Path | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
-    unit: str = "rows"
-
-    @property
-    def flagged_rate(self) -> float:
-        return self.flagged / self.rows if self.rows else 0.0
+# ---- the batch's id ----------------------------------------------------------------------------
+def checked_batch_id(batch_id: str) -> str:
+    """``batch_id`` if it is safe as a file name inside the output folder, else ValueError:
+    letters, digits, '-', '_' and '.', not empty, not starting with '.' (no hidden files, no
+    '..'), at most 200 characters; so no path separator, NUL byte or absolute path."""
+    ok = (
+        0 < len(batch_id) <= 200
+        and not batch_id.startswith(".")
+        and all((ch.isascii() and ch.isalnum()) or ch in "-_." for ch in batch_id)
+    )
+    if not ok:
+        raise ValueError(
+            f"batch id {batch_id!r} may hold only letters, digits, '-', '_' and '.', must not "
+            "start with '.', and has 1 to 200 characters"
+        )
+    return batch_id
 
 
-ScoreParts = Callable[[list[Partition], Path], list["StagedPart"]]
+def files_identity(paths) -> str:
+    """``b-`` and a hash of the files' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return "b-" + h.hexdigest()[:16]
 
 
-def local_parts(
-    det, id_columns: list[str], scoring, on_part: Callable[[], None] | None = None
-) -> ScoreParts:
-    """``score_parts`` that scores the partitions in this process with ``score_partition``
-    (``scoring``: chunk_rows, top_features), ``scoring.max_workers`` at a time on threads that
-    share the cores out (``devices.shared_cores``), as the score flow's thread runner does;
-    ``on_part()`` is called after each (a progress bar). With one worker, or one partition,
-    torch keeps its own thread count. The staged parts come in partition order."""
-    ids, chunk, top = list(id_columns), scoring.chunk_rows, scoring.top_features
+def batch_identity(det, source: str | Path, batch_id: str | None = None) -> str:
+    """The batch's id: the given one, or a hash of the names and bytes of the files the
+    model's kind reads of ``source`` (``DataKind.files``)."""
+    if batch_id:
+        return checked_batch_id(batch_id)
+    return files_identity(kind_of_model(det).files(source))
+
+
+# ---- the one engine ----------------------------------------------------------------------------
+ScoreParts = Callable[[list[Partition], Path], list[StagedPart]]
+
+
+def local_parts(det, cfg: PipelineConfig, on_part: Callable[[], None] | None = None) -> ScoreParts:
+    """``score_parts`` that scores the partitions in this process with ``score_partition``,
+    ``scoring.max_workers`` at a time on threads that share the cores out
+    (``devices.shared_cores``), as the score flow's thread runner does; ``on_part()`` is
+    called after each (a progress bar). With one worker, or one partition, torch keeps its
+    own thread count. The staged parts come in partition order."""
 
     def score_parts(parts: list[Partition], staging: Path) -> list[StagedPart]:
         def one(i: int) -> StagedPart:
-            staged = score_partition(det, parts[i], staging, i, ids, chunk, top)
+            staged = score_partition(det, parts[i], staging, i, cfg)
             if on_part is not None:
                 on_part()
             return staged
 
-        workers = max(1, min(int(scoring.max_workers), len(parts)))
+        workers = max(1, min(int(cfg.scoring.max_workers), len(parts)))
         if workers == 1:
             return [one(i) for i in range(len(parts))]
         with (
@@ -336,86 +323,92 @@ def local_parts(
     return score_parts
 
 
-def score_table_batch(
+def score_batch(
+    det,
+    source: str | Path,
+    cfg: PipelineConfig,
+    out: str | Path,
+    batch_id: str | None = None,
+    *,
+    score_parts: ScoreParts | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> BatchSummary:
+    """Score one batch with ``det`` as the config says: the one batch scoring of
+    ``vae-anomaly score`` and the score flow, for a table or images alike, so both doors
+    write the same file.
+
+    A table model scores a table (a file, a glob or a folder of partitions; ``data.id_columns``
+    pass through, ``scoring.chunk_rows`` / ``top_features`` apply) into ``out``: a .csv or
+    .parquet file, or a folder that gets ``<batch id>.parquet``. An image model scores a
+    folder of images or an .npz (``images`` section: ``chunk_images``, ``on_error``,
+    ``top_maps``) into the folder ``out``: ``<batch id>.parquet``, ``<batch id>.maps/`` and,
+    when files were skipped, ``<batch id>.skipped.csv``. Either way the drift of the scores
+    (PSI against the calibration deciles) is measured and warned of above
+    ``scoring.drift_psi_warning``, and rerunning a batch replaces its output.
+
+    batch_id : the batch's name in an output folder (default: a hash of the input's files).
+    score_parts : (partitions, staging folder) -> their ``StagedPart``s, in order: how the
+        partitions are scored (the score flow: Prefect tasks on its task runner); default
+        ``local_parts``, ``scoring.max_workers`` at a time on threads of this process.
+    on_wait : called with the batch id if another run of it holds the batch's lock.
+    """
+    kind, out = kind_of_model(det), Path(out)
+    dest = kind.destination(out, batch_id)
+    if dest is None:
+        ident = batch_identity(det, source, batch_id)
+        dest = out / f"{ident}.parquet"
+    else:
+        ident = dest.stem
+    waiting = None if on_wait is None else (lambda: on_wait(ident))
+    return score_batch_into(det, source, dest, ident, cfg, score_parts=score_parts, on_wait=waiting)
+
+
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[None]:
+    """``folder`` made for the block; removed again if the block fails and leaves it empty
+    (a failed first batch leaves no trace)."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                folder.rmdir()
+        raise
+
+
+def score_batch_into(
     det,
     source: str | Path,
     dest: Path,
     batch_id: str,
-    scoring,
-    id_columns: list[str],
+    cfg: PipelineConfig,
     *,
     score_parts: ScoreParts | None = None,
     on_wait: Callable[[], None] | None = None,
 ) -> BatchSummary:
-    """Score the table ``source`` (a file, a glob or a folder of partitions) into ``dest``
-    (.parquet or .csv) as one batch: partitions listed, each validated, scored and staged,
-    then committed at once (see the module doc); the summary, with ``output`` set.
-
-    scoring : the ``ScoringConfig`` (chunk_rows, top_features, drift_psi_warning).
-    score_parts : (partitions, staging folder) -> their ``StagedPart``s, in order: how the
-        partitions are scored (the score flow: Prefect tasks on its task runner); default
-        ``local_parts``, ``scoring.max_workers`` at a time on threads of this process.
-    on_wait : called once if another run of the same batch holds its lock.
-    """
-    parts = list_partitions(source)
-    score_parts = score_parts or local_parts(det, id_columns, scoring)
+    """``score_batch`` into the file ``dest`` as batch ``batch_id``: partitions listed, each
+    read, scored and staged, the kind's outputs written beside ``dest`` (an image batch's
+    anomaly maps), then all committed at once (see the module doc); the summary, with
+    ``output`` set. on_wait : called once if another run of the batch holds its lock."""
+    kind = kind_of_model(det)
+    parts = kind.partitions(source)
+    score_parts = score_parts or local_parts(det, cfg)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with staging_for(dest, batch_id, on_wait=on_wait) as staging:
+    with _output_folder(dest.parent), staging_for(dest, batch_id, on_wait=on_wait) as staging:
         staged = score_parts(parts, staging)
-        written = commit_scores(staged, dest, staging)
-    summary = summarise_batch(batch_id, staged, det.threshold_, scoring.drift_psi_warning)
-    summary.output = Path(written)
-    return summary
-
-
-def summarise_batch(
-    batch_id: str, parts: list[StagedPart], threshold: float, psi_warning: float, top_rows: int = 10
-) -> BatchSummary:
-    """Combine the per-partition summaries; PSI against the calibration deciles if recorded."""
-    counts = [p.decile_counts for p in parts if p.decile_counts]
-    psi = population_stability_index(np.sum(counts, axis=0)) if counts else None
-    top = pd.DataFrame([row for p in parts for row in p.top])
-    if len(top):
-        top = top.nlargest(top_rows, "anomaly_score").reset_index(drop=True)
-    return BatchSummary(
-        batch_id=batch_id,
-        rows=sum(p.rows for p in parts),
-        flagged=sum(p.flagged for p in parts),
-        threshold=float(threshold),
-        psi=psi,
-        drift_warning=psi is not None and psi > psi_warning,
-        score_sample=np.asarray([s for p in parts for s in p.score_sample]),
-        top=top,
-    )
-
-
-def summary_markdown(summary: BatchSummary, model: str, source: str) -> str:
-    """A short Markdown summary of a scoring run, for the Prefect artifact and the logs."""
-    unit = summary.unit
-    lines = [
-        f"# Scores for batch `{summary.batch_id}`",
-        "",
-        f"- Model: `{model}`; input: `{source}`; output: `{summary.output}`",
-        f"- {unit.capitalize()}: {summary.rows:,}; flagged: {summary.flagged:,} "
-        f"({summary.flagged_rate:.2%}) at threshold {summary.threshold:.4g} (one is flagged "
-        "iff its score is greater)",
-    ]
-    if summary.psi is not None:
-        verdict = (
-            "**drift warning**: the scores no longer look like the calibration data"
-            if (summary.drift_warning)
-            else "no drift warning"
+        summary = summarise_batch(
+            batch_id,
+            staged,
+            threshold=det.threshold_,
+            psi_warning=cfg.scoring.drift_psi_warning,
+            top_rows=kind.top_rows(cfg),
+            unit=kind.unit,
         )
-        lines.append(f"- Score drift (PSI vs calibration deciles): {summary.psi:.3f} ({verdict})")
-    if "anomaly_maps" in summary.artifacts:
-        lines.append(f"- Anomaly maps: `{summary.artifacts['anomaly_maps']}`")
-    return "\n".join(lines) + "\n" + skipped_markdown(summary.skipped_files)
-
-
-def skipped_markdown(skipped: list[tuple[str, str]]) -> str:
-    """A Markdown section listing the skipped files (path, reason); "" when none was."""
-    if not skipped:
-        return ""
-    lines = [f"- `{path}`: {reason}" for path, reason in skipped]
-    return f"\n## Skipped files ({len(skipped)})\n\n" + "\n".join(lines) + "\n"
+        extra = kind.finish_batch(det, summary.top, summary.skipped_files, dest, cfg)
+        summary.output = commit_scores(staged, dest, staging, extra.add_columns)
+    if extra.add_columns is not None and len(summary.top):
+        summary.top = extra.add_columns(summary.top)
+    summary.artifacts = extra.artifacts
+    return summary

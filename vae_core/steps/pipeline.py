@@ -4,7 +4,6 @@ The CLI chains them directly; the Prefect flows wrap each in a thin task. Nothin
 about Prefect or MLflow.
 
     split_data -> fit_detector -> calibrate_detector -> evaluate_detector -> (save, register)
-    score_table (from vae_core.steps.scoring): a fitted detector and a table -> the scores frame
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from vae_core.evaluation.report import EvaluationReport, evaluate, write_report
 from vae_core.foundations.calibrate import Calibration
 from vae_core.foundations.config import CalibrationConfig, PipelineConfig, SplitConfig
 from vae_core.network.train import EpochCallback
-from vae_core.steps.scoring import score_table as score_table  # the scoring doors' frame, here too
-from vae_core.steps.scoring import top_contributors as top_contributors
 
 
 @dataclass
@@ -37,7 +34,11 @@ class Splits:
     left_out: int = 0
 
     def sizes(self) -> dict[str, int]:
-        return {k: len(getattr(self, k)) for k in ("train", "calibration", "test")}
+        return {k: len(v) for k, v in self.by_name().items()}
+
+    def by_name(self) -> dict[str, np.ndarray]:
+        """{"train": positions, "calibration": ..., "test": ...}."""
+        return {k: getattr(self, k) for k in ("train", "calibration", "test")}
 
 
 def leave_out_of_training(splits: Splits, positions: np.ndarray | None) -> Splits:
@@ -51,7 +52,7 @@ def leave_out_of_training(splits: Splits, positions: np.ndarray | None) -> Split
 
 def split_data(data, cfg: SplitConfig) -> Splits:
     """Disjoint train / calibration / test positions of a dataset (a table's rows or images,
-    ``vae_core.steps.dataset``), stratified by label when there are enough anomalies for it; with
+    ``vae_core.kinds``), stratified by label when there are enough anomalies for it; with
     ``train_on_normal_only`` labelled anomalies leave training. The first ``data.n_fit_only``
     (an image layout's ``train/`` folder) are the training split and the rest is split
     into calibration and test in the ratio of the two fractions."""
@@ -121,6 +122,7 @@ def evaluate_detector(
     features: pd.DataFrame,
     labels: np.ndarray | None,
     cfg: CalibrationConfig,
+    *,
     seed: int = 0,
     train_features=None,
 ) -> tuple[EvaluationReport, np.ndarray]:
@@ -182,8 +184,8 @@ class TrainOutcome:
     computed here (the tracking layer scores nothing).
 
     review : the reviewer's files and numbers ({name: path or value}; the dataset kind's
-        review, ``vae_core.steps.dataset``).
-    examples : what the run shows of the model (``dataset.DataKind.examples``):
+        review, ``vae_core.kinds``).
+    examples : what the run shows of the model (the kind's ``examples``, ``protocol.DataKind``):
         ``input_example`` and ``example_output`` (the packaged model's signature),
         ``top_anomalies`` (tables: the highest test scores with their columns) and
         ``prior_samples`` (tables: rows decoded from the prior), each None where absent.

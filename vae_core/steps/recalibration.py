@@ -18,7 +18,7 @@ from vae_core.data.ingest import read_table
 from vae_core.estimator.detector import VAEDetector
 from vae_core.foundations.calibrate import flag_anomalies
 from vae_core.foundations.config import CalibrationConfig, PipelineConfig
-from vae_core.steps.dataset import examples
+from vae_core.kinds.choice import kind_of
 from vae_core.steps.feedback import LABEL, id_text
 from vae_core.steps.pipeline import Splits, TrainOutcome, evaluate_detector, save_outcome
 from vae_core.steps.promotion import HeldOut
@@ -180,11 +180,11 @@ def recalibrated_outcome(det: VAEDetector, data, splits: Splits, cfg: PipelineCo
         data.features_at(test),
         labels,
         cfg.calibration,
-        cfg.split.seed,
+        seed=cfg.split.seed,
         train_features=data.features_at(splits.train),
     )
     paths = save_outcome(det, report, scores, labels, Path(out_dir))
-    shown = examples(det, data, test, scores, cfg)
+    shown = kind_of(data).examples(det, data, test, scores, cfg)
     return TrainOutcome(det, splits, report, scores, paths, {}, shown)
 
 

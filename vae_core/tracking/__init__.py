@@ -17,15 +17,16 @@ Every function takes plain arguments (a ``TrackingTarget``, config sections, a d
 dataset) so that a Prefect task is one call; nothing here runs at import time.
 ``vae_core.tracking.registry`` re-exports the public names. The life of a model, in calls::
 
-    run_id = start_training_run(target, cfg, data_source)       # params, status RUNNING
-    train_and_evaluate(..., callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
-    log_training_run(target, run_id, cfg, data, outcome, data_source)    # the rest; ends it
+    with training_run(target, cfg, data_source) as run_id:     # params, RUNNING; FAILED if
+        outcome = training.train_and_evaluate(                  #   the block raises
+            data, cfg, out, callbacks=[epoch_logger(target, run_id)])   # per-epoch metrics
+        log_training_run(target, run_id, cfg, data, outcome, data_source)  # the rest; ends it
     register_challenger(target, run_id)            # new version, alias @challenger; a rerun
                                                    #   finishes or replaces an unfinished one
     promote_challenger(target, cfg.promotion,                # scores nothing itself:
         promotion.measure_on(*pipeline.held_out(data, cfg.split)))   #   loads, hands, records
     load_champion(target)                          # models:/NAME@champion -> VAEDetector
-    log_batch_scoring(target, champion.ref, dataset.score_batch(...), data_source)
+    log_batch_scoring(target, champion.ref, batch.score_batch(...), data_source)
     log_scoring_run(target, champion.ref, scores, scores_path, threshold)   # in-memory scores
 
 Registry aliases only (``champion``: what scheduled scoring loads; ``challenger``: the newest

@@ -11,13 +11,14 @@ Input: a DataFrame of raw feature columns (as in training; extra columns are ign
 Output: one row per input row, in order: ``anomaly_score`` (threshold units, higher = more
 anomalous), ``is_anomaly`` (score > threshold), ``anomaly_probability`` and the
 ``top_feature_<k>`` / ``top_feature_<k>_nats`` columns that contributed most (see
-``pipeline.score_table``).
+``kinds.table_scores.score_table``).
 
 A detector fitted on images takes a DataFrame with a ``path`` column (image files, read at
 the training size and colour mode; ``on_size_mismatch`` as configured at training) or an
 ``image`` column (per row an (H, W) or (C, H, W) array of 0..255 integers) and returns
 ``path`` (for path input), ``anomaly_score``, ``is_anomaly`` and ``anomaly_probability``
-(see ``image_pipeline.score_image_input``; ``dataset.score_model_input`` picks the kind).
+(see ``kinds.image_scores.score_image_input``; ``kinds.choice.kind_of_model`` picks the
+kind, whose ``score_input`` and ``latent_frame`` answer).
 
 ``predict(df, params={"output": "latent"})`` returns instead the latent coordinates
 ``z0`` .. ``z{k-1}`` (the posterior means of q(z|x), ``VAEDetector.transform``) per input row,
@@ -31,34 +32,34 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from vae_core.steps.latent import PREDICT_OUTPUTS
+from vae_core.kinds.protocol import PREDICT_OUTPUTS
 
 
 class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: ``predict(df)`` scores rows exactly as ``pipeline.score_table`` does."""
+    """pyfunc wrapper: ``predict(df)`` scores rows exactly as ``score_table`` does."""
 
     def load_context(self, context) -> None:
         from vae_core.estimator.detector import VAEDetector
 
         self.detector = VAEDetector.load(context.artifacts["detector"])
         config = context.model_config or {}
-        self.top_features = int(config.get("top_features", 3))
+        # written by every training run (TrainOutcome.examples["model_config"])
+        self.top_features = int(config["top_features"])
         self.on_size_mismatch = str(config.get("on_size_mismatch", "reject"))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from vae_core.steps.dataset import score_model_input
+        from vae_core.kinds.choice import kind_of_model
 
         output = (params or {}).get("output", "scores")
         if output not in PREDICT_OUTPUTS:
             raise ValueError(
                 f"params output must be one of {', '.join(PREDICT_OUTPUTS)}, got {output!r}"
             )
+        kind, mismatch = kind_of_model(self.detector), self.on_size_mismatch
         if output == "latent":
-            from vae_core.steps.dataset import latent_model_input
-
-            return latent_model_input(self.detector, model_input, self.on_size_mismatch)
-        return score_model_input(
-            self.detector, model_input, self.top_features, self.on_size_mismatch
+            return kind.latent_frame(self.detector, model_input, on_size_mismatch=mismatch)
+        return kind.score_input(
+            self.detector, model_input, top_features=self.top_features, on_size_mismatch=mismatch
         )
 
 

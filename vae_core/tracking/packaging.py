@@ -19,8 +19,8 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 import vae_core
 from vae_core.estimator.detector import VAEDetector
-from vae_core.steps.dataset import IMAGES, kind_of_model
-from vae_core.steps.latent import PREDICT_OUTPUTS
+from vae_core.kinds.choice import kind_of_model
+from vae_core.kinds.protocol import PREDICT_OUTPUTS
 
 DETECTOR_ARTIFACT = "detector"  # the pyfunc artifact holding weights.pt + model.json
 # What the packaged model imports when it is loaded; versions are pinned to this environment's.
@@ -48,16 +48,17 @@ def log_packaged_model(
     det: VAEDetector,
     example: pd.DataFrame,
     example_output: pd.DataFrame,
-    top_features: int = 3,
-    on_size_mismatch: str = "reject",
+    *,
+    top_features: int,
+    on_size_mismatch: str,
 ):
     """Log ``det`` as a pyfunc model in the active run (models-from-code, no pickle of
     project classes) with a signature, the input example and pinned requirements.
 
-    example : raw feature rows (``dataset.input_example``); for an image detector, a
+    example : raw feature rows (``kinds.table.input_example``); for an image detector, a
         DataFrame of image paths (``path``).
     example_output : the packaged model's scores for ``example``, computed by the pipeline
-        (``dataset.score_model_input``): the signature's outputs.
+        (the kind's ``score_input``): the signature's outputs.
     on_size_mismatch : image models: "reject" or "resize" image files of another size.
     Returns MLflow's ``ModelInfo`` (``model_uri`` is ``models:/m-<id>``).
     """
@@ -94,7 +95,7 @@ def _signature(det: VAEDetector, example: pd.DataFrame, output: pd.DataFrame) ->
     """Tables: the example's columns. Images: an optional ``path`` (image file) column or an
     optional ``image`` column of (H, W) or (C, H, W) integer arrays. Outputs: ``output``'s."""
     params = ParamSchema([ParamSpec("output", "string", PREDICT_OUTPUTS[0])])  # predict(params=...)
-    if kind_of_model(det) is not IMAGES:
+    if kind_of_model(det).columns:  # a table's columns, as the example has them
         return infer_signature(example, output, params={"output": "scores"})
     pixels = Array(Array("long"))
     if det.preprocessor_.image_shape[0] > 1:

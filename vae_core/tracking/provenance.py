@@ -14,7 +14,7 @@ from pathlib import Path
 import vae_core
 from vae_core.data.ingest import table_fingerprint as table_fingerprint
 from vae_core.foundations.config import PipelineConfig
-from vae_core.steps.dataset import kind_named
+from vae_core.kinds.choice import kind_named
 
 
 def code_version() -> dict[str, str]:

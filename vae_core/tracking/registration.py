@@ -22,15 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vae_core.foundations.config import PromotionConfig
-from vae_core.steps.promotion import (
-    CHALLENGER,
-    CHAMPION,
-    PromotionDecision,
-    RunRecord,
-    decide,
-    review_description,
-    training_fingerprint,
-)
+from vae_core.steps.promotion import CHALLENGER, CHAMPION, PromotionDecision, decide
+from vae_core.steps.run_notes import RunRecord, review_description, training_fingerprint
 from vae_core.tracking import access
 from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.store import (
@@ -144,7 +137,7 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
 @tracking_call
 def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
     """Register the model a training run logged as a new version with alias ``challenger``,
-    a description written for its reviewer (``promotion.review_description``, which names
+    a description written for its reviewer (``run_notes.review_description``, which names
     the columns added and removed against the champion's) and the few tags of
     ``version_tags`` (test ROC-AUC, threshold, policy, rows, data fingerprint, promotion
     decision), all read back from the run.
@@ -182,7 +175,7 @@ def register_challenger(target: TrackingTarget, run_id: str) -> ModelVersionRef:
 # basic-auth), which the trainers' role (EDIT) does not have (tracking.users.ROLES).
 REGISTRATION_STATE = "registration_state"
 INCOMPLETE, COMPLETE = "incomplete", "complete"
-FINGERPRINT_TAG = "training_fingerprint"  # promotion.training_fingerprint of the run
+FINGERPRINT_TAG = "training_fingerprint"  # run_notes.training_fingerprint of the run
 
 
 def _version_of_run(client: MlflowClient, name: str, run: RunRecord):

@@ -65,6 +65,7 @@ from vae_core.tracking.training_runs import (
     epoch_logger,
     log_training_run,
     start_training_run,
+    training_run,
 )
 
 __all__ = [
@@ -115,5 +116,6 @@ __all__ = [
     "start_training_run",
     "table_fingerprint",
     "training_data_of",
+    "training_run",
     "version_tags",
 ]

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from vae_core.estimator.detector import VAEDetector
 from vae_core.evaluation.report import plot_score_histogram
-from vae_core.steps.batch import BatchSummary
+from vae_core.steps.batch_report import BatchSummary
 from vae_core.steps.promotion import CHAMPION
 from vae_core.tracking.packaging import load_packaged_detector
 from vae_core.tracking.provenance import source_digest
@@ -100,7 +100,7 @@ def log_scoring_run(
     Returns the run id.
 
     scores : the scored rows, with ``anomaly_score`` (higher = more anomalous) and
-        ``is_anomaly`` columns, as ``pipeline.score_table`` writes them.
+        ``is_anomaly`` columns, as ``kinds.table_scores.score_table`` writes them.
     artifacts : more files or folders to log, {artifact folder: local path} (for images:
         the anomaly maps, the list of skipped files).
     settings : the scoring settings, as ``scoring_settings(cfg)`` gives them.
@@ -126,7 +126,7 @@ def log_batch_scoring(
     settings: dict[str, str] | None = None,
 ) -> str:
     """``log_scoring_run`` for a batch of table rows or images (``batch.BatchSummary``, as
-    ``dataset.score_batch`` returns it): exact row and flagged counts, the drift PSI when
+    ``batch.score_batch`` returns it): exact row and flagged counts, the drift PSI when
     measured, the scores file (``scores_path``, default the batch's ``output``) and the
     batch's other files (``artifacts``: anomaly maps, skipped files). Quantiles and the
     histogram come from the summary's score sample, so memory stays bounded."""

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vae_core.foundations.config import PipelineConfig
-from vae_core.steps.promotion import RunRecord
+from vae_core.steps.run_notes import RunRecord
 from vae_core.tracking import access
 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI

@@ -5,9 +5,11 @@ for images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import mlflow
 from mlflow.entities import Metric, Param
 
 from vae_core.foundations.config import PipelineConfig
+from vae_core.kinds.choice import kind_of
+from vae_core.kinds.protocol import DataRecord, Dataset
 from vae_core.network.train import EpochCallback, EpochLog
-from vae_core.steps.dataset import Data, DataRecord, data_record
 from vae_core.steps.pipeline import TrainOutcome
-from vae_core.steps.promotion import training_run_note
+from vae_core.steps.run_notes import training_run_note
 from vae_core.tracking.packaging import log_packaged_model
 from vae_core.tracking.provenance import code_version, settings_params
 from vae_core.tracking.store import (
@@ -78,19 +81,35 @@ def end_failed_run(target: TrackingTarget, run_id: str) -> None:
     mlflow_client(target).set_terminated(run_id, "FAILED")
 
 
+@contextlib.contextmanager
+def training_run(target: TrackingTarget, cfg: PipelineConfig, data_source: str) -> Iterator[str]:
+    """A training run open for the block (``start_training_run``), its id bound by ``as``:
+    the block trains and logs (``log_training_run`` ends the run FINISHED); if the block
+    raises, anything, the run is marked FAILED (``end_failed_run``) and the block's own
+    error goes on, not one of ending the run. The one run wrapper of ``vae-anomaly train``
+    and the train flow."""
+    run_id = start_training_run(target, cfg, data_source)
+    try:
+        yield run_id
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the original error
+            end_failed_run(target, run_id)
+        raise
+
+
 @tracking_call
 def log_training_run(
     target: TrackingTarget,
     run_id: str,
     cfg: PipelineConfig,
-    data: Data,
+    data: Dataset,
     outcome: TrainOutcome,
     data_source: str,
 ) -> str:
     """Log the outcome of training a table or images into the run opened by
     ``start_training_run``, end it (FINISHED), and return the packaged model's URI
     (``models:/m-...``). Computes nothing: the pipeline handed it all (``TrainOutcome``,
-    ``dataset.data_record``).
+    the kind's ``record`` of the data).
 
     Logs the data (fingerprint as ``log_input``, ``data.*`` tags; images also
     ``data/images.csv``, every image with its class, label and split, and
@@ -101,7 +120,7 @@ def log_training_run(
     """
     shown = outcome.examples
     with mlflow.start_run(run_id=run_id):
-        _log_data(data_record(data, outcome.splits), data_source)
+        _log_data(kind_of(data).record(data, outcome.splits.by_name()), data_source)
         _log_evaluation(outcome)
         _log_examples(shown)
         _log_review(outcome.review)
@@ -118,7 +137,7 @@ def log_training_run(
 
 
 def _describe_training_run(target: TrackingTarget, run_id: str) -> None:
-    """The run's description, from what it logged (``promotion.training_run_note``)."""
+    """The run's description, from what it logged (``run_notes.training_run_note``)."""
     client = mlflow_client(target)
     client.set_tag(run_id, NOTE_TAG, training_run_note(run_record(client.get_run(run_id))))
 

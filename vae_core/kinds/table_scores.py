@@ -1,5 +1,5 @@
-"""Scoring a table with a fitted detector: the output frame of every door (the CLI, the score
-flow, the packaged MLflow model, the review's top anomalies).
+"""Scoring a table with a fitted detector: the scores frame of every door (the batch engine,
+the packaged MLflow model, the review's top anomalies), for the table kind.
 
     score_table: a fitted detector and a table -> ids + scores, flags, probabilities, top columns
 """
@@ -17,7 +17,8 @@ def score_table(
     det: VAEDetector,
     features: pd.DataFrame,
     ids: pd.DataFrame | None = None,
-    top_features: int = 3,
+    *,
+    top_features: int,
 ) -> pd.DataFrame:
     """Scores for a batch: ids, then ``anomaly_score`` (threshold units, higher = more
     anomalous), ``is_anomaly`` (score > threshold), ``missing_columns`` (the columns whose

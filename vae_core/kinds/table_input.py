@@ -1,7 +1,8 @@
-"""The input side of a batch: its partitions (files, or row groups of one large Parquet file),
-their rows read in chunks with CSV or Parquet told apart by the file's suffix, the batch's id,
-and each chunk validated against the model's schema (pandera, built from the schema recorded at
-fit). ``vae_core.steps.batch`` scores what this reads and re-exports its public names.
+"""The input side of a table batch: its partitions (files, or row groups of one large Parquet
+file), their rows read in chunks with CSV or Parquet told apart by the file's suffix, and each
+chunk validated against the model's schema (pandera, built from the schema recorded at fit),
+for the table kind (``vae_core.kinds.table``); the batch engine (``vae_core.steps.batch``)
+scores what this reads.
 
 Rows in error messages are named as in the file (``ingest.file_rows``): a CSV's "line N"
 with the header as line 1, a Parquet file's "row N" counting from 1 (a row group's rows by
@@ -12,9 +13,7 @@ columns beside it, and a mistyped id column as an id column not found.
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +30,9 @@ from vae_core.data.ingest import (
     file_rows,
     quoted,
 )
+from vae_core.kinds.protocol import Partition
 
 _ID = "id column"  # the title that marks an id column in the input schema
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One unit of scoring work: a file, or one row group of a Parquet file."""
-
-    path: str
-    row_group: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path if self.row_group is None else f"{self.path} (row group {self.row_group})"
 
 
 def list_partitions(source: str | Path) -> list[Partition]:
@@ -139,39 +127,13 @@ def _raw_chunks(part: Partition, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield frame
 
 
-def batch_identity(source: str | Path, batch_id: str | None = None) -> str:
-    """The batch's id: the given one, or a hash of its files' names and bytes."""
-    if batch_id:
-        return checked_batch_id(batch_id)
-    return files_identity(sorted({p.path for p in list_partitions(source)}))
-
-
-def checked_batch_id(batch_id: str) -> str:
-    """``batch_id`` if it is safe as a file name inside the output folder, else ValueError:
-    letters, digits, '-', '_' and '.', not empty, not starting with '.' (no hidden files, no
-    '..'), at most 200 characters; so no path separator, NUL byte or absolute path."""
-    ok = (
-        0 < len(batch_id) <= 200
-        and not batch_id.startswith(".")
-        and all((ch.isascii() and ch.isalnum()) or ch in "-_." for ch in batch_id)
-    )
-    if not ok:
-        raise ValueError(
-            f"batch id {batch_id!r} may hold only letters, digits, '-', '_' and '.', must not "
-            "start with '.', and has 1 to 200 characters"
-        )
-    return batch_id
-
-
-def files_identity(paths) -> str:
-    """``b-`` and a hash of the files' names and bytes, in the given order."""
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(Path(path).name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return "b-" + h.hexdigest()[:16]
+def validated_chunks(det, part: Partition, id_columns, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of ``part``, ``chunk_rows`` at a time, each chunk validated against ``det``'s
+    schema (``validate_chunk``) with ``id_columns`` required: what batch scoring and the
+    latent space read of a table."""
+    schema = input_schema(det, list(id_columns))
+    for chunk in read_partition(part, chunk_rows):
+        yield validate_chunk(chunk, schema, part.name)
 
 
 # ---- validation ----------------------------------------------------------------------------
