@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from vae_core.cli.common import ConfigOpt, user_errors, app
+from vae_core.cli.common import ConfigOpt, app, user_errors
 
 PASSWORD_PREFIX = "VAE_ACCESS_PASSWORD_"
 NEW_ADMIN_PASSWORD = "VAE_ACCESS_ADMIN_PASSWORD"
