@@ -42,13 +42,13 @@ import pytest
 import requests
 
 from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
-from tests.test_production_postgres import (
+from tests.postgres_servers import (
     POSTGRES,
-    _admin_connection,
-    _start,
-    _stop,
-    _tail,
-    _wait_ready,
+    admin_connection,
+    start_server,
+    stop_server,
+    tail,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +80,7 @@ def _password() -> str:
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     """The secured profile, running: yields a namespace (urls, env(), paths, secrets)."""
-    conn = _admin_connection()
+    conn = admin_connection()
     tmp = tmp_path_factory.mktemp("access")
     pg = urlsplit(POSTGRES)
     host, port, tag = pg.hostname or "127.0.0.1", pg.port or 5432, uuid.uuid4().hex[:8]
@@ -176,7 +176,7 @@ def profile(tmp_path_factory):
         yield p
     finally:
         for proc in reversed(p.procs):
-            _stop(proc)
+            stop_server(proc)
         with conn.cursor() as cur:
             for db in dbs.values():
                 cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
@@ -221,7 +221,7 @@ def _start_servers(p, base: dict, host: str, port: int, roles: dict, dbs: dict, 
     ], ml_env)  # fmt: skip
     start(p, "prefect-server", [BIN / "prefect", "server", "start", "--host", "127.0.0.1",
           "--port", urlsplit(p.api).port], pf_env)  # fmt: skip
-    _wait_ready({
+    wait_ready({
         "mlflow server": (p.procs[0], p.logs[0], f"{p.mlflow_url}/health"),
         "prefect server": (p.procs[1], p.logs[1], f"{p.api}/health"),
     })  # fmt: skip
@@ -230,7 +230,7 @@ def _start_servers(p, base: dict, host: str, port: int, roles: dict, dbs: dict, 
 
 def start(p, name: str, args: list, env: dict) -> subprocess.Popen:
     p.logs.append(p.tmp / f"{name}.log")
-    p.procs.append(_start(args, env, p.logs[-1]))
+    p.procs.append(start_server(args, env, p.logs[-1]))
     return p.procs[-1]
 
 
@@ -373,7 +373,7 @@ def test_the_reviewer_promotes_and_the_scoring_role_scores_through_a_worker(trai
     assert f"models:/{MODEL}@champion -> version 1" in promoted.stdout, promoted.stdout
     batch = p.tmp / "b0.csv"
     pd.read_csv(CARDIO).iloc[::4].to_csv(batch, index=False)
-    assert p.deploy.wait(timeout=RUN_TIMEOUT_S) == 0, _tail(p.tmp / "deploy.log")
+    assert p.deploy.wait(timeout=RUN_TIMEOUT_S) == 0, tail(p.tmp / "deploy.log")
     # the worker and its flow runs hold the scoring role's credentials, nothing more
     start(p, "worker", [BIN / "prefect", "worker", "start", "--pool", "access-pool"],
           p.env("scorer"))  # fmt: skip
@@ -408,7 +408,7 @@ def _wait_for(p, flow_run_id: str) -> dict:
             return state.json()
         time.sleep(1)
     pytest.fail(f"flow run {flow_run_id} not finished after {RUN_TIMEOUT_S} s:\n"
-                f"{_tail(p.logs[-1])}")  # fmt: skip
+                f"{tail(p.logs[-1])}")  # fmt: skip
 
 
 def test_no_password_in_any_log_parameter_tag_artifact_or_command_line(trained, monkeypatch):

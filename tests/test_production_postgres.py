@@ -17,7 +17,6 @@ worker runs in its own process group and is stopped, the whole group, even when 
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,34 +28,26 @@ import pytest
 import requests
 
 from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
+from tests.postgres_servers import (
+    POSTGRES,
+    admin_connection,
+    start_server,
+    stop_server,
+    tail,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
 
-POSTGRES = os.environ.get("VAE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-READY_TIMEOUT_S = 180  # a server on a fresh PostgreSQL database migrates first
 RUNS_TIMEOUT_S = 420  # six flow runs on two workers, on a loaded 2-core box
 BIN = Path(sys.executable).parent
 BATCHES = ["b0", "b1", "b2", "b3"]
 
 
-def _admin_connection():
-    """An autocommit connection to the server's ``postgres`` database, or a skip."""
-    psycopg2 = pytest.importorskip(
-        "psycopg2", reason="psycopg2 missing: pip install -e '.[postgres]' (psycopg2-binary)"
-    )
-    pytest.importorskip("asyncpg", reason="asyncpg missing (the Prefect server's driver)")
-    try:
-        conn = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL answers at {POSTGRES} ({str(exc).strip()[:200]})")
-    conn.autocommit = True
-    return conn
-
-
 @pytest.fixture
 def postgres_databases():
     """Make fresh databases on the test server: ``make(label) -> URL``; all dropped at the end."""
-    conn = _admin_connection()
+    conn = admin_connection()
     made: list[str] = []
 
     def make(label: str) -> str:
@@ -82,51 +73,6 @@ def _query(url: str, sql: str) -> list[tuple]:
         with conn.cursor() as cur:
             cur.execute(sql)
             return cur.fetchall()
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-
-
-def _start(args: list, env: dict, log: Path) -> subprocess.Popen:
-    with log.open("wb") as sink:
-        return subprocess.Popen(
-            [str(a) for a in args],
-            env=env,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL what is left after 20 s."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # flow-run children left in the group
-    proc.wait(timeout=10)
-
-
-def _wait_ready(servers: dict[str, tuple[subprocess.Popen, Path, str]]) -> None:
-    """Poll each server's health URL until all answer 200; fail naming the one that did not."""
-    waiting = dict(servers)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while waiting:
-        for name, (proc, log, url) in list(waiting.items()):
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url, timeout=2).ok:
-                    del waiting[name]
-        if waiting and time.monotonic() > deadline:
-            name, (_, log, url) = next(iter(waiting.items()))
-            pytest.fail(f"{name}: {url} not ready after {READY_TIMEOUT_S} s:\n{_tail(log)}")
-        time.sleep(0.5)
 
 
 def _run(args: list, env: dict, timeout: float = 300) -> str:
@@ -155,7 +101,7 @@ def _wait_finished(api: str, runs: dict[str, str], logs: list[Path]) -> dict[str
         if time.monotonic() > deadline:
             seen = {label: states[i]["state_type"] for label, i in runs.items()}
             pytest.fail(f"flow runs not finished after {RUNS_TIMEOUT_S} s: {seen}\n" + "\n".join(
-                _tail(log) for log in logs
+                tail(log) for log in logs
             ))  # fmt: skip
         time.sleep(1)
 
@@ -190,7 +136,7 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
 
     def start(name: str, args: list, env: dict) -> subprocess.Popen:
         logs.append(tmp_path / f"{name}.log")
-        procs.append(_start(args, env, logs[-1]))
+        procs.append(start_server(args, env, logs[-1]))
         return procs[-1]
 
     config = write_pipeline_config(
@@ -219,7 +165,7 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
             [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", prefect_port],
             server_env,
         )
-        _wait_ready(
+        wait_ready(
             {
                 "mlflow server": (mlflow_server, logs[0], f"{mlflow_url}/health"),
                 "prefect server": (prefect_server, logs[1], f"{api}/health"),
@@ -243,7 +189,7 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
         promoted = _run([cli, "promote", "--config", config], env)
         assert "champion -> version 1" in promoted, promoted
         phases["trained, promoted"] = time.monotonic() - started
-        assert deploy.wait(timeout=300) == 0, _tail(logs[-1])
+        assert deploy.wait(timeout=300) == 0, tail(logs[-1])
         for worker in ("w1", "w2"):
             start(worker, [BIN / "prefect", "worker", "start", "--pool", "pg-pool", "--name",
                            worker], env)  # fmt: skip
@@ -283,7 +229,7 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
             print(f"flow run {label}: {run['state_type']} {message!r}")
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_server(proc)
 
 
 def _check_outputs(finished: dict, scores: Path, cardio: pd.DataFrame, logs: list[Path]) -> None:
@@ -292,7 +238,7 @@ def _check_outputs(finished: dict, scores: Path, cardio: pd.DataFrame, logs: lis
     rows exactly as b0's single run wrote them; no staging folder, lock or temporary file is
     left."""
     states = {label: run["state_type"] for label, run in finished.items()}
-    logs_text = "\n".join(_tail(log) for log in logs)
+    logs_text = "\n".join(tail(log) for log in logs)
     for name in BATCHES:
         assert states[name] == "COMPLETED", f"{name}: {states}\n{logs_text}"
     assert states["dup-1"] == states["dup-2"] == "COMPLETED", f"{states}\n{logs_text}"
