@@ -168,6 +168,22 @@ def prefect_flow_run(api: str, name: str) -> dict:
     return runs[0] if runs else {}
 
 
+def prefect_flow_run_by_id(api: str, run_id: str) -> dict:
+    """The flow run ``run_id`` as a Prefect API at ``api`` returns it ({} while there is
+    none): flows may rename their runs, an id stays."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api}/flow_runs/{run_id}") as r:
+            return json.load(r)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return {}
+        raise
+
+
 def own_table(folder: Path, n: int = 1500) -> pd.DataFrame:
     """A user's table unlike the demo's, written to ``folder/my.parquet``: other columns, its
     own id and label names (``txn_id``, ``is_fraud``), neither ``record_id`` nor ``label``."""

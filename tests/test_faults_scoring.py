@@ -39,7 +39,7 @@ from tests.helpers import (
     PREFECT,
     ROOT,
     free_port,
-    prefect_flow_run,
+    prefect_flow_run_by_id,
     promote,
     register,
     scoring_config,
@@ -107,7 +107,8 @@ with get_client(sync_client=True) as client:
 print("pool ready", flush=True)
 deploy_all(pool, config, paused=True)
 params = {"data_path": data, "batch_id": batch_id}
-run_deployment("score/nightly", parameters=params, flow_run_name="killed", timeout=0)
+run = run_deployment("score/nightly", parameters=params, flow_run_name="killed", timeout=0)
+print(run.id, flush=True)  # the score flow renames its run (batch, model version): by id
 """
 
 
@@ -231,10 +232,11 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         assert ready.startswith("pool ready"), (tmp_path / "set-up.log").read_text()[-3000:]
         worker = _start_worker(env, worker_log)  # boots while the deployments are created
         assert set_up.wait(timeout=300) == 0, (tmp_path / "set-up.log").read_text()[-3000:]
+        first_id = set_up.stdout.read().split()[-1]  # its last line
 
         # Kill when the run is RUNNING and a partition is half written (a .tmp in staging).
         def mid_run():
-            run = prefect_flow_run(api, "killed")
+            run = prefect_flow_run_by_id(api, first_id)
             ended = run.get("state_type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
             assert not ended, f"the run ended ({run['state_type']}) before the kill"
             half_written = staging.is_dir() and any(staging.glob("*.tmp"))
@@ -248,7 +250,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         os.killpg(worker.pid, signal.SIGKILL)
         _kill_groups(run_groups)
         worker.wait(timeout=30)
-        assert prefect_flow_run(api, "killed")["state_type"] == "RUNNING"  # it never finished
+        assert prefect_flow_run_by_id(api, first_id)["state_type"] == "RUNNING"  # never finished
         assert {p.name: p.read_bytes() for p in scores.glob("*.parquet")} == before
         assert _temporary_files(staging), "the kill was meant to leave a half-written part"
 
@@ -260,10 +262,13 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
             [*trigger, *params], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        rerun_id = next(
+            line.split("UUID:")[1].strip() for line in done.stdout.splitlines() if "UUID:" in line
+        )
         ended = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
         def rerun_ended():
-            run = prefect_flow_run(api, "rerun")
+            run = prefect_flow_run_by_id(api, rerun_id)
             return run if run.get("state_type") in ended else None
 
         rerun = _wait_for(rerun_ended, "the rerun", 300, worker_log, poll=0.5)
