@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Metric
@@ -181,13 +182,31 @@ def _create_feedback_run(client: MlflowClient, target: TrackingTarget) -> str:
     return run.info.run_id
 
 
+def verdicts_source(artifact_uri: str, tracking_uri: str):
+    """Where the run's verdicts table lives, as a dataset source MLflow can record.
+
+    A server that proxies artifacts gives runs ``mlflow-artifacts:`` URIs, which MLflow's
+    dataset sources cannot resolve (``from_pandas`` raises); the same file is served over
+    HTTP by the tracking server, so such a URI becomes an HTTP source at that address. Any
+    other URI (a local path, ``file:``, ``s3:``) is returned as it is.
+    """
+    uri = f"{artifact_uri}/{VERDICTS_TABLE}"
+    parsed = urlparse(uri)
+    if parsed.scheme != "mlflow-artifacts":
+        return uri
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    base = f"http://{parsed.netloc}" if parsed.netloc else tracking_uri.rstrip("/")
+    return HTTPDatasetSource(url=f"{base}/api/2.0/mlflow-artifacts/artifacts{parsed.path}")
+
+
 def _log_verdicts_dataset(client: MlflowClient, run_id: str, current: pd.DataFrame, name: str):
     """The current verdicts as the run's dataset input (context ``feedback``): the MLflow UI
     lists it with its schema and digest on the run's page."""
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
-    source = f"{client.get_run(run_id).info.artifact_uri}/{VERDICTS_TABLE}"
+    source = verdicts_source(client.get_run(run_id).info.artifact_uri, client.tracking_uri)
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": an artifact path
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(
