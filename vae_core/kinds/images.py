@@ -12,6 +12,8 @@ images, with the dataset (``image_sets.ImageData``) and the work on a fitted det
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -45,6 +47,13 @@ def label_source(paths: list[str]) -> str:
     if paths and is_npz_member(paths[0]):
         return "npz class array (normal classes = 0)"
     return "folder name (good = 0)"
+
+
+def _regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows links
+    except OSError:
+        return False
 
 
 class ImageKind:
@@ -121,7 +130,12 @@ class ImageKind:
         return [Partition(str(source))]
 
     def files(self, source) -> list[str]:
-        return [str(source)] if is_npz(source) else image_manifest(source)["path"].tolist()
+        """The .npz, or the folder's regular files: a dangling or looping link, or a pipe
+        named like an image, is left to the reader (which names it, or skips it as
+        ``images.on_error`` says) rather than opened here to be hashed."""
+        if is_npz(source):
+            return [str(source)]
+        return [p for p in image_manifest(source)["path"].tolist() if _regular_file(p)]
 
     def chunks(self, det, part: Partition, cfg: PipelineConfig) -> Iterator[Chunk]:
         return image_chunks(det, part.path, cfg.images)
