@@ -721,3 +721,15 @@ def test_flags_and_metrics_follow_the_tie_rule(data, scores, threshold):
         assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == len(scores)
         assert m["tp"] == int((flags & (y == 1)).sum())
         assert m["fp"] == int((flags & (y == 0)).sum())
+
+
+def test_shrinking_a_small_isotonic_block_never_reverses_the_order():
+    # PAV gives a one-row block at 0 (y = 0) and a 100-row block at 0.13 (13 anomalies ahead
+    # of 87 normal rows): one pseudo-count at 1/2 turns them into 0.25 and 0.134, a reversal
+    # (found by the property test above).
+    scores = np.arange(101, dtype=float)
+    y = np.r_[0, np.ones(13), np.zeros(87)].astype(int)
+    prob = AnomalyProbability().fit(scores, y)
+    p = prob.probability(np.linspace(-5.0, 105.0, 500))
+    assert (np.diff(p) >= 0).all()
+    assert (np.diff(prob.knots_p_) >= 0).all()

@@ -116,8 +116,9 @@ class AnomalyProbability:
     scores. With labels holding at least ``MIN_LABELLED_ANOMALIES`` anomalies it is an
     isotonic regression of the label on the score (an estimate of P(anomaly | score) at the
     calibration prevalence), each of its blocks shrunk by one pseudo-count towards 1/2 (so no
-    block claims certainty from a handful of rows) and placed at its mean score, linear between
-    blocks.
+    block claims certainty from a handful of rows; where that reverses two blocks' order, the
+    weighted monotone fit of the shrunk values, which may tie them) and placed at its mean
+    score, linear between blocks.
 
     Past the calibration scores it follows exponential tails, ``1 - (1 - p_n) exp(-(s - x_n) /
     b)`` above and ``p_1 exp((s - x_1) / b')`` below, with b, b' the mean excess of the highest
@@ -166,9 +167,17 @@ class AnomalyProbability:
         blocks, block_of = np.unique(fitted, return_inverse=True)  # PAV blocks, by value
         counts = np.bincount(block_of).astype(np.float64)
         centres = np.bincount(block_of, weights=scores) / counts
+        shrunk = (blocks * counts + 0.5) / (counts + 1.0)  # one pseudo-count at 1/2
+        if np.any(np.diff(shrunk) < 0):
+            # Shrinking a small block more than its larger neighbour can reverse their order
+            # (a one-row block at 0 becomes 0.25, a 100-row block at 0.13 stays near 0.14):
+            # the weighted monotone fit of the shrunk values restores a non-decreasing map.
+            shrunk = IsotonicRegression(increasing=True).fit(
+                centres, shrunk, sample_weight=counts + 1.0
+            ).predict(centres)
         self.method_ = "isotonic"
         self.knots_x_ = centres
-        self.knots_p_ = (blocks * counts + 0.5) / (counts + 1.0)  # one pseudo-count at 1/2
+        self.knots_p_ = shrunk
 
     def probability(self, scores: Any) -> np.ndarray:
         """Anomaly probability, shape (n,), in [0, 1], strictly increasing in the (n,) scores
