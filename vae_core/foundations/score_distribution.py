@@ -172,9 +172,11 @@ class AnomalyProbability:
             # Shrinking a small block more than its larger neighbour can reverse their order
             # (a one-row block at 0 becomes 0.25, a 100-row block at 0.13 stays near 0.14):
             # the weighted monotone fit of the shrunk values restores a non-decreasing map.
-            shrunk = IsotonicRegression(increasing=True).fit(
-                centres, shrunk, sample_weight=counts + 1.0
-            ).predict(centres)
+            shrunk = (
+                IsotonicRegression(increasing=True)
+                .fit(centres, shrunk, sample_weight=counts + 1.0)
+                .predict(centres)
+            )
         self.method_ = "isotonic"
         self.knots_x_ = centres
         self.knots_p_ = shrunk
