@@ -197,3 +197,20 @@ def test_quality_runs_the_pyod_peers(tmp_path):
     for method in ("mcd", "knn", "ecod"):
         assert f"| {method} |" in done.stdout
     assert "failed" not in done.stdout
+
+
+def test_image_code_length_is_in_nats_and_follows_complexity():
+    """The input-complexity estimate of benchmarks/images.py --complexity: a lossless code
+    length in nats (whole bytes), shorter for a blank image than for noise, for both
+    compressors."""
+    import images  # benchmarks/images.py
+
+    rng = np.random.default_rng(0)
+    blank = np.zeros((1, 28, 28), dtype="uint8")
+    noise = rng.integers(0, 256, size=(1, 28, 28), dtype="uint8")
+    for compressor in images.COMPRESSORS:
+        lengths = images.code_length_nats(np.concatenate([blank, noise]), compressor)
+        assert lengths[0] < lengths[1]
+        # noise needs about 8 bits a pixel: 784 bytes = 784 * 8 ln 2 nats, within the headers
+        assert 0.9 * 784 * 8 * np.log(2) < lengths[1] < 1.3 * 784 * 8 * np.log(2)
+        np.testing.assert_allclose(lengths / (8 * np.log(2)), np.round(lengths / (8 * np.log(2))))
