@@ -214,3 +214,16 @@ def test_image_code_length_is_in_nats_and_follows_complexity():
         # noise needs about 8 bits a pixel: 784 bytes = 784 * 8 ln 2 nats, within the headers
         assert 0.9 * 784 * 8 * np.log(2) < lengths[1] < 1.3 * 784 * 8 * np.log(2)
         np.testing.assert_allclose(lengths / (8 * np.log(2)), np.round(lengths / (8 * np.log(2))))
+
+
+def test_background_images_replace_about_the_rate_of_pixels_deterministically():
+    """benchmarks/images.py --background: the background model's training images (Ren et al.,
+    2019) differ from the originals in about ``rate`` of the pixels, the same for a seed."""
+    import images  # benchmarks/images.py
+
+    originals = np.full((50, 28, 28), 7, dtype="uint8")
+    noisy = images.perturb(originals, 0.2, seed=0)
+    changed = (noisy != originals).mean()
+    assert 0.18 < changed < 0.21  # a replacement may draw the same value (1/256)
+    np.testing.assert_array_equal(noisy, images.perturb(originals, 0.2, seed=0))
+    assert (originals == 7).all()  # the input is left as it was
