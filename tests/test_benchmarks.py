@@ -27,7 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "script",
     ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py", "train_memory.py",
-     "scale_out.py", "ppca.py"],
+     "scale_out.py", "ppca.py", "whitening.py"],
 )  # fmt: skip
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
@@ -227,3 +227,23 @@ def test_background_images_replace_about_the_rate_of_pixels_deterministically():
     assert 0.18 < changed < 0.21  # a replacement may draw the same value (1/256)
     np.testing.assert_array_equal(noisy, images.perturb(originals, 0.2, seed=0))
     assert (originals == 7).all()  # the input is left as it was
+
+
+def test_whiteners_leave_the_outliers_out():
+    """benchmarks/whitening.py: on correlated Gaussian rows with 5% far outliers, MinCovDet's
+    whitening maps the clean rows to unit covariance (the outliers do not inflate it); the
+    shrinkage whitening (central half by per-column distance, not affine-equivariant, so not
+    white) still puts every outlier beyond the clean rows."""
+    import whitening  # benchmarks/whitening.py
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(4, 4))
+    X = rng.normal(size=(2_000, 4)) @ A.T
+    X[:100] += 30.0
+    keep, location, W = whitening.whitener(X, seed=0, mode="mcd")
+    np.testing.assert_allclose(np.cov(((X[100:, keep] - location) @ W).T), np.eye(4), atol=0.1)
+    for mode in ("mcd", "lw"):
+        keep, location, W = whitening.whitener(X, seed=0, mode=mode)
+        norms = np.linalg.norm((X[:, keep] - location) @ W, axis=1)
+        assert norms[:100].min() > np.quantile(norms[100:], 0.99)
+    assert whitening.whitener(X[:12], seed=0, mode="mcd") is None  # too few rows: not run
