@@ -45,15 +45,7 @@ def prepare(verdicts, scored, history, id_columns, path: str, name: str):
 
 @task(**IO_RETRIES)
 def record(target, submission: fb.Submission, scored):
-    runs = scored[["run_id", "version", "start_time"]].drop_duplicates("run_id")
-    return registry.record_feedback(
-        target,
-        submission.history,
-        submission.current,
-        submission.counts,
-        submission.precision,
-        runs,
-    )
+    return registry.record_feedback(target, submission, scored)
 
 
 @flow(name="feedback", log_prints=True)

@@ -60,15 +60,7 @@ def submit_verdicts(target, path: Path, id_columns: list[str], label_column: str
     submission = fb.prepare_submission(
         verdicts, scored, history, id_columns, path, target.model_name
     )
-    runs = scored[["run_id", "version", "start_time"]].drop_duplicates("run_id")
-    registry.record_feedback(
-        target,
-        submission.history,
-        submission.current,
-        submission.counts,
-        submission.precision,
-        runs,
-    )
+    registry.record_feedback(target, submission, scored)
     return submission
 
 

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from vae_core.steps.feedback import (
     LABEL,
     SUBMISSION,
+    Submission,
     current_verdicts,
     id_columns_of,
     id_text,
@@ -137,25 +138,21 @@ def reviewed_verdicts(target: TrackingTarget):
 
 
 @tracking_call
-def record_feedback(
-    target: TrackingTarget,
-    history: pd.DataFrame,
-    current: pd.DataFrame,
-    counts: dict[str, int],
-    precision: dict[str, tuple[int, int]],
-    scoring_runs: pd.DataFrame,
-) -> str:
-    """Store the merged ``history`` (the source of truth, written first), the ``current``
-    verdicts as a table and a dataset input, the ``counts`` as metrics at this submission's
-    step, and each scoring run's ``precision`` (confirmed, reviewed among its flagged rows)
-    as its ``reviewed_precision``, on the run and on the version's logged model.
-    Returns the feedback run's id.
+def record_feedback(target: TrackingTarget, submission: Submission, scored: pd.DataFrame) -> str:
+    """Store a checked ``submission`` (``steps.feedback.prepare_submission``): its merged
+    history (the source of truth, written first), its current verdicts as a table and a
+    dataset input, its counts as metrics at this submission's step, and each scoring run's
+    precision (confirmed, reviewed among its flagged rows) as its ``reviewed_precision``, on
+    the run and on the version's logged model. Returns the feedback run's id.
 
-    scoring_runs : one row per scoring run: ``run_id``, ``version``, ``start_time``.
+    scored : the rows the model's scoring runs scored (``scored_rows``), the submission was
+        checked against; their ``run_id``, ``version`` and ``start_time`` name the runs.
     """
+    history, current, counts = submission.history, submission.current, submission.counts
+    scoring_runs = scored[["run_id", "version", "start_time"]].drop_duplicates("run_id")
     client, name = mlflow_client(target), target.model_name
     run_id = _feedback_run(client, name) or _create_feedback_run(client, target)
-    submission = int(history[SUBMISSION].max())
+    step = int(history[SUBMISSION].max())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / HISTORY_FILE
         history.to_parquet(path, index=False)
@@ -164,10 +161,10 @@ def record_feedback(
     client.log_table(run_id, current, VERDICTS_TABLE)
     _log_verdicts_dataset(client, run_id, current, name)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"reviewed_{k}", float(v), now, submission) for k, v in counts.items()]
+    metrics = [Metric(f"reviewed_{k}", float(v), now, step) for k, v in counts.items()]
     client.log_batch(run_id, metrics=metrics)
-    client.set_tag(run_id, NOTE_TAG, _feedback_note(name, counts, submission))
-    _log_precision(client, name, precision, scoring_runs)
+    client.set_tag(run_id, NOTE_TAG, _feedback_note(name, counts, step))
+    _log_precision(client, name, submission.precision, scoring_runs)
     return run_id
 
 
