@@ -7,11 +7,18 @@ estimate between the two. Everything is in nats of the raw data, so the preproce
 log-Jacobian is checked too (columns are on very different scales).
 """
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
 from vae_core import VAEDetector
+
+# benchmarks/ is not a package: its folder on the path, as tests/test_benchmarks.py does
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ppca as ppca_benchmark
 
 D, Q = 8, 2
 
@@ -61,28 +68,14 @@ def test_importance_weighted_estimate_lies_between(ppca):
 # refinement (the defaults) 0.101 / 0.045 / 0.087 / 0.9997. The bounds are the issue's targets.
 # The defaults do not meet them: the refinement is off by default (it costs clustered
 # anomalies, docs/benchmarks.md), so these tests fit with it on.
-D10, K2, S2, N_TRAIN, N_TEST = 10, 2, 0.1, 20_000, 5_000
-
-
-def _ppca_draws(seed: int):
-    rng = np.random.default_rng(seed)
-    W, mu = rng.normal(0, 2, size=(D10, K2)), rng.normal(0, 3, size=D10)
-
-    def draw(n):
-        return rng.normal(size=(n, K2)) @ W.T + mu + rng.normal(0, np.sqrt(S2), size=(n, D10))
-
-    x_train, x_test = draw(N_TRAIN), draw(N_TEST)
-    outlier = np.zeros(N_TRAIN, dtype=bool)
-    outlier[rng.choice(N_TRAIN, N_TRAIN // 20, replace=False)] = True
-    x_dirty = x_train.copy()
-    x_dirty[outlier] += rng.normal(0, 1.5, size=(outlier.sum(), D10))
-    exact = multivariate_normal(mu, W @ W.T + S2 * np.eye(D10)).logpdf(x_test)
-    return x_train, x_dirty, outlier, x_test, exact
+D10, K2 = ppca_benchmark.D, ppca_benchmark.K
 
 
 @pytest.fixture(scope="module")
 def refined_fit():
-    x_train, x_dirty, outlier, x_test, exact = _ppca_draws(0)
+    data = ppca_benchmark.ppca_data(0)  # the benchmark's draws, so the two measure one thing
+    x_train, x_dirty, outlier = data["x_train"], data["x_dirty"], data["is_outlier"]
+    x_test, exact = data["x_test"], data["exact"]
     clean = VAEDetector(latent_dim=K2, refine_cutoff=3.0).fit(x_train)
     dirty = VAEDetector(latent_dim=K2, refine_cutoff=3.0).fit(x_dirty)
     return clean, dirty, outlier, x_dirty, x_test, exact
