@@ -225,6 +225,43 @@ def stop_process(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
+def lean_prefect_server(*used: str) -> dict:
+    """Environment of a ``prefect server start`` with the background services a test does not
+    use turned off (schedules, late runs, the UI...), so they leave the cores to the worker and
+    the flow runs under test; ``used`` names services to keep (``"TRIGGERS"``)."""
+    unused = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "TRIGGERS", "EVENT_PERSISTER",
+              "PAUSE_EXPIRATIONS", "CANCELLATION_CLEANUP", "DB_VACUUM")  # fmt: skip
+    return {"PREFECT_UI_ENABLED": "false"} | {
+        f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in unused if name not in used
+    }
+
+
+# The first lines of a child script that sets up a process pool while the server starts, in
+# one interpreter that does its imports meanwhile (each `prefect` command would pay the import
+# of Prefect again: 20 s on a loaded 2-core machine). It waits for $PREFECT_API_URL/health and
+# creates the process pool named by its first argument; the script's own lines follow.
+PROCESS_POOL_SCRIPT = """
+import os, sys, time, urllib.request
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.workers.process import ProcessWorker
+
+pool = sys.argv[1]
+deadline = time.time() + 180
+while True:
+    try:
+        urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2).close()
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+template = ProcessWorker.get_default_base_job_template()
+with get_client(sync_client=True) as client:
+    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+"""
+
+
 # ---- images ----------------------------------------------------------------------------------
 MNIST = ROOT / "data" / "mnist"  # the embedded sample: train/good, test/<digit>
 PNG = b"\x89PNG\r\n\x1a\n"  # a PNG file's first bytes

@@ -36,9 +36,11 @@ from flows.alerts import LIMIT_CROSSED, NOTIFY, RETRAIN, SCORED, automation_name
 from tests.helpers import (
     CARDIO,
     PREFECT,
+    PROCESS_POOL_SCRIPT,
     ROOT,
     config_store,
     free_port,
+    lean_prefect_server,
     promote,
     register,
     stop_process,
@@ -54,46 +56,22 @@ QUIET_S = 5  # after a batch's event: time in which an automation that was to ac
 ALERT_BOUND_S = 30  # batch end -> notification, at most (measured: well under a second)
 RUN_BOUND_S = 300  # a deployment run from creation to a final state, at most
 
-# The server's services that these tests do not use: off, they leave the cores to the worker.
-_LEAN_SERVER = {
-    "PREFECT_UI_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
-    **{
-        f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
-        for name in (
-            "SCHEDULER",
-            "LATE_RUNS",
-            "FOREMAN",
-            "PAUSE_EXPIRATIONS",
-            "CANCELLATION_CLEANUP",
-            "DB_VACUUM",
-        )
-    },
+# The server's services: the automations need its triggers and event persister (flushed every
+# second); the others are off, to leave the cores to the worker.
+_SERVER_ENV = lean_prefect_server("TRIGGERS", "EVENT_PERSISTER") | {
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1"
 }
 
-# The pool, then flows/deploy.py's command line three times (the third with the retraining
-# automation paused, then resumed), in one interpreter that imports Prefect while the server
-# starts; prints what each deploy said and whether the paused automation stayed paused.
-_SET_UP = """
-import contextlib, io, json, os, sys, time, urllib.request
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.workers.process import ProcessWorker
+# The pool (tests.helpers.PROCESS_POOL_SCRIPT), then flows/deploy.py's command line three
+# times (the third with the retraining automation paused, then resumed); prints what each
+# deploy said and whether the paused automation stayed paused.
+_SET_UP = (
+    PROCESS_POOL_SCRIPT
+    + """
+import contextlib, io, json
 from flows import deploy
 
-pool, config = sys.argv[1:]
-deadline = time.time() + 180
-while True:
-    try:
-        urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2).close()
-        break
-    except OSError:
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-template = ProcessWorker.get_default_base_job_template()
-with get_client(sync_client=True) as client:
-    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+config = sys.argv[2]
 
 def deploy_cli():
     sys.argv = ["flows.deploy", "--pool", pool, "--config", config, "--paused"]
@@ -153,6 +131,7 @@ with get_client(sync_client=True) as client:
 print(json.dumps({"said": said, "stayed_paused": paused, "named_block": found == slack,
                   "refused": refused, "bad_block": [code, err.getvalue(), deployed]}))
 """
+)
 
 
 @dataclass
@@ -311,7 +290,7 @@ def stack(tmp_path_factory):
         with open(log, "w") as out:
             server = subprocess.Popen(
                 [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env | _LEAN_SERVER,
+                env=env | _SERVER_ENV,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -37,8 +37,10 @@ import pytest
 from tests.helpers import (
     CARDIO,
     PREFECT,
+    PROCESS_POOL_SCRIPT,
     ROOT,
     free_port,
+    lean_prefect_server,
     prefect_flow_run_by_id,
     promote,
     register,
@@ -80,56 +82,22 @@ def _temporary_files(folder: Path) -> list[str]:
 
 # ---- (a) a worker killed in the middle of a deployment run ------------------------------------
 
-# Creates the process pool and the deployments (flows/deploy.py) and starts the first run, in
-# one interpreter that does its imports while the server starts: three `prefect` commands
-# after it would each pay the import of Prefect again (20 s on a loaded 2-core machine).
-_SET_UP = """
-import os, sys, time, urllib.request
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+# The process pool (tests.helpers.PROCESS_POOL_SCRIPT), the deployments (flows/deploy.py)
+# and the first run, in one interpreter that does its imports while the server starts.
+_SET_UP = (
+    PROCESS_POOL_SCRIPT
+    + """
+print("pool ready", flush=True)
 from prefect.deployments import run_deployment
-from prefect.workers.process import ProcessWorker
 from flows.deploy import deploy_all
 
-pool, config, data, batch_id = sys.argv[1:]
-deadline = time.time() + 180
-while True:
-    try:
-        urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2).close()
-        break
-    except OSError:
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-template = ProcessWorker.get_default_base_job_template()
-with get_client(sync_client=True) as client:
-    client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
-print("pool ready", flush=True)
+config, data, batch_id = sys.argv[2:]
 deploy_all(pool, config, paused=True)
 params = {"data_path": data, "batch_id": batch_id}
 run = run_deployment("score/nightly", parameters=params, flow_run_name="killed", timeout=0)
 print(run.id, flush=True)  # the score flow renames its run (batch, model version): by id
 """
-
-
-# The server's background services that this test does not use (schedules, automations, late
-# runs, the UI...): off, they leave the two cores to the worker and the flow runs under test.
-_LEAN_SERVER = {
-    "PREFECT_UI_ENABLED": "false",
-    **{
-        f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
-        for name in (
-            "SCHEDULER",
-            "LATE_RUNS",
-            "FOREMAN",
-            "TRIGGERS",
-            "EVENT_PERSISTER",
-            "PAUSE_EXPIRATIONS",
-            "CANCELLATION_CLEANUP",
-            "DB_VACUUM",
-        )
-    },
-}
+)
 
 
 def _process_groups_of_flow_run(run_id: str) -> set[int]:
@@ -207,7 +175,7 @@ def test_a_worker_killed_mid_run_then_a_rerun_scores_every_row_once(
         with open(server_log, "w") as out:
             server = subprocess.Popen(
                 [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env={**env, **_LEAN_SERVER},
+                env={**env, **lean_prefect_server()},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -43,17 +42,19 @@ import requests
 
 from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
 from tests.postgres_servers import (
+    BIN,
     POSTGRES,
+    Processes,
     admin_connection,
-    start_server,
-    stop_server,
+    deploy_command,
+    mlflow_server_command,
+    prefect_server_command,
+    profile_env,
     tail,
-    wait_ready,
 )
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 MODEL, SCORING_EXPERIMENT = "vae-e2e-access", "vae-e2e-scoring"
 USERS = {"scorer": "scorer", "trainer": "trainer", "reviewer": "reviewer"}  # name -> role
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
@@ -99,8 +100,7 @@ def profile(tmp_path_factory):
         mlflow_url=f"http://127.0.0.1:{free_port()}",
         api=f"http://127.0.0.1:{free_port()}/api",
         artifacts=tmp / "mlflow-artifacts",
-        procs=[],
-        logs=[],
+        processes=Processes(tmp),
     )
     # .pgpass: host:port:database:user:password, mode 600 (libpq and asyncpg refuse others)
     p.pgpass.write_text("".join(f"{host}:{port}:*:{roles[k]}:{pg_passwords[k]}\n" for k in roles))
@@ -127,18 +127,12 @@ def profile(tmp_path_factory):
         },
     )
     base = {k: v for k, v in os.environ.items() if k not in CREDENTIALS and not k.startswith("PG")}
-    base |= dict(
-        DO_NOT_TRACK="true",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-        PREFECT_HOME=str(tmp / "prefect-home"),
-        PREFECT_API_URL=p.api,
-        MLFLOW_TRACKING_URI=p.mlflow_url,
-        PREFECT_WORKER_QUERY_SECONDS="2",
+    base = profile_env(
+        base,
+        tmp / "prefect-home",
+        p.api,
+        p.mlflow_url,
         TMPDIR=str(tmp),  # the temporary folders of model loads, inside the scanned folder
-        PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
     )
 
     def env(user: str | None = None, password: str | None = None, **extra) -> dict:
@@ -165,9 +159,9 @@ def profile(tmp_path_factory):
         p.pg_checks_passwords = _pg_checks_passwords(host, port, roles["ml"], dbs["ml"])
         _start_servers(p, base, host, port, roles, dbs, ini)
         # the work pool and the deployments, meanwhile (Prefect's auth string only)
-        p.deploy = start(p, "deploy", ["sh", "-c", 'prefect work-pool create access-pool '
-                         '--type process && "$0" -m flows.deploy --pool access-pool --config '
-                         '"$1" --paused', sys.executable, p.config], env("admin"))  # fmt: skip
+        p.deploy = p.processes.start(
+            "deploy", deploy_command("access-pool", p.config), env("admin")
+        )
         _run_cli(p, "access-setup", ["access", "--config", p.config, *(
             arg for user, role in USERS.items() for arg in ("--user", f"{user}={role}"))],
             env("admin", p.boot_admin, VAE_ACCESS_ADMIN_PASSWORD=p.admin,
@@ -175,8 +169,7 @@ def profile(tmp_path_factory):
         )  # fmt: skip
         yield p
     finally:
-        for proc in reversed(p.procs):
-            stop_server(proc)
+        p.processes.stop()
         with conn.cursor() as cur:
             for db in dbs.values():
                 cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
@@ -212,26 +205,14 @@ def _start_servers(p, base: dict, host: str, port: int, roles: dict, dbs: dict, 
         PREFECT_SERVER_API_AUTH_STRING=p.auth_string,
         PREFECT_API_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://{roles['pf']}@{host}:{port}/{dbs['pf']}",
     )  # fmt: skip
-    mlflow_port = urlsplit(p.mlflow_url).port
-    start(p, "mlflow-server", [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-        "--backend-store-uri", f"postgresql+psycopg2://{roles['ml']}@{host}:{port}/{dbs['ml']}",
-        "--artifacts-destination", p.artifacts, "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", mlflow_port, "--workers", "1",
-    ], ml_env)  # fmt: skip
-    start(p, "prefect-server", [BIN / "prefect", "server", "start", "--host", "127.0.0.1",
-          "--port", urlsplit(p.api).port], pf_env)  # fmt: skip
-    wait_ready({
-        "mlflow server": (p.procs[0], p.logs[0], f"{p.mlflow_url}/health"),
-        "prefect server": (p.procs[1], p.logs[1], f"{p.api}/health"),
-    })  # fmt: skip
-    (p.tmp / "command-lines.txt").write_text("\n".join(_command_lines(p.procs)))
-
-
-def start(p, name: str, args: list, env: dict) -> subprocess.Popen:
-    p.logs.append(p.tmp / f"{name}.log")
-    p.procs.append(start_server(args, env, p.logs[-1]))
-    return p.procs[-1]
+    backend_store = f"postgresql+psycopg2://{roles['ml']}@{host}:{port}/{dbs['ml']}"
+    p.processes.start_servers(
+        (mlflow_server_command(backend_store, p.artifacts, p.mlflow_url, 1, "--app-name",
+                               "basic-auth"), ml_env),
+        (prefect_server_command(p.api), pf_env),
+        (p.mlflow_url, p.api),
+    )  # fmt: skip
+    (p.tmp / "command-lines.txt").write_text("\n".join(_command_lines(p.processes.procs)))
 
 
 def _command_lines(procs: list[subprocess.Popen]) -> list[str]:
@@ -375,8 +356,8 @@ def test_the_reviewer_promotes_and_the_scoring_role_scores_through_a_worker(trai
     pd.read_csv(CARDIO).iloc[::4].to_csv(batch, index=False)
     assert p.deploy.wait(timeout=RUN_TIMEOUT_S) == 0, tail(p.tmp / "deploy.log")
     # the worker and its flow runs hold the scoring role's credentials, nothing more
-    start(p, "worker", [BIN / "prefect", "worker", "start", "--pool", "access-pool"],
-          p.env("scorer"))  # fmt: skip
+    p.processes.start("worker", [BIN / "prefect", "worker", "start", "--pool", "access-pool"],
+                      p.env("scorer"))  # fmt: skip
     run = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "score/nightly", "--param",
          f"data_path={batch}", "--param", "batch_id=b0"],
@@ -385,7 +366,8 @@ def test_the_reviewer_promotes_and_the_scoring_role_scores_through_a_worker(trai
     assert run.returncode == 0, run.stdout + run.stderr
     flow_run_id = next(x.split("UUID:")[1].strip() for x in run.stdout.splitlines() if "UUID:" in x)
     state = _wait_for(p, flow_run_id)
-    refused = [x for x in p.logs[0].read_text().splitlines() if " 403 " in x or " 401 " in x]
+    mlflow_log = p.processes.logs[0].read_text().splitlines()
+    refused = [x for x in mlflow_log if " 403 " in x or " 401 " in x]
     assert state["state_type"] == "COMPLETED", (state["state"]["message"], refused[-5:])
     scores = pd.read_parquet(p.tmp / "scores" / "b0.parquet")
     assert len(scores) == len(pd.read_csv(batch))
@@ -408,7 +390,7 @@ def _wait_for(p, flow_run_id: str) -> dict:
             return state.json()
         time.sleep(1)
     pytest.fail(f"flow run {flow_run_id} not finished after {RUN_TIMEOUT_S} s:\n"
-                f"{tail(p.logs[-1])}")  # fmt: skip
+                f"{tail(p.processes.logs[-1])}")  # fmt: skip
 
 
 def test_no_password_in_any_log_parameter_tag_artifact_or_command_line(trained, monkeypatch):

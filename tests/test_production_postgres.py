@@ -18,7 +18,6 @@ worker runs in its own process group and is stopped, the whole group, even when 
 import contextlib
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,18 +28,20 @@ import requests
 
 from tests.helpers import CARDIO, ROOT, free_port, write_pipeline_config
 from tests.postgres_servers import (
+    BIN,
     POSTGRES,
+    Processes,
     admin_connection,
-    start_server,
-    stop_server,
+    deploy_command,
+    mlflow_server_command,
+    prefect_server_command,
+    profile_env,
     tail,
-    wait_ready,
 )
 
 pytestmark = pytest.mark.e2e
 
 RUNS_TIMEOUT_S = 420  # six flow runs on two workers, on a loaded 2-core box
-BIN = Path(sys.executable).parent
 BATCHES = ["b0", "b1", "b2", "b3"]
 
 
@@ -108,36 +109,18 @@ def _wait_finished(api: str, runs: dict[str, str], logs: list[Path]) -> dict[str
 
 def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatch):
     mlflow_db, prefect_db = postgres_databases("mlflow"), postgres_databases("prefect")
-    mlflow_port, prefect_port = free_port(), free_port()
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-    api = f"http://127.0.0.1:{prefect_port}/api"
+    mlflow_url = f"http://127.0.0.1:{free_port()}"
+    api = f"http://127.0.0.1:{free_port()}/api"
     artifacts = tmp_path / "mlflow-artifacts"
-    env = dict(
-        os.environ,
-        DO_NOT_TRACK="true",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_API_URL=api,
-        MLFLOW_TRACKING_URI=mlflow_url,
-        PREFECT_WORKER_QUERY_SECONDS="2",  # default 10: the runs are picked up sooner
-        PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-    )
+    env = profile_env(os.environ, tmp_path / "prefect-home", api, mlflow_url)
     server_env = dict(
         env,
         PREFECT_API_DATABASE_CONNECTION_URL=prefect_db.replace(
             "postgresql://", "postgresql+asyncpg://", 1
         ),
     )
-    procs: list[subprocess.Popen] = []
-    logs: list[Path] = []
-
-    def start(name: str, args: list, env: dict) -> subprocess.Popen:
-        logs.append(tmp_path / f"{name}.log")
-        procs.append(start_server(args, env, logs[-1]))
-        return procs[-1]
+    processes = Processes(tmp_path)
+    logs = processes.logs
 
     config = write_pipeline_config(
         tmp_path, {"tracking": {"uri": mlflow_url}, "scoring": {"output_dir": "scores"}}
@@ -149,36 +132,15 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
         cardio.iloc[i::4].to_csv(data / f"{name}.csv", index=False)
     started = time.monotonic()
     try:
-        mlflow_server = start(
-            "mlflow-server",
-            [
-                sys.executable, "-m", "mlflow", "server",
-                # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3: name the driver
-                "--backend-store-uri", mlflow_db.replace("postgresql://", "postgresql+psycopg2://"),
-                "--artifacts-destination", artifacts, "--serve-artifacts",
-                "--host", "127.0.0.1", "--port", mlflow_port, "--workers", "2",
-            ],
-            server_env,
-        )  # fmt: skip
-        prefect_server = start(
-            "prefect-server",
-            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", prefect_port],
-            server_env,
-        )
-        wait_ready(
-            {
-                "mlflow server": (mlflow_server, logs[0], f"{mlflow_url}/health"),
-                "prefect server": (prefect_server, logs[1], f"{api}/health"),
-            }
+        backend_store = mlflow_db.replace("postgresql://", "postgresql+psycopg2://")
+        processes.start_servers(
+            (mlflow_server_command(backend_store, artifacts, mlflow_url, 2), server_env),
+            (prefect_server_command(api), server_env),
+            (mlflow_url, api),
         )
         phases = {"servers ready": time.monotonic() - started}
         # The work pool and the deployments (flows/deploy.py), while the model trains.
-        deploy = start(
-            "deploy",
-            ["sh", "-c", 'prefect work-pool create pg-pool --type process && "$0" -m flows.deploy'
-             ' --pool pg-pool --config "$1" --paused', sys.executable, config],
-            env,
-        )  # fmt: skip
+        deploy = processes.start("deploy", deploy_command("pg-pool", config), env)
         # train -> register (@challenger) -> promote (@champion), through the CLI
         cli = BIN / "vae-anomaly"
         _run(
@@ -191,8 +153,8 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
         phases["trained, promoted"] = time.monotonic() - started
         assert deploy.wait(timeout=300) == 0, tail(logs[-1])
         for worker in ("w1", "w2"):
-            start(worker, [BIN / "prefect", "worker", "start", "--pool", "pg-pool", "--name",
-                           worker], env)  # fmt: skip
+            processes.start(worker, [BIN / "prefect", "worker", "start", "--pool", "pg-pool",
+                                     "--name", worker], env)  # fmt: skip
 
         # Six `prefect deployment run` at once: four batches, and batch b0's rows twice as "dup".
         params = {name: (data / f"{name}.csv", name) for name in BATCHES}
@@ -228,8 +190,7 @@ def test_production_profile_on_postgres(tmp_path, postgres_databases, monkeypatc
             message = (run["state"]["message"] or "")[:300]
             print(f"flow run {label}: {run['state_type']} {message!r}")
     finally:
-        for proc in reversed(procs):
-            stop_server(proc)
+        processes.stop()
 
 
 def _check_outputs(finished: dict, scores: Path, cardio: pd.DataFrame, logs: list[Path]) -> None:
