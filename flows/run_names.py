@@ -3,6 +3,7 @@ the run is about (a batch id, a data file) when it starts, and the model version
 used once that is known, instead of Prefect's random two words.
 
     score-<batch id or data file>      -> score-<batch id>-<model>-v<version>
+    score-<batch id>-partitions           (its subflow, which scores the partitions)
     train-<data file>                  -> train-<model>-v<version>
 """
 
@@ -30,6 +31,13 @@ def score_run_name() -> str:
         return f"score-{_slug(params['batch_id'])}"
     data = params.get("data_path")
     return f"score-{_slug(Path(data).name) if data else 'score_path'}"
+
+
+def partitions_run_name() -> str:
+    """The score flow's subflow: its batch id, read from the staging folder
+    (``.<batch id>.staging``, vae_core.steps.batch.staging_dir) it writes to."""
+    staging = Path(str(_parameters().get("staging", ""))).name
+    return f"score-{_slug(staging.removeprefix('.').removesuffix('.staging'))}-partitions"
 
 
 def train_run_name() -> str:

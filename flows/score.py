@@ -134,7 +134,7 @@ def _dask_runner_class():
     return DaskAtAddress
 
 
-@flow(name="score-partitions")
+@flow(name="score-partitions", flow_run_name=run_names.partitions_run_name)
 def score_partitions(
     model_dir: str, parts: list[Partition], staging: str, cfg: PipelineConfig
 ) -> list[StagedPart]:

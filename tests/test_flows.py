@@ -101,7 +101,8 @@ def test_prefect_artifacts_have_descriptions(store):
 
 def test_flow_runs_are_named_after_their_batch_and_model_version(store):
     """Not Prefect's random two words: a score run is named after its batch id and the model
-    version that scored it, a train run after the version it registered."""
+    version that scored it (its subflow, which scores the partitions, after the batch), a
+    train run after the version it registered."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
@@ -109,7 +110,7 @@ def test_flow_runs_are_named_after_their_batch_and_model_version(store):
 
     _, config, _ = store
     score(data_path=str(CARDIO), batch_id="named", config_path=str(config))
-    wanted = ["score-named-vae-anomaly-v1", "train-vae-anomaly-v1"]
+    wanted = ["score-named-vae-anomaly-v1", "score-named-partitions", "train-vae-anomaly-v1"]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=wanted))
