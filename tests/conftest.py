@@ -9,6 +9,15 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "100")
 
+import signal
+
+# A Prefect worker stops on SIGTERM by sending itself SIGINT. Run as a background job of a
+# script (CI, `make test &`), pytest starts with SIGINT ignored, every process it starts
+# inherits that, and a worker then ignores SIGTERM until the tests' SIGKILL 20 s later. A
+# handler here is reset to the default in each child at exec (an ignored signal is not).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import pandas as pd
 import pytest
 
