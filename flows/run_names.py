@@ -29,8 +29,8 @@ def score_run_name() -> str:
     params = _parameters()
     if params.get("batch_id"):
         return f"score-{_slug(params['batch_id'])}"
-    data = params.get("data_path")
-    return f"score-{_slug(Path(data).name) if data else 'score_path'}"
+    data = params.get("data_path") or _configured(params, "score_path")
+    return f"score-{_slug(Path(data).name)}"
 
 
 def partitions_run_name() -> str:
@@ -42,8 +42,20 @@ def partitions_run_name() -> str:
 
 def train_run_name() -> str:
     """The train flow's name at start: the file or folder it trains on."""
-    data = _parameters().get("data_path")
-    return f"train-{_slug(Path(data).name) if data else 'train_path'}"
+    params = _parameters()
+    data = params.get("data_path") or _configured(params, "train_path")
+    return f"train-{_slug(Path(data).name)}"
+
+
+def _configured(params: dict, key: str) -> str:
+    """The config's ``data.<key>`` (the file a run without ``data_path`` reads), else the key:
+    a name never fails a run."""
+    from vae_core.foundations.config import load_config
+
+    try:
+        return getattr(load_config(params.get("config_path", "mlflow.yml")).data, key)
+    except Exception:  # an unreadable config fails the run itself, with its own message
+        return key
 
 
 def rename_run(name: str) -> None:
