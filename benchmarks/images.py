@@ -148,44 +148,35 @@ def run(args: argparse.Namespace, vae_params: dict, meta: dict) -> list[dict]:
     lengths = {c: code_length_nats(X_te, c) for c in args.complexity}
     results = []
     for digit in args.digits:
+        train, normal = X_tr[y_tr == digit], X_te[y_te == digit]
+        y = (y_te != digit).astype(int)
         for seed in range(args.seeds):
             for method in args.methods:
-                train = X_tr[y_tr == digit]
                 scores, fit_s, epochs, retrieval = fit_and_score(
-                    method, train, X_te, X_te[y_te == digit], seed, vae_params
+                    method, train, X_te, normal, seed, vae_params
                 )
-                y = (y_te != digit).astype(int)
-                metrics = protocol.detection_metrics(y, scores)
-                variants = {}
+                scored = {method: scores}
                 if method == "vae_core":
-                    variants = {f"vae_core-{c}": scores - lengths[c] for c in lengths}
+                    scored |= {f"vae_core-{c}": scores - lengths[c] for c in lengths}
                     if args.background:
                         noisy = perturb(train, args.background, seed)
                         background, *_ = fit_and_score(method, noisy, X_te, None, seed,
                                                        vae_params)  # fmt: skip
-                        variants[f"vae_core-ratio{args.background:g}"] = scores - background
-                for name, variant in variants.items():
+                        scored[f"vae_core-ratio{args.background:g}"] = scores - background
+                for name, these in scored.items():
+                    metrics = protocol.detection_metrics(y, these)
                     results.append(
-                        {"digit": digit, "seed": seed, "method": name,
-                         **protocol.detection_metrics(y, variant),
-                         "reconstruction_retrieval": retrieval, "fit_seconds": fit_s,
-                         "epochs_run": epochs, "n_test": len(y_te),
-                         "n_test_normal": int((y_te == digit).sum())}
+                        {"digit": digit, "seed": seed, "method": name, **metrics,
+                         "reconstruction_retrieval": retrieval,
+                         "fit_seconds": fit_s, "epochs_run": epochs, "n_test": len(y_te),
+                         "n_test_normal": len(normal)}
                     )  # fmt: skip
-                    print(f"  digit {digit} seed={seed} {name}: "
-                          f"roc_auc={results[-1]['roc_auc']:.3f}", file=sys.stderr)  # fmt: skip
-                results.append(
-                    {"digit": digit, "seed": seed, "method": method, **metrics,
-                     "reconstruction_retrieval": retrieval,
-                     "fit_seconds": fit_s, "epochs_run": epochs, "n_test": len(y_te),
-                     "n_test_normal": int((y_te == digit).sum())}
-                )  # fmt: skip
-                shown = "" if retrieval is None else f" retrieval={retrieval:.3f}"
-                print(
-                    f"  digit {digit} seed={seed} {method}: roc_auc={metrics['roc_auc']:.3f}"
-                    f"{shown} fit={fit_s:.1f}s",
-                    file=sys.stderr,
-                )
+                    shown = "" if retrieval is None else f" retrieval={retrieval:.3f}"
+                    print(
+                        f"  digit {digit} seed={seed} {name}: roc_auc={metrics['roc_auc']:.3f}"
+                        f"{shown} fit={fit_s:.1f}s",
+                        file=sys.stderr,
+                    )
             if args.json:
                 protocol.write_json({"meta": meta, "results": results}, args.json)
     return results

@@ -54,13 +54,17 @@ def test_adbench_split_is_stratified_scaled_and_capped():
     np.testing.assert_allclose([split.X_train.min(), split.X_train.max()], [0.0, 1.0], atol=1e-6)
 
 
-def test_quality_runs_on_a_folder_and_writes_json(tmp_path):
+def _tiny_set(folder):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 4)).astype("float32")
     y = np.zeros(300, dtype=int)
     y[:15] = 1
     X[:15] += 5.0
-    np.savez(tmp_path / "tiny.npz", X=X, y=y)
+    np.savez(folder / "tiny.npz", X=X, y=y)
+
+
+def test_quality_runs_on_a_folder_and_writes_json(tmp_path):
+    _tiny_set(tmp_path)
     np.savez(tmp_path / "pictures.npz", X_train=np.zeros((3, 4, 4), dtype="uint8"))
     out = tmp_path / "out.json"
     done = _run(
@@ -154,15 +158,6 @@ def test_the_readme_results_table_is_the_recorded_benchmark_runs():
     vae, _, iforest = _readme_row("one-class MNIST")
     assert vae == f"{_mean_of(images, 'vae_core', 'roc_auc', 'digit'):.3f}"
     assert iforest == f"{_mean_of(images, 'iforest', 'roc_auc', 'digit'):.3f}"
-
-
-def _tiny_set(folder):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(300, 4)).astype("float32")
-    y = np.zeros(300, dtype=int)
-    y[:15] = 1
-    X[:15] += 5.0
-    np.savez(folder / "tiny.npz", X=X, y=y)
 
 
 def test_quality_reuses_and_merges_earlier_runs(tmp_path):
