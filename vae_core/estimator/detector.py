@@ -15,6 +15,7 @@ bit-for-bit the same whatever the batch it arrives in (on a given device).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -114,6 +115,17 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         log-likelihood, against 0.1 for the trimmed fit alone); a compact cluster of
         anomalies the trimmed model does not find improbable is learnt as a mode, so it is
         off by default (docs/benchmarks.md). None: the trimmed fit is the model.
+    snapshot_fraction : float in (0, 1) or None, default=0.5
+        Score with two members of one training run: the network of the best epoch and the
+        network as it was after this fraction of the epochs up to the best one (a snapshot,
+        no extra training). A row's score is the mean of the two members' negative ELBOs:
+        still nats, and still an upper bound on -log of a proper density (the normalised
+        geometric mean of the members' densities, a product of experts). Deep generative
+        models fit the bulk of the data before its outliers (Kim et al., ODIM, ICML 2024):
+        the earlier member still finds improbable a compact cluster of anomalies that the
+        final one learnt as a mode of its own (docs/benchmarks.md). Scoring costs one
+        forward pass per member. None: the final network alone (set it, with
+        ``refine_cutoff``, where scores must be as close to log p(x) as the model allows).
     point_mass_share : float in (0, 1] or None, default=None
         A numeric column's most frequent value, when held by at least that share of the rows,
         gets a point mass of its own (``TabularPreprocessor``). With it set, missing values
@@ -137,7 +149,12 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
     offset_ : float
         ``-threshold_``, so that ``decision_function = score_samples - offset_``.
     model_ : VAE
-        The fitted network (``vae_core.network.model``), on ``device``.
+        The fitted network (``vae_core.network.model``), on ``device``: the best epoch's.
+    members_ : list of VAE
+        The networks every score averages over: ``[model_]``, and with ``snapshot_fraction``
+        the snapshot of epoch ``snapshot_epoch_`` after it.
+    snapshot_epoch_ : int or None
+        The epoch (0-based, as ``best_epoch_``) of the snapshot member; None without one.
     config_ : VAEConfig
         The network's architecture: likelihood layout, sizes, variance settings.
     preprocessor_ : TabularPreprocessor or ImagePreprocessor
@@ -203,6 +220,7 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         point_mass_share: float | None = None,
         encoder_clip: float | None = None,
         missing: str = "marginalise",
+        snapshot_fraction: float | None = 0.5,
     ):
         self.latent_dim = latent_dim
         self.hidden_dims = hidden_dims
@@ -231,6 +249,7 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         self.point_mass_share = point_mass_share
         self.encoder_clip = encoder_clip
         self.missing = missing
+        self.snapshot_fraction = snapshot_fraction
 
     # ---- fitting -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -273,6 +292,9 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
             trim_fraction=float(self.trim_fraction),
             trim_validation=bool(self.trim_validation),
             refine_cutoff=None if self.refine_cutoff is None else float(self.refine_cutoff),
+            snapshot_fraction=(
+                None if self.snapshot_fraction is None else float(self.snapshot_fraction)
+            ),
         )
 
     def fit(self, X, y=None, callbacks: Sequence[EpochCallback] = ()) -> VAEDetector:
@@ -331,6 +353,11 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         result = train_vae(model, x_train, x_val, self._train_config(), callbacks)
 
         self.model_, self.config_ = model, cfg
+        self.members_, self.snapshot_epoch_ = [model], result.snapshot_epoch
+        if result.snapshot_state is not None:
+            snapshot = copy.deepcopy(model)
+            snapshot.load_state_dict(result.snapshot_state)
+            self.members_.append(snapshot.eval())
         self.history_ = [log.to_dict() for log in result.history]
         self.best_epoch_ = result.best_epoch
         self.loss_cutoff_, self.n_left_out_ = result.loss_cutoff, result.n_left_out

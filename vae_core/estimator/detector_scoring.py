@@ -19,6 +19,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from vae_core.network.likelihood import (
+    ElboTerms,
     elbo_terms,
     importance_weighted_log_likelihood,
     observed_terms,
@@ -122,9 +123,29 @@ class ScoringMixin:
         eps = self._score_noise(n_samples)
         return self._chunked(X, lambda x, obs: self._negative_elbo(x, eps, obs), len(eps))
 
+    def _members(self) -> list:
+        """The networks a score averages over (``members_``; a model saved before snapshots
+        existed has its one network)."""
+        return getattr(self, "members_", None) or [self.model_]
+
+    def _terms(self, x: torch.Tensor, eps: torch.Tensor, obs=None) -> ElboTerms:
+        """KL and reconstruction terms, each the mean over the members (float64 where there
+        are several; one network's own terms otherwise). The mean of the members' negative
+        ELBOs is -log of the geometric mean of their ELBO bounds, g = prod_m p_m^(1/M) at
+        best; g integrates to Z <= 1 (Hölder), so the score is also an upper bound on
+        -log(g / Z), a proper density's: nats of the data, as for one network."""
+        members = self._members()
+        if len(members) == 1:
+            return elbo_terms(members[0], x, eps, obs)
+        parts = [elbo_terms(m, x, eps, obs) for m in members]
+        return ElboTerms(
+            kl=sum(p.kl.double() for p in parts) / len(parts),
+            reconstruction_terms=sum(p.reconstruction_terms.double() for p in parts) / len(parts),
+        )
+
     def _negative_elbo(self, x: torch.Tensor, eps: torch.Tensor, obs=None) -> torch.Tensor:
         """Negative ELBO per row in nats of the data, float64 (one arithmetic for all)."""
-        t = elbo_terms(self.model_, x, eps, obs)
+        t = self._terms(x, eps, obs)
         return _negative_elbo64(t) + self._log_jacobian(x, obs).sum(1)
 
     def score_with_contributions(self, X) -> tuple[np.ndarray, pd.DataFrame]:
@@ -136,7 +157,7 @@ class ScoringMixin:
         eps = self._score_noise(None)
 
         def both(x, obs):
-            t, jacobian = elbo_terms(self.model_, x, eps, obs), self._log_jacobian(x, obs)
+            t, jacobian = self._terms(x, eps, obs), self._log_jacobian(x, obs)
             nelbo = _negative_elbo64(t) + jacobian.sum(1)
             return torch.cat([nelbo[:, None], t.reconstruction_terms.double() + jacobian], 1)
 
@@ -155,7 +176,11 @@ class ScoringMixin:
         return self._chunked(
             X,
             lambda x, obs: (
-                importance_weighted_log_likelihood(self.model_, x, eps, obs).double()
+                sum(
+                    importance_weighted_log_likelihood(m, x, eps, obs).double()
+                    for m in self._members()
+                )
+                / len(self._members())
                 - self._log_jacobian(x, obs).sum(1)
             ),
             len(eps),
@@ -172,8 +197,7 @@ class ScoringMixin:
         return self._chunked(
             X,
             lambda x, obs: (
-                elbo_terms(self.model_, x, eps, obs).reconstruction_terms.double()
-                + self._log_jacobian(x, obs)
+                self._terms(x, eps, obs).reconstruction_terms.double() + self._log_jacobian(x, obs)
             ),
             len(eps),
         )
@@ -199,7 +223,7 @@ class ScoringMixin:
     def kl_divergence(self, X) -> np.ndarray:
         """KL(q(z|x) || N(0, I)) per row, in nats. (n,)"""
         eps = self._score_noise(None)
-        return self._chunked(X, lambda x, obs: elbo_terms(self.model_, x, eps, obs).kl, len(eps))
+        return self._chunked(X, lambda x, obs: self._terms(x, eps, obs).kl, len(eps))
 
     def _decoder_means(self, z: np.ndarray) -> np.ndarray:
         """E[x | z] in model space (n, input_dim), float64: Gaussian means, Bernoulli

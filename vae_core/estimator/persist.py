@@ -37,6 +37,7 @@ _PLAIN_STATE = (
     "calibration_",
     "loss_cutoff_",  # absent from models saved before the refinement: None when loaded
     "n_left_out_",
+    "snapshot_epoch_",  # absent from models saved before snapshots: None when loaded
 )
 
 
@@ -71,6 +72,8 @@ def save_detector(det, path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu() for k, v in det.model_.state_dict().items()}
+    for m, member in enumerate(det._members()[1:], start=1):  # the snapshot (members_)
+        tensors |= {f"member{m}.{k}": v.detach().cpu() for k, v in member.state_dict().items()}
     tensors["score_eps"] = det.score_eps_.cpu()
     with tempfile.SpooledTemporaryFile() as buf:
         torch.save(tensors, buf)
@@ -108,11 +111,30 @@ def _checked_model(cfg: VAEConfig, tensors: dict, path: Path) -> VAE:
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ValueError(f"{path / META}: not a model description ({exc})") from exc
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    stored = {k[6:]: tuple(v.shape) for k, v in tensors.items() if k.startswith("model.")}
-    if expected != stored:
-        wrong = sorted(set(expected.items()) ^ set(stored.items()))[:3]
-        raise ValueError(f"{path / META} does not describe {path / WEIGHTS} (e.g. {wrong})")
+    for prefix in sorted({"model"} | {k.partition(".")[0] for k in tensors} - {"score_eps"}):
+        stored = {
+            k.partition(".")[2]: tuple(v.shape)
+            for k, v in tensors.items()
+            if k.startswith(prefix + ".")
+        }
+        if expected != stored:
+            wrong = sorted(set(expected.items()) ^ set(stored.items()))[:3]
+            raise ValueError(f"{path / META} does not describe {path / WEIGHTS} (e.g. {wrong})")
     return VAE(cfg)
+
+
+def _members(cfg: VAEConfig, tensors: dict, model: VAE) -> list[VAE]:
+    """``[model]`` and a network for each further member stored (``member1.`` ...)."""
+    members = [model]
+    n_more = len({k.partition(".")[0] for k in tensors if k.startswith("member")})
+    for m in range(1, 1 + n_more):
+        prefix = f"member{m}."
+        member = VAE(cfg)
+        member.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        members.append(member)
+    return members
 
 
 def load_detector(path, cls):
@@ -131,6 +153,7 @@ def load_detector(path, cls):
         raise ValueError(f"{path / META}: unsupported format_version {version}")
     try:
         params = dict(meta["params"], hidden_dims=tuple(meta["params"]["hidden_dims"]))
+        params.setdefault("snapshot_fraction", None)  # saved before snapshots: one network
         det = cls(**params)
         cfg = VAEConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -140,12 +163,15 @@ def load_detector(path, cls):
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     det.device = usable_device(det.device)  # fitted on a GPU, scored where there is none
     det.model_ = model.to(det.device).eval()
+    det.members_ = [det.model_] + [
+        m.to(det.device).eval() for m in _members(cfg, tensors, model)[1:]
+    ]
     det.config_ = cfg
     if "score_eps" not in tensors:
         raise ValueError(f"{path / WEIGHTS}: the scoring noise (score_eps) is missing")
     det.score_eps_ = tensors["score_eps"]
     det.preprocessor_ = preprocessor_from_dict(meta["preprocessing"])
-    det.loss_cutoff_ = det.n_left_out_ = None
+    det.loss_cutoff_ = det.n_left_out_ = det.snapshot_epoch_ = None
     det.id_columns_ = []  # a model saved before they were recorded
     for key, value in meta["state"].items():
         setattr(det, key, np.asarray(value, dtype=object) if key == "feature_names_in_" else value)

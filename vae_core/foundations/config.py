@@ -182,6 +182,12 @@ class TrainingConfig(_Section):
     # full negative ELBO (exact where the data are clean; e.g. 3.0); null (the default): no
     # refinement. Off by default: it costs clustered anomalies (docs/benchmarks.md).
     refine_cutoff: float | None = Field(None, gt=0)
+    # Score with the best epoch's network and a snapshot of the same run taken after this
+    # fraction of the epochs up to the best one: the mean of their negative ELBOs (nats; an
+    # upper bound on -log of their normalised product). The earlier network still finds
+    # improbable a compact cluster of anomalies the final one learnt as a mode of its own
+    # (docs/benchmarks.md). null: the final network alone.
+    snapshot_fraction: float | None = Field(0.5, gt=0, lt=1)
     random_state: int = 0
     # cpu | cuda | cuda:N: where the model trains and scores. A model trained on a GPU scores
     # on the CPU of a machine without one (VAEDetector.load).

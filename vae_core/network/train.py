@@ -51,6 +51,13 @@ class TrainConfig:
     # (almost nothing left out) the objective is the paper's, exactly. None: no refinement.
     refine_cutoff: float | None = None
     refine_lr_factor: float = 0.1  # the refinement's Adam step, a fraction of ``lr``
+    # Keep, beside the best weights, the network as it was after this fraction of the epochs
+    # up to the best one (a snapshot of the same run): a second member whose scores are
+    # averaged with the final network's. Deep generative models fit the bulk of the data
+    # before its outliers (the inlier-memorisation effect; Kim et al., ODIM, ICML 2024), so the
+    # earlier network still finds improbable what the final one may have learnt as a mode of
+    # its own: a compact cluster of anomalies in the training data. None: one network.
+    snapshot_fraction: float | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -89,6 +96,10 @@ class TrainResult:
     # left out, in nats, and how many training rows that left out; None without refinement.
     loss_cutoff: float | None = None
     n_left_out: int | None = None
+    # ``TrainConfig.snapshot_fraction``: the weights of the fitting phase's epoch
+    # ``snapshot_epoch`` (0-based, as ``best_epoch``); None without a snapshot.
+    snapshot_state: dict | None = field(default=None, repr=False)
+    snapshot_epoch: int | None = None
 
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
@@ -270,6 +281,7 @@ def _run_phase(model, x_train, x_val, val_eps, cfg, callbacks, gen, result, phas
         best_state = copy.deepcopy(model.state_dict())
         best_val = _validation_loss(model, x_val, val_eps, batch, 0.0)
     first = len(result.history)
+    snapshots = _Snapshots(cfg.snapshot_fraction if phase == "fit" else None)
     for epoch in range(first, first + cfg.epochs):
         started = time.perf_counter()
         beta = kl_weight(epoch - first, cfg.kl_warmup_epochs)
@@ -288,6 +300,7 @@ def _run_phase(model, x_train, x_val, val_eps, cfg, callbacks, gen, result, phas
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
+        snapshots.after_epoch(epoch, model, result.best_epoch)
         try:
             for callback in callbacks:
                 callback(log)
@@ -299,4 +312,34 @@ def _run_phase(model, x_train, x_val, val_eps, cfg, callbacks, gen, result, phas
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if phase == "fit":
+        result.snapshot_epoch, result.snapshot_state = snapshots.chosen(result.best_epoch)
     return stopped
+
+
+class _Snapshots:
+    """The weights of the epochs a snapshot may still be taken from: epoch
+    ``round(fraction * (best + 1)) - 1`` of the best epoch known so far, or a later one when
+    the best moves on. Older weights are dropped as the best epoch advances, so memory
+    holds about ``(1 - fraction) * best + patience`` copies of the (small) network."""
+
+    def __init__(self, fraction: float | None):
+        self.fraction, self.states = fraction, {}
+
+    def _epoch(self, best: int) -> int:
+        return max(0, round(self.fraction * (best + 1)) - 1)
+
+    def after_epoch(self, epoch: int, model, best: int) -> None:
+        if self.fraction is None:
+            return
+        self.states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        keep_from = self._epoch(best)
+        for old in [e for e in self.states if e < keep_from]:
+            del self.states[old]
+
+    def chosen(self, best: int) -> tuple[int | None, dict | None]:
+        if self.fraction is None or not self.states:
+            return None, None
+        epoch = max(min(self._epoch(best), best), min(self.states))
+        epoch = min(self.states, key=lambda e: abs(e - epoch))
+        return epoch, self.states[epoch]
