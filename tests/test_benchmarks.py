@@ -27,7 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "script",
     ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py", "train_memory.py",
-     "scale_out.py", "ppca.py", "whitening.py"],
+     "scale_out.py", "ppca.py", "whitening.py", "combine_scores.py"],
 )  # fmt: skip
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
@@ -242,3 +242,22 @@ def test_whiteners_leave_the_outliers_out():
         norms = np.linalg.norm((X[:, keep] - location) @ W, axis=1)
         assert norms[:100].min() > np.quantile(norms[100:], 0.99)
     assert whitening.whitener(X[:12], seed=0, mode="mcd") is None  # too few rows: not run
+
+
+def test_combine_scores_averages_members_in_nats(tmp_path):
+    """Two settings' scores averaged per row: a set where each alone ranks one anomaly last
+    but their mean ranks both first shows the mean is what is scored, per half."""
+    import combine_scores
+
+    y = np.array([0, 0, 0, 1, 1])
+    a = np.array([0.0, 1.0, 2.0, 9.0, 1.5])  # ranks anomaly 4 below a normal row
+    b = np.array([0.0, 1.0, 2.0, 1.5, 9.0])  # ranks anomaly 3 below it
+    arrays = {}
+    for d in (protocol.HALVES["choose"][0], protocol.HALVES["confirm"][0]):
+        arrays[f"y|{d}|0"] = y
+        arrays[f"a|{d}|0|0|nelbo"], arrays[f"b|{d}|0|0|nelbo"] = a, b
+        arrays[f"iforest|{d}|0|0|iforest"] = -a
+    out = combine_scores.table(arrays, [("a",), ("b",), ("a", "b")])
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "| 0.8333 | 0.8333 |" in rows["a"] and "| 1.0000 | 1.0000 |" in rows["a+b"]
+    assert "+0.1667 | +0.1667" in rows["a+b"]
