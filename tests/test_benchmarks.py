@@ -139,23 +139,25 @@ def _mean_of(results: list[dict], method: str, key: str, by: str) -> float:
 
 def test_the_readme_results_table_is_the_recorded_benchmark_runs():
     """The README's quality figures are the means of the JSON the benchmark commands wrote
-    (benchmarks/results/quality.json, images.json): rerun the benchmarks, then
+    (benchmarks/results/quality_peers.json, images.json): rerun the benchmarks, then
     benchmarks/readme_table.py, which rewrites the README's table (checked here: the block
     is what the script writes, and its figures are the means, computed again here)."""
     import readme_table
 
     assert readme_table.main(["--check"]) == 0, "run python benchmarks/readme_table.py"
     results = BENCH / "results"
-    quality = json.loads((results / "quality.json").read_text())["results"]
+    quality = json.loads((results / "quality_peers.json").read_text())["results"]
+    methods = ("vae_core", "pyod_vae", "iforest", "mcd", "knn", "ecod")
     for label, key in (
         ("mean ROC-AUC", "roc_auc"),
         ("mean average precision", "average_precision"),
     ):
         cells = _readme_row(label)
-        for cell, method in zip(cells, ("vae_core", "pyod_vae", "iforest"), strict=True):
-            assert cell == f"{_mean_of(quality, method, key, 'dataset'):.3f}", (label, method)
+        for cell, method in zip(cells, methods, strict=True):
+            mean = cell.split(" (")[0]  # "0.796 (31 sets)": a method that failed on some
+            assert mean == f"{_mean_of(quality, method, key, 'dataset'):.3f}", (label, method)
     images = json.loads((results / "images.json").read_text())["results"]
-    vae, _, iforest = _readme_row("one-class MNIST")
+    vae, _, iforest, *_ = _readme_row("one-class MNIST")
     assert vae == f"{_mean_of(images, 'vae_core', 'roc_auc', 'digit'):.3f}"
     assert iforest == f"{_mean_of(images, 'iforest', 'roc_auc', 'digit'):.3f}"
 
