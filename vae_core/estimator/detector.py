@@ -15,7 +15,6 @@ bit-for-bit the same whatever the batch it arrives in (on a given device).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -106,26 +105,19 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
     trim_validation : bool, default=True
         Trim the early-stopping loss too.
     refine_cutoff : float or None, default=None
-        Set (e.g. 3.0): after the trimmed fit, the data decide which rows stay out of the
-        model: a training row is left out when the trimmed model's negative ELBO of it lies
-        more than ``refine_cutoff`` robust standard deviations (1.4826 MAD) above the median
-        (Hampel's rule), and the model is refined on every other row with the full negative
-        ELBO at a tenth of ``lr``. On clean data few rows are left out and the fitted
-        objective is the paper's (probabilistic PCA: within 0.01 nats/dim of the exact
-        log-likelihood, against 0.1 for the trimmed fit alone); a compact cluster of
-        anomalies the trimmed model does not find improbable is learnt as a mode, so it is
-        off by default (docs/benchmarks.md). None: the trimmed fit is the model.
+        Set (e.g. 3.0): after the trimmed fit, training rows whose negative ELBO lies more
+        than this many robust standard deviations (1.4826 MAD) above the median are left out
+        (Hampel's rule) and the model is refined on the rest with the full negative ELBO at a
+        tenth of ``lr``: within 0.01 nats/dim of the exact log-likelihood on clean
+        probabilistic PCA (0.1 for the trimmed fit alone), but a compact cluster of anomalies
+        is learnt as a mode, so it is off by default (docs/benchmarks.md).
     snapshot_fraction : float in (0, 1) or None, default=0.5
-        Score with two members of one training run: the network of the best epoch and the
-        network as it was after this fraction of the epochs up to the best one (a snapshot,
-        no extra training). A row's score is the mean of the two members' negative ELBOs:
-        still nats, and still an upper bound on -log of a proper density (the normalised
-        geometric mean of the members' densities, a product of experts). Deep generative
-        models fit the bulk of the data before its outliers (Kim et al., ODIM, ICML 2024):
-        the earlier member still finds improbable a compact cluster of anomalies that the
-        final one learnt as a mode of its own (docs/benchmarks.md). Scoring costs one
-        forward pass per member. None: the final network alone (set it, with
-        ``refine_cutoff``, where scores must be as close to log p(x) as the model allows).
+        Score with two members of one run: the best epoch's network and the network after
+        this fraction of the epochs up to it (no extra training; one more forward pass per
+        score). A row's score is the mean of their negative ELBOs: nats, an upper bound on
+        -log of their normalised product. Models fit the bulk of the data before its outliers
+        (Kim et al., ODIM, ICML 2024): the earlier member still finds improbable a cluster of
+        anomalies the final one learnt as a mode (docs/benchmarks.md). None: one network.
     point_mass_share : float in (0, 1] or None, default=None
         A numeric column's most frequent value, when held by at least that share of the rows,
         gets a point mass of its own (``TabularPreprocessor``). With it set, missing values
@@ -150,11 +142,9 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         ``-threshold_``, so that ``decision_function = score_samples - offset_``.
     model_ : VAE
         The fitted network (``vae_core.network.model``), on ``device``: the best epoch's.
-    members_ : list of VAE
-        The networks every score averages over: ``[model_]``, and with ``snapshot_fraction``
-        the snapshot of epoch ``snapshot_epoch_`` after it.
-    snapshot_epoch_ : int or None
-        The epoch (0-based, as ``best_epoch_``) of the snapshot member; None without one.
+    members_, snapshot_epoch_ : list of VAE, int or None
+        The networks every score averages (``[model_]``, then the snapshot, if any) and the
+        snapshot's epoch (0-based, as ``best_epoch_``; None without one).
     config_ : VAEConfig
         The network's architecture: likelihood layout, sizes, variance settings.
     preprocessor_ : TabularPreprocessor or ImagePreprocessor
@@ -165,11 +155,9 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         Per epoch: training and validation loss and its terms (``EpochLog.to_dict``).
     best_epoch_ : int
         The epoch whose weights were kept (early stopping).
-    loss_cutoff_ : float or None
-        The refinement's cutoff on the trimmed model's negative ELBO (nats of model input):
-        training rows above it were left out of the refined fit; None without refinement.
-    n_left_out_ : int or None
-        How many training rows (of those not held out for validation) the cutoff left out.
+    loss_cutoff_, n_left_out_ : float, int or None
+        The refinement's cutoff on the trimmed model's negative ELBO (nats of model input) and
+        how many training rows (not validation rows) it left out; None without refinement.
     training_fingerprint_ : str
         SHA-256 of the training data's model input (``fingerprint``).
     n_features_in_ : int
@@ -353,11 +341,7 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         result = train_vae(model, x_train, x_val, self._train_config(), callbacks)
 
         self.model_, self.config_ = model, cfg
-        self.members_, self.snapshot_epoch_ = [model], result.snapshot_epoch
-        if result.snapshot_state is not None:
-            snapshot = copy.deepcopy(model)
-            snapshot.load_state_dict(result.snapshot_state)
-            self.members_.append(snapshot.eval())
+        self.members_, self.snapshot_epoch_ = result.members(model), result.snapshot_epoch
         self.history_ = [log.to_dict() for log in result.history]
         self.best_epoch_ = result.best_epoch
         self.loss_cutoff_, self.n_left_out_ = result.loss_cutoff, result.n_left_out

@@ -101,6 +101,14 @@ class TrainResult:
     snapshot_state: dict | None = field(default=None, repr=False)
     snapshot_epoch: int | None = None
 
+    def members(self, model: VAE) -> list[VAE]:
+        """``[model]`` and, with a snapshot, a copy of it holding the snapshot's weights."""
+        if self.snapshot_state is None:
+            return [model]
+        snapshot = copy.deepcopy(model)
+        snapshot.load_state_dict(self.snapshot_state)
+        return [model, snapshot.eval()]
+
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
     """KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): beta rises linearly to 1."""
