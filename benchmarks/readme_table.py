@@ -62,7 +62,9 @@ def _set_means(q: list[dict], key: str) -> tuple[list, list[int]]:
 
 
 def _machine(meta: dict) -> str:
-    meta = meta.get("merged_from", [meta])[0]  # the halves of one run, merged: the first's
+    # merged runs (quality.py --merge): the latest part's, the one vae_core's results come from
+    # when earlier runs' peers were merged in first
+    meta = max(meta.get("merged_from", [meta]), key=lambda part: part["date"])
     return (
         f"{meta['cpu']}, {meta['nproc']} cores, at commit {meta['git_commit']}, {meta['date'][:10]}"
     )
@@ -72,7 +74,9 @@ def table(quality: dict, images: dict) -> str:
     """The Markdown block (without the markers)."""
     q, im = quality["results"], images["results"]
     n_sets = len({r["dataset"] for r in q})
-    seeds = quality["meta"].get("merged_from", [quality["meta"]])[0].get("seeds")
+    seeds = max(quality["meta"].get("merged_from", [quality["meta"]]), key=lambda p: p["date"])[
+        "seeds"
+    ]
     auc, auc_n = _set_means(q, "roc_auc")
     ap, ap_n = _set_means(q, "average_precision")
     lines = [

@@ -1,7 +1,8 @@
 """Save and load a fitted VAEDetector: a folder with ``weights.pt`` and ``model.json``.
 
-``weights.pt`` holds tensors only (the VAE ``state_dict`` and the fixed scoring noise) and is
-read with ``torch.load(..., weights_only=True)``; ``model.json`` holds the constructor
+``weights.pt`` holds tensors only (the VAE ``state_dict`` as ``model.*``, a snapshot
+member's as ``member1.*``, and the fixed scoring noise) and is read with
+``torch.load(..., weights_only=True)``; ``model.json`` holds the constructor
 parameters, the architecture, the preprocessing statistics and feature schema, the threshold
 and the training history. Nothing is pickled, so loading a model file cannot run code.
 Files are written under temporary names and renamed, so a crash leaves no half-written model.
