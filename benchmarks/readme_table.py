@@ -61,10 +61,15 @@ def _set_means(q: list[dict], key: str) -> tuple[list, list[int]]:
     return [sum(m.values()) / len(m) if m else None for m in means], [len(m) for m in means]
 
 
+def _latest(meta: dict) -> dict:
+    """A run's meta; of a merged run (quality.py --merge), its latest dated part: where
+    vae_core's results come from when an earlier run's peers were merged in first."""
+    parts = [p for p in meta.get("merged_from", [meta]) if "date" in p]
+    return max(parts, key=lambda part: part["date"])
+
+
 def _machine(meta: dict) -> str:
-    # merged runs (quality.py --merge): the latest part's, the one vae_core's results come from
-    # when earlier runs' peers were merged in first
-    meta = max(meta.get("merged_from", [meta]), key=lambda part: part["date"])
+    meta = _latest(meta)
     return (
         f"{meta['cpu']}, {meta['nproc']} cores, at commit {meta['git_commit']}, {meta['date'][:10]}"
     )
@@ -74,9 +79,7 @@ def table(quality: dict, images: dict) -> str:
     """The Markdown block (without the markers)."""
     q, im = quality["results"], images["results"]
     n_sets = len({r["dataset"] for r in q})
-    seeds = max(quality["meta"].get("merged_from", [quality["meta"]]), key=lambda p: p["date"])[
-        "seeds"
-    ]
+    seeds = _latest(quality["meta"])["seeds"]
     auc, auc_n = _set_means(q, "roc_auc")
     ap, ap_n = _set_means(q, "average_precision")
     lines = [
@@ -105,8 +108,9 @@ def table(quality: dict, images: dict) -> str:
     )
     lines += [
         "",
-        f"vae_core's ROC-AUC is above IsolationForest's on {ahead} of {len(shared)} sets." + behind,
-        f"The best of IsolationForest, MCD and KNN on each set (a user who picks the right one "
+        f"vae_core's ROC-AUC is above IsolationForest's on {ahead} of {len(shared)} sets."
+        + behind
+        + f" The best of IsolationForest, MCD and KNN on each set (a user who picks the right one "
         f"per table): {sum(best_peer.values()) / len(best_peer):.3f}, against vae_core's "
         f"{sum(vae.values()) / len(vae):.3f}; sets more than 0.08 behind IsolationForest: "
         f"{', '.join(d.removeprefix('adbench_') for d in sorted(far_behind)) or 'none'}.",

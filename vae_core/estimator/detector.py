@@ -142,9 +142,10 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         ``-threshold_``, so that ``decision_function = score_samples - offset_``.
     model_ : VAE
         The fitted network (``vae_core.network.model``), on ``device``: the best epoch's.
-    members_, snapshot_epoch_ : list of VAE, int or None
-        The networks every score averages (``[model_]``, then the snapshot, if any) and the
-        snapshot's epoch (0-based, as ``best_epoch_``; None without one).
+    members_ : list of VAE
+        The networks each score averages: ``[model_]``, then the snapshot, if any.
+    snapshot_epoch_ : int or None
+        The snapshot's epoch (0-based, as ``best_epoch_``); None without one.
     config_ : VAEConfig
         The network's architecture: likelihood layout, sizes, variance settings.
     preprocessor_ : TabularPreprocessor or ImagePreprocessor
@@ -155,9 +156,10 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
         Per epoch: training and validation loss and its terms (``EpochLog.to_dict``).
     best_epoch_ : int
         The epoch whose weights were kept (early stopping).
-    loss_cutoff_, n_left_out_ : float, int or None
-        The refinement's cutoff on the trimmed model's negative ELBO (nats of model input) and
-        how many training rows (not validation rows) it left out; None without refinement.
+    loss_cutoff_ : float or None
+        The refinement's cutoff on the trimmed model's -ELBO (nats); None without it.
+    n_left_out_ : int or None
+        Training rows the cutoff left out (validation rows aside); None without it.
     training_fingerprint_ : str
         SHA-256 of the training data's model input (``fingerprint``).
     n_features_in_ : int
@@ -280,9 +282,7 @@ class VAEDetector(OutlierMixin, ScoringMixin, LatentSpaceMixin, BaseEstimator):
             trim_fraction=float(self.trim_fraction),
             trim_validation=bool(self.trim_validation),
             refine_cutoff=None if self.refine_cutoff is None else float(self.refine_cutoff),
-            snapshot_fraction=(
-                None if self.snapshot_fraction is None else float(self.snapshot_fraction)
-            ),
+            snapshot_fraction=_plain(self.snapshot_fraction),  # checked: None or in (0, 1)
         )
 
     def fit(self, X, y=None, callbacks: Sequence[EpochCallback] = ()) -> VAEDetector:
