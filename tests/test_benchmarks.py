@@ -27,7 +27,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "script",
     ["quality.py", "speed.py", "images.py", "score_parquet.py", "sweep.py", "train_memory.py",
-     "scale_out.py", "ppca.py", "whitening.py", "combine_scores.py"],
+     "scale_out.py", "ppca.py", "whitening.py", "combine_scores.py",
+     "member_cost.py"],
 )  # fmt: skip
 def test_help_is_fast_and_imports_no_torch(script):
     done = _run("-X", "importtime", str(BENCH / script), "--help")
